@@ -1,0 +1,3 @@
+// Package bench measures moat against its baselines in network namespaces: traffic
+// generators, topologies, reports and plots.
+package bench
