@@ -250,4 +250,3 @@ func Equal(a, b *Log) bool {
 	}
 	return true
 }
-
