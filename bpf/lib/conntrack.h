@@ -1,0 +1,131 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Connection tracking. Each flow has two entries in one LRU map: the forward entry
+ * (client -> VIP) names the backend; the reply entry (backend -> client) holds the VIP
+ * to restore and the interface replies must arrive on. Both carry the tenant id in the
+ * key. An entry does not decide admission: the backend's state is checked on every
+ * packet, so evicting a backend cuts its flows without touching this map. */
+#ifndef MOAT_CONNTRACK_H
+#define MOAT_CONNTRACK_H
+
+#include "common.h"
+#include "config.h"
+#include "parse.h"
+
+#define CT_DIR_FORWARD 0
+#define CT_DIR_REPLY   1
+
+#define CT_F_CLOSING 0x01 /* FIN or RST seen in this entry's direction */
+
+struct ct_key {
+	__u32 tenant_id;
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 dir; /* CT_DIR_*: a reply key can never alias a forward key */
+	__u16 _pad;
+};
+
+struct ct_entry {
+	__u64 last_seen; /* bpf_ktime_get_ns at creation or last refresh */
+	__u32 backend_id;
+	__u32 service_id;
+	__be32 vip;      /* reply entry: source address to restore */
+	__be16 vport;    /* reply entry: source port to restore */
+	__u8 flags;      /* CT_F_* */
+	__u8 _pad;
+	__u32 ifindex;   /* reply entry: where the backend is, so where replies come from */
+	__u32 _pad2;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MAX_FLOWS);
+	__type(key, struct ct_key);
+	__type(value, struct ct_entry);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} conntrack SEC(".maps");
+
+static __always_inline void ct_key_of(struct ct_key *k, __u32 tenant_id, struct pkt *p, __u8 dir)
+{
+	k->tenant_id = tenant_id;
+	k->saddr = p->saddr;
+	k->daddr = p->daddr;
+	k->sport = p->sport;
+	k->dport = p->dport;
+	k->proto = p->l4proto;
+	k->dir = dir;
+	k->_pad = 0;
+}
+
+static __always_inline __u64 ct_timeout(struct ct_entry *e, __u8 proto)
+{
+	if (proto == IPPROTO_TCP)
+		return (e->flags & CT_F_CLOSING) ? cfg_ct_tcp_closing_timeout_ns : cfg_ct_tcp_timeout_ns;
+	return cfg_ct_udp_timeout_ns;
+}
+
+/* ct_lookup returns the live entry for k, or NULL when there is none or it expired. A
+ * TCP SYN (without ACK) never continues a closing entry: the tuple is being reused. */
+static __always_inline struct ct_entry *ct_lookup(struct ct_key *k, struct pkt *p, __u64 now)
+{
+	struct ct_entry *e = bpf_map_lookup_elem(&conntrack, k);
+
+	if (!e)
+		return NULL;
+	if (now > e->last_seen && now - e->last_seen > ct_timeout(e, p->l4proto))
+		return NULL;
+	if (p->l4proto == IPPROTO_TCP && (e->flags & CT_F_CLOSING) &&
+	    (p->tcp_flags & (TCPF_SYN | TCPF_ACK)) == TCPF_SYN)
+		return NULL;
+	return e;
+}
+
+/* ct_refresh records that a packet used e; it returns 1 when the packet ends the flow
+ * in this direction (first FIN or RST). */
+static __always_inline int ct_refresh(struct ct_entry *e, struct pkt *p, __u64 now)
+{
+	int ended = 0;
+
+	if (p->l4proto == IPPROTO_TCP && (p->tcp_flags & (TCPF_FIN | TCPF_RST)) &&
+	    !(e->flags & CT_F_CLOSING)) {
+		e->flags |= CT_F_CLOSING;
+		ended = 1;
+	}
+	if (ended || now - e->last_seen >= cfg_ct_refresh_ns)
+		e->last_seen = now;
+	return ended;
+}
+
+/* ct_create writes both entries of a new flow. The reply key is the forward tuple
+ * after DNAT, reversed. */
+static __always_inline void ct_create(__u32 tenant_id, struct pkt *p, __be32 backend_addr,
+				      __be16 backend_port, __u32 backend_id, __u32 service_id,
+				      __u32 backend_ifindex, __u64 now)
+{
+	struct ct_key k;
+	struct ct_entry e = {
+		.last_seen = now,
+		.backend_id = backend_id,
+		.service_id = service_id,
+	};
+
+	ct_key_of(&k, tenant_id, p, CT_DIR_FORWARD);
+	if (p->l4proto == IPPROTO_TCP && (p->tcp_flags & (TCPF_FIN | TCPF_RST)))
+		e.flags = CT_F_CLOSING;
+	bpf_map_update_elem(&conntrack, &k, &e, BPF_ANY);
+
+	k.saddr = backend_addr;
+	k.daddr = p->saddr;
+	k.sport = backend_port;
+	k.dport = p->sport;
+	k.dir = CT_DIR_REPLY;
+	e.flags = 0;
+	e.vip = p->daddr;
+	e.vport = p->dport;
+	e.ifindex = backend_ifindex;
+	bpf_map_update_elem(&conntrack, &k, &e, BPF_ANY);
+}
+
+#endif /* MOAT_CONNTRACK_H */

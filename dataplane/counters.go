@@ -1,0 +1,226 @@
+package dataplane
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+
+	"github.com/cilium/ebpf"
+	"github.com/seed4c/moat/tenant"
+)
+
+// Traffic counts packets and bytes (struct traffic).
+type Traffic struct {
+	Packets uint64 `json:"packets"`
+	Bytes   uint64 `json:"bytes"`
+}
+
+func (t *Traffic) add(n uint32) {
+	t.Packets++
+	t.Bytes += uint64(n)
+}
+
+func (t Traffic) plus(o Traffic) Traffic {
+	return Traffic{t.Packets + o.Packets, t.Bytes + o.Bytes}
+}
+
+// TenantCounters are one tenant's totals (struct tenant_counters).
+type TenantCounters struct {
+	RX      Traffic `json:"rx"`      // classified to the tenant
+	Fwd     Traffic `json:"fwd"`     // forwarded, or passed to the stack
+	Dropped Traffic `json:"dropped"` // dropped after classification
+}
+
+// ServiceCounters are one service's totals (struct service_counters).
+type ServiceCounters struct {
+	Fwd      Traffic `json:"fwd"`
+	NewFlows uint64  `json:"new_flows"`
+	Denied   uint64  `json:"denied"`
+}
+
+// BackendCounters are one backend's totals (struct backend_counters).
+type BackendCounters struct {
+	Fwd      Traffic `json:"fwd"`
+	Reply    Traffic `json:"reply"`
+	NewFlows uint64  `json:"new_flows"`
+}
+
+// EventCounters say what became of flow events (enum event_counter).
+type EventCounters struct {
+	Emitted     uint64 `json:"emitted"`
+	RateLimited uint64 `json:"rate_limited"`
+	RingbufFull uint64 `json:"ringbuf_full"`
+}
+
+// Lost is the number of events not delivered, whatever the cause.
+func (e EventCounters) Lost() uint64 { return e.RateLimited + e.RingbufFull }
+
+// Counters are the fast path's counters summed over CPUs. Maps hold only ids with a
+// non-zero count.
+type Counters struct {
+	Reasons  [NumReasons]Traffic         `json:"reasons"`
+	Tenants  map[uint32]*TenantCounters  `json:"tenants"`
+	Services map[uint32]*ServiceCounters `json:"services"`
+	Backends map[uint32]*BackendCounters `json:"backends"`
+	Events   EventCounters               `json:"events"`
+}
+
+func newCounters() Counters {
+	return Counters{
+		Tenants:  map[uint32]*TenantCounters{},
+		Services: map[uint32]*ServiceCounters{},
+		Backends: map[uint32]*BackendCounters{},
+	}
+}
+
+// Drops is the sum of all drop reasons.
+func (c *Counters) Drops() Traffic {
+	var t Traffic
+	for r, v := range c.Reasons {
+		if Reason(r).IsDrop() {
+			t = t.plus(v)
+		}
+	}
+	return t
+}
+
+// tenant returns id's counters the way the array lookup does: ids past the array
+// count into a scratch value that is thrown away.
+func (c *Counters) tenant(id uint32, l tenant.Limits) *TenantCounters {
+	if id >= l.MaxTenants {
+		return &TenantCounters{}
+	}
+	t, ok := c.Tenants[id]
+	if !ok {
+		t = &TenantCounters{}
+		c.Tenants[id] = t
+	}
+	return t
+}
+
+func (c *Counters) service(id uint32, l tenant.Limits) *ServiceCounters {
+	if id >= l.MaxServices {
+		return nil
+	}
+	s, ok := c.Services[id]
+	if !ok {
+		s = &ServiceCounters{}
+		c.Services[id] = s
+	}
+	return s
+}
+
+func (c *Counters) backend(id uint32, l tenant.Limits) *BackendCounters {
+	if id >= l.MaxBackends {
+		return nil
+	}
+	b, ok := c.Backends[id]
+	if !ok {
+		b = &BackendCounters{}
+		c.Backends[id] = b
+	}
+	return b
+}
+
+// readCounters sums the per-CPU counter maps.
+func readCounters(m *gatewayMaps) (Counters, error) {
+	c := newCounters()
+	var errs []error
+
+	var traffic []gatewayTraffic
+	for r := range NumReasons {
+		if err := m.ReasonStats.Lookup(uint32(r), &traffic); err != nil {
+			errs = append(errs, fmt.Errorf("read reason_stats[%d]: %w", r, err))
+			break
+		}
+		for _, t := range traffic {
+			c.Reasons[r] = c.Reasons[r].plus(Traffic{t.Packets, t.Bytes})
+		}
+	}
+
+	errs = append(errs, sumPerCPU(m.TenantStats, func(id uint32, v []gatewayTenantCounters) {
+		var t TenantCounters
+		for _, x := range v {
+			t.RX = t.RX.plus(Traffic{x.Rx.Packets, x.Rx.Bytes})
+			t.Fwd = t.Fwd.plus(Traffic{x.Fwd.Packets, x.Fwd.Bytes})
+			t.Dropped = t.Dropped.plus(Traffic{x.Dropped.Packets, x.Dropped.Bytes})
+		}
+		if t != (TenantCounters{}) {
+			c.Tenants[id] = &t
+		}
+	}))
+	errs = append(errs, sumPerCPU(m.ServiceStats, func(id uint32, v []gatewayServiceCounters) {
+		var s ServiceCounters
+		for _, x := range v {
+			s.Fwd = s.Fwd.plus(Traffic{x.Fwd.Packets, x.Fwd.Bytes})
+			s.NewFlows += x.NewFlows
+			s.Denied += x.Denied
+		}
+		if s != (ServiceCounters{}) {
+			c.Services[id] = &s
+		}
+	}))
+	errs = append(errs, sumPerCPU(m.BackendStats, func(id uint32, v []gatewayBackendCounters) {
+		var b BackendCounters
+		for _, x := range v {
+			b.Fwd = b.Fwd.plus(Traffic{x.Fwd.Packets, x.Fwd.Bytes})
+			b.Reply = b.Reply.plus(Traffic{x.Reply.Packets, x.Reply.Bytes})
+			b.NewFlows += x.NewFlows
+		}
+		if b != (BackendCounters{}) {
+			c.Backends[id] = &b
+		}
+	}))
+
+	var ev []uint64
+	for i, dst := range []*uint64{&c.Events.Emitted, &c.Events.RateLimited, &c.Events.RingbufFull} {
+		if err := m.EventStats.Lookup(uint32(i), &ev); err != nil {
+			errs = append(errs, fmt.Errorf("read event_stats[%d]: %w", i, err))
+			break
+		}
+		for _, v := range ev {
+			*dst += v
+		}
+	}
+	return c, errors.Join(errs...)
+}
+
+// sumPerCPU walks a per-CPU array in one batch-free pass, calling f for every index.
+// Per-CPU arrays have every index; f decides what is worth keeping.
+func sumPerCPU[V any](m *ebpf.Map, f func(id uint32, v []V)) error {
+	var (
+		id  uint32
+		val []V
+	)
+	it := m.Iterate()
+	for it.Next(&id, &val) {
+		f(id, val)
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("iterate %s: %w", m.String(), err)
+	}
+	return nil
+}
+
+// ConntrackEntries reads the whole connection tracking map (for tests and status; it
+// walks every entry).
+func (d *Dataplane) ConntrackEntries() (map[CTKey]CTEntry, error) {
+	out := map[CTKey]CTEntry{}
+	var (
+		k gatewayCtKey
+		v gatewayCtEntry
+	)
+	it := d.objs.Conntrack.Iterate()
+	for it.Next(&k, &v) {
+		key := CTKey{Tenant: k.TenantId, Sport: portRaw(k.Sport), Dport: portRaw(k.Dport), Proto: k.Proto, Dir: k.Dir}
+		binary.LittleEndian.PutUint32(key.Saddr[:], k.Saddr)
+		binary.LittleEndian.PutUint32(key.Daddr[:], k.Daddr)
+		e := CTEntry{LastSeen: v.LastSeen, BackendID: v.BackendId, ServiceID: v.ServiceId, VPort: portRaw(v.Vport), Flags: v.Flags, Ifindex: v.Ifindex}
+		binary.LittleEndian.PutUint32(e.VIP[:], v.Vip)
+		out[key] = e
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("read conntrack: %w", err)
+	}
+	return out, nil
+}

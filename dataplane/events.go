@@ -1,0 +1,114 @@
+package dataplane
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+	"unsafe"
+
+	"github.com/cilium/ebpf/ringbuf"
+)
+
+// EventType is a flow event's kind (enum event_type).
+type EventType uint8
+
+// Flow event kinds.
+const (
+	EventFlowNew = EventType(gatewayEventTypeEVENT_FLOW_NEW)
+	EventFlowEnd = EventType(gatewayEventTypeEVENT_FLOW_END)
+	EventDrop    = EventType(gatewayEventTypeEVENT_DROP)
+)
+
+func (t EventType) String() string {
+	switch t {
+	case EventFlowNew:
+		return "new"
+	case EventFlowEnd:
+		return "end"
+	case EventDrop:
+		return "drop"
+	}
+	return fmt.Sprintf("event(%d)", uint8(t))
+}
+
+// Event is one flow event from the fast path.
+type Event struct {
+	Time      time.Duration // CLOCK_MONOTONIC
+	Type      EventType
+	Reason    Reason // drops only
+	Reply     bool   // seen in the backend -> client direction
+	Ifindex   uint32
+	VLAN      uint16
+	TenantID  uint32
+	ServiceID uint32
+	BackendID uint32
+	Proto     uint8
+	Src, Dst  netip.AddrPort
+}
+
+const eventSize = int(unsafe.Sizeof(gatewayFlowEvent{}))
+
+// ErrShortEvent is returned for a record too short to be a flow event.
+var ErrShortEvent = errors.New("flow event record too short")
+
+// DecodeEvent decodes one ring buffer record.
+func DecodeEvent(raw []byte) (Event, error) {
+	if len(raw) < eventSize {
+		return Event{}, fmt.Errorf("%w: %d bytes, want %d", ErrShortEvent, len(raw), eventSize)
+	}
+	var e gatewayFlowEvent
+	if _, err := binary.Decode(raw[:eventSize], binary.NativeEndian, &e); err != nil {
+		return Event{}, fmt.Errorf("decode flow event: %w", err)
+	}
+	addr := func(raw uint32) netip.Addr {
+		var b [4]byte
+		binary.LittleEndian.PutUint32(b[:], raw)
+		return netip.AddrFrom4(b)
+	}
+	return Event{
+		Time:      time.Duration(e.TsNs),
+		Type:      EventType(e.Type),
+		Reason:    Reason(e.Reason),
+		Reply:     e.Flags&0x01 != 0,
+		Ifindex:   e.Ifindex,
+		VLAN:      e.Vlan,
+		TenantID:  e.TenantId,
+		ServiceID: e.ServiceId,
+		BackendID: e.BackendId,
+		Proto:     e.Proto,
+		Src:       netip.AddrPortFrom(addr(e.Saddr), portRaw(e.Sport)),
+		Dst:       netip.AddrPortFrom(addr(e.Daddr), portRaw(e.Dport)),
+	}, nil
+}
+
+// EventReader reads flow events from an instance's ring buffer.
+type EventReader struct {
+	rd *ringbuf.Reader
+}
+
+// Events opens a reader on the instance's flow events. Only one reader should consume
+// them at a time: each event is delivered once.
+func (d *Dataplane) Events() (*EventReader, error) {
+	rd, err := ringbuf.NewReader(d.objs.Events)
+	if err != nil {
+		return nil, fmt.Errorf("open flow event ring buffer: %w", err)
+	}
+	return &EventReader{rd: rd}, nil
+}
+
+// SetDeadline makes Read return os.ErrDeadlineExceeded after t when no event came.
+func (r *EventReader) SetDeadline(t time.Time) { r.rd.SetDeadline(t) }
+
+// Read blocks until the next event (or the deadline, or Close).
+func (r *EventReader) Read() (Event, error) {
+	rec, err := r.rd.Read()
+	if err != nil {
+		return Event{}, err
+	}
+	return DecodeEvent(rec.RawSample)
+}
+
+// Close stops the reader; a blocked Read returns ringbuf.ErrClosed.
+func (r *EventReader) Close() error { return r.rd.Close() }

@@ -1,0 +1,343 @@
+package dataplane
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"maps"
+	"math/bits"
+	"net/netip"
+	"slices"
+	"sync"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/seed4c/moat/tenant"
+)
+
+// Writer is the only code that writes the fast path's configuration maps. It applies
+// a whole tenant.Compiled at a time, as the difference from what the maps hold, in an
+// order chosen so that no intermediate state lets a packet reach something the old or
+// the new configuration forbids (see Apply). It is safe for concurrent use; applies
+// are serialised.
+type Writer struct {
+	mu        sync.Mutex
+	m         *gatewayMaps
+	innerSpec *ebpf.MapSpec
+	limits    tenant.Limits
+	maxFlows  uint32
+	// cur is what the maps hold, as far as this writer knows; nil until the first
+	// Apply, which reads the maps instead (a restarted daemon inherits pinned state).
+	cur *mapState
+}
+
+func newWriter(m *gatewayMaps, inner *ebpf.MapSpec, limits tenant.Limits, maxFlows uint32) *Writer {
+	return &Writer{m: m, innerSpec: inner, limits: limits, maxFlows: maxFlows}
+}
+
+// mapState is a configuration in the maps' own key and value types.
+type mapState struct {
+	attachments map[gatewayAttachmentKey]gatewayAttachment
+	egress      map[gatewayEgressKey]gatewayEgress
+	txPorts     map[uint32]uint32
+	services    map[gatewayServiceKey]gatewayService
+	tables      map[uint32][]uint32 // by service id; nil slice: present, content unknown
+	backends    map[uint32]gatewayBackend
+	policy      map[gatewayPolicyKey]gatewayPolicyRule
+}
+
+// Byte order: fields the C declares __be16/__be32 hold network-order bytes; the Go
+// bindings marshal integers in host order, so a network-order value is carried as the
+// integer whose little-endian bytes are the network bytes.
+func addrRaw(a netip.Addr) uint32 { b := a.As4(); return binary.LittleEndian.Uint32(b[:]) }
+func portRaw(p uint16) uint16     { return bits.ReverseBytes16(p) }
+
+func toMapState(c *tenant.Compiled) *mapState {
+	s := &mapState{
+		attachments: map[gatewayAttachmentKey]gatewayAttachment{},
+		egress:      map[gatewayEgressKey]gatewayEgress{},
+		txPorts:     map[uint32]uint32{},
+		services:    map[gatewayServiceKey]gatewayService{},
+		tables:      map[uint32][]uint32{},
+		backends:    map[uint32]gatewayBackend{},
+		policy:      map[gatewayPolicyKey]gatewayPolicyRule{},
+	}
+	for _, a := range c.Attachments {
+		s.attachments[gatewayAttachmentKey{Ifindex: a.Ifindex, Vlan: a.VLAN}] = gatewayAttachment{TenantId: a.TenantID, FibTable: a.FIBTable}
+	}
+	for _, e := range c.Egress {
+		s.egress[gatewayEgressKey{TenantId: e.TenantID, Ifindex: e.Ifindex}] = gatewayEgress{Vlan: e.VLAN}
+	}
+	for _, i := range c.TxPorts {
+		s.txPorts[i] = i
+	}
+	for _, sv := range c.Services {
+		k := gatewayServiceKey{TenantId: sv.TenantID, Addr: addrRaw(sv.VIP), Port: portRaw(sv.Port), Proto: uint8(sv.Protocol)}
+		s.services[k] = gatewayService{Id: sv.ID, TableSize: sv.TableSize}
+		if sv.TableSize > 0 {
+			s.tables[sv.ID] = sv.Table
+		}
+	}
+	for _, b := range c.Backends {
+		s.backends[b.ID] = gatewayBackend{
+			Addr: addrRaw(b.Addr), Port: portRaw(b.Port), State: uint8(b.State), TenantId: b.TenantID, ServiceId: b.ServiceID,
+		}
+	}
+	for _, p := range c.Policy {
+		k := gatewayPolicyKey{
+			Prefixlen: 64 + uint32(p.Source.Bits()), TenantId: p.TenantID, ServiceId: p.ServiceID, Saddr: addrRaw(p.Source.Addr()),
+		}
+		s.policy[k] = gatewayPolicyRule{RuleId: p.RuleID}
+	}
+	return s
+}
+
+// readMapState reads what the maps hold now. Tables are listed, not read: they are
+// rewritten whole by the first Apply anyway.
+func (w *Writer) readMapState() (*mapState, error) {
+	s := &mapState{
+		attachments: map[gatewayAttachmentKey]gatewayAttachment{},
+		egress:      map[gatewayEgressKey]gatewayEgress{},
+		txPorts:     map[uint32]uint32{},
+		services:    map[gatewayServiceKey]gatewayService{},
+		tables:      map[uint32][]uint32{},
+		backends:    map[uint32]gatewayBackend{},
+		policy:      map[gatewayPolicyKey]gatewayPolicyRule{},
+	}
+	errs := []error{
+		readHash(w.m.Attachments, s.attachments),
+		readHash(w.m.EgressPorts, s.egress),
+		readHash(w.m.TxPorts, s.txPorts),
+		readHash(w.m.Services, s.services),
+		readHash(w.m.Policy, s.policy),
+	}
+	var (
+		id    uint32
+		inner *ebpf.Map
+	)
+	it := w.m.MaglevTables.Iterate()
+	for it.Next(&id, &inner) {
+		s.tables[id] = nil
+		inner.Close()
+	}
+	errs = append(errs, it.Err())
+	var b gatewayBackend
+	it = w.m.Backends.Iterate()
+	for it.Next(&id, &b) {
+		if b != (gatewayBackend{}) {
+			s.backends[id] = b
+		}
+	}
+	errs = append(errs, it.Err())
+	if err := errors.Join(errs...); err != nil {
+		return nil, fmt.Errorf("read fast path maps: %w", err)
+	}
+	return s, nil
+}
+
+func readHash[K comparable, V any](m *ebpf.Map, into map[K]V) error {
+	var (
+		k K
+		v V
+	)
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		into[k] = v
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("iterate %s: %w", m, err)
+	}
+	return nil
+}
+
+// Apply makes the maps hold c. The order of writes:
+//
+//  1. attachments, egress ports and policy entries that go away, and services whose
+//     key or table goes away, are deleted first: nothing new is reachable through
+//     something old;
+//  2. backends are written (new ones, and state changes: an eviction takes effect
+//     here, before any table is rebuilt); removed backends are zeroed, which is the
+//     evicted state;
+//  3. Maglev tables are built in fresh inner maps and swapped in whole;
+//  4. services, then policy entries, then redirect ports, egress ports, and finally
+//     attachments are written: a tenant's traffic is classified only once everything
+//     it may reach is in place;
+//  5. tables of removed services are dropped.
+//
+// On error the writer tries to restore the previous configuration, and reports both.
+func (w *Writer) Apply(c *tenant.Compiled) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if err := w.checkCapacity(c); err != nil {
+		return err
+	}
+	next := toMapState(c)
+	if w.cur == nil {
+		cur, err := w.readMapState()
+		if err != nil {
+			return err
+		}
+		w.cur = cur
+	}
+	prev := w.cur
+	if err := w.apply(prev, next); err != nil {
+		// What the maps hold is now unknown: read them back and aim for prev.
+		w.cur = nil
+		if now, rerr := w.readMapState(); rerr != nil {
+			return fmt.Errorf("%w (and reading the maps back failed: %v)", err, rerr)
+		} else if rerr := w.apply(now, prev); rerr != nil {
+			return fmt.Errorf("%w (and restoring the previous configuration failed: %v)", err, rerr)
+		}
+		w.cur = prev
+		return fmt.Errorf("%w (previous configuration restored)", err)
+	}
+	w.cur = next
+	return nil
+}
+
+func (w *Writer) checkCapacity(c *tenant.Compiled) error {
+	l := w.limits
+	switch {
+	case uint32(len(c.Attachments)) > l.MaxAttachments:
+		return fmt.Errorf("%d attachments: the fast path holds %d", len(c.Attachments), l.MaxAttachments)
+	case uint32(len(c.Policy)) > l.MaxPolicy:
+		return fmt.Errorf("%d policy entries: the fast path holds %d", len(c.Policy), l.MaxPolicy)
+	case uint32(len(c.Services)) >= l.MaxServices:
+		return fmt.Errorf("%d services: the fast path holds %d", len(c.Services), l.MaxServices-1)
+	}
+	for _, s := range c.Services {
+		if s.ID >= l.MaxServices || s.TenantID >= l.MaxTenants {
+			return fmt.Errorf("service %s/%s: id %d or tenant id %d beyond the fast path's maps", s.Tenant, s.Name, s.ID, s.TenantID)
+		}
+	}
+	for _, b := range c.Backends {
+		if b.ID >= l.MaxBackends {
+			return fmt.Errorf("backend %s/%s/%s: id %d beyond the fast path's %d backends", b.Tenant, b.Service, b.Name, b.ID, l.MaxBackends)
+		}
+	}
+	return nil
+}
+
+func (w *Writer) apply(prev, next *mapState) error {
+	m := w.m
+	// 1. withdraw
+	if err := deleteGone(m.Attachments, prev.attachments, next.attachments); err != nil {
+		return err
+	}
+	if err := deleteGone(m.EgressPorts, prev.egress, next.egress); err != nil {
+		return err
+	}
+	if err := deleteGone(m.Policy, prev.policy, next.policy); err != nil {
+		return err
+	}
+	for k, v := range prev.services {
+		if nv, ok := next.services[k]; !ok || nv.Id != v.Id {
+			if err := deleteKey(m.Services, k); err != nil {
+				return err
+			}
+		}
+	}
+	// 2. backends: write changed and new, zero removed
+	for id, b := range next.backends {
+		if old, ok := prev.backends[id]; !ok || old != b {
+			if err := m.Backends.Put(id, b); err != nil {
+				return fmt.Errorf("write backend %d: %w", id, err)
+			}
+		}
+	}
+	for id := range prev.backends {
+		if _, ok := next.backends[id]; !ok {
+			if err := m.Backends.Put(id, gatewayBackend{}); err != nil {
+				return fmt.Errorf("evict removed backend %d: %w", id, err)
+			}
+		}
+	}
+	// 3. tables, swapped in whole
+	for id, table := range next.tables {
+		if old, ok := prev.tables[id]; ok && old != nil && slices.Equal(old, table) {
+			continue
+		}
+		if err := w.swapTable(id, table); err != nil {
+			return err
+		}
+	}
+	// 4. publish
+	if err := putChanged(m.Services, prev.services, next.services); err != nil {
+		return err
+	}
+	if err := putChanged(m.Policy, prev.policy, next.policy); err != nil {
+		return err
+	}
+	if err := putChanged(m.TxPorts, prev.txPorts, next.txPorts); err != nil {
+		return err
+	}
+	if err := putChanged(m.EgressPorts, prev.egress, next.egress); err != nil {
+		return err
+	}
+	if err := putChanged(m.Attachments, prev.attachments, next.attachments); err != nil {
+		return err
+	}
+	// 5. tidy
+	for id := range prev.tables {
+		if _, ok := next.tables[id]; !ok {
+			if err := deleteKey(m.MaglevTables, id); err != nil {
+				return err
+			}
+		}
+	}
+	return deleteGone(m.TxPorts, prev.txPorts, next.txPorts)
+}
+
+// swapTable builds table in a new inner map and puts it in service id's slot: the
+// fast path sees the old table or the new one, never a mix.
+func (w *Writer) swapTable(id uint32, table []uint32) error {
+	spec := w.innerSpec.Copy()
+	spec.MaxEntries = uint32(len(table))
+	spec.Name = fmt.Sprintf("maglev_%d", id)
+	inner, err := ebpf.NewMap(spec)
+	if err != nil {
+		return fmt.Errorf("create Maglev table of service %d (%d slots): %w", id, len(table), err)
+	}
+	defer inner.Close()
+	keys := make([]uint32, len(table))
+	for i := range keys {
+		keys[i] = uint32(i)
+	}
+	if _, err := inner.BatchUpdate(keys, table, nil); err != nil {
+		return fmt.Errorf("fill Maglev table of service %d: %w", id, err)
+	}
+	if err := w.m.MaglevTables.Put(id, inner); err != nil {
+		return fmt.Errorf("install Maglev table of service %d: %w", id, err)
+	}
+	return nil
+}
+
+func deleteKey(m *ebpf.Map, k any) error {
+	if err := m.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("delete %+v from %s: %w", k, m, err)
+	}
+	return nil
+}
+
+func deleteGone[K comparable, V any](m *ebpf.Map, prev, next map[K]V) error {
+	for _, k := range slices.Collect(maps.Keys(prev)) {
+		if _, ok := next[k]; !ok {
+			if err := deleteKey(m, k); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func putChanged[K, V comparable](m *ebpf.Map, prev, next map[K]V) error {
+	for k, v := range next {
+		if old, ok := prev[k]; ok && old == v {
+			continue
+		}
+		if err := m.Put(k, v); err != nil {
+			return fmt.Errorf("write %+v to %s: %w", k, m, err)
+		}
+	}
+	return nil
+}

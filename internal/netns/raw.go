@@ -1,0 +1,55 @@
+package netns
+
+import (
+	"encoding/binary"
+	"fmt"
+	"net"
+
+	"golang.org/x/sys/unix"
+)
+
+// RawSocket sends and receives whole Ethernet frames on one interface of a host
+// (AF_PACKET): how tests put malformed or spoofed frames on a wire.
+type RawSocket struct {
+	fd      int
+	ifindex int
+}
+
+func htons(v uint16) uint16 {
+	var b [2]byte
+	binary.BigEndian.PutUint16(b[:], v)
+	return binary.NativeEndian.Uint16(b[:])
+}
+
+// OpenRaw opens a raw socket on ifname inside the host.
+func (h *Host) OpenRaw(ifname string) (*RawSocket, error) {
+	var s *RawSocket
+	err := h.Do(func() error {
+		ifi, err := net.InterfaceByName(ifname)
+		if err != nil {
+			return fmt.Errorf("raw socket on %s: %w", ifname, err)
+		}
+		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, int(htons(unix.ETH_P_ALL)))
+		if err != nil {
+			return fmt.Errorf("raw socket on %s: %w", ifname, err)
+		}
+		if err := unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ALL), Ifindex: ifi.Index}); err != nil {
+			unix.Close(fd)
+			return fmt.Errorf("bind raw socket to %s: %w", ifname, err)
+		}
+		s = &RawSocket{fd: fd, ifindex: ifi.Index}
+		return nil
+	})
+	return s, err
+}
+
+// Send transmits frame as is.
+func (s *RawSocket) Send(frame []byte) error {
+	if err := unix.Sendto(s.fd, frame, 0, &unix.SockaddrLinklayer{Ifindex: s.ifindex}); err != nil {
+		return fmt.Errorf("send raw frame: %w", err)
+	}
+	return nil
+}
+
+// Close closes the socket.
+func (s *RawSocket) Close() error { return unix.Close(s.fd) }
