@@ -163,3 +163,31 @@ func DecodeBytes[M Message](body []byte, m M) error {
 	}
 	return nil
 }
+
+// RemoteError is a request the verifier refused, as the agent sees it.
+type RemoteError struct {
+	Problem Problem
+}
+
+func (e *RemoteError) Error() string {
+	msg := fmt.Sprintf("verifier refused (%d %s): %s", e.Problem.Status, e.Problem.Title, e.Problem.Detail)
+	return msg
+}
+
+// ReasonCode is the reason code the problem's type carries.
+func (e *RemoteError) ReasonCode() string {
+	if len(e.Problem.Type) > len(ProblemTypePrefix) && e.Problem.Type[:len(ProblemTypePrefix)] == ProblemTypePrefix {
+		return e.Problem.Type[len(ProblemTypePrefix):]
+	}
+	return ""
+}
+
+// ReasonCode returns the attest Reason… code an error carries (a verifier refusal,
+// local or remote), or "" when it carries none.
+func ReasonCode(err error) string {
+	var coded interface{ ReasonCode() string }
+	if errors.As(err, &coded) {
+		return coded.ReasonCode()
+	}
+	return ""
+}

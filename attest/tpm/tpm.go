@@ -28,6 +28,7 @@ import (
 	"github.com/google/go-tpm/tpm2/transport"
 
 	"github.com/seed4c/moat/attest"
+	"github.com/seed4c/moat/attest/internal/tpmtmpl"
 )
 
 // EKAlgorithm picks which of the TPM's endorsement keys the SE presents.
@@ -276,9 +277,9 @@ func (s *SE) ekKey(pinned ...*key) (*key, error) {
 	if s.ek != nil {
 		return s.ek, s.ensure(s.ek, pinned...)
 	}
-	persistent, tmpl := ekHandleECC, tpm2.ECCEKTemplate
+	persistent, tmpl := tpmtmpl.EKHandleECC, tpm2.ECCEKTemplate
 	if s.ekAlg == EKRSA {
-		persistent, tmpl = ekHandleRSA, tpm2.RSAEKTemplate
+		persistent, tmpl = tpmtmpl.EKHandleRSA, tpm2.RSAEKTemplate
 	}
 	// A provisioned TPM keeps its EK at the standard handle; use it when its public
 	// area is the standard template's type, else derive it from the template.
@@ -292,7 +293,7 @@ func (s *SE) ekKey(pinned ...*key) (*key, error) {
 }
 
 func (s *SE) akKey(pinned ...*key) (*key, error) {
-	return s.primary(&s.ak, tpm2.TPMRHEndorsement, akTemplate, "attestation key", pinned...)
+	return s.primary(&s.ak, tpm2.TPMRHEndorsement, tpmtmpl.AK, "attestation key", pinned...)
 }
 
 // EndorsementKey implements attest.SE.
@@ -305,9 +306,9 @@ func (s *SE) EndorsementKey() (attest.EndorsementKey, error) {
 	if err != nil {
 		return attest.EndorsementKey{}, err
 	}
-	index := ekCertIndexECC
+	index := tpmtmpl.EKCertIndexECC
 	if s.ekAlg == EKRSA {
-		index = ekCertIndexRSA
+		index = tpmtmpl.EKCertIndexRSA
 	}
 	cert, err := s.readNV(index)
 	if err != nil {
@@ -331,8 +332,8 @@ func (s *SE) readNV(index tpm2.TPMHandle) ([]byte, error) {
 	}
 	auth := tpm2.AuthHandle{Handle: index, Name: pubRsp.NVName, Auth: tpm2.PasswordAuth(nil)}
 	out := make([]byte, 0, nvPub.DataSize)
-	for off := 0; off < int(nvPub.DataSize); off += nvReadChunkSize {
-		n := min(nvReadChunkSize, int(nvPub.DataSize)-off)
+	for off := 0; off < int(nvPub.DataSize); off += tpmtmpl.NVChunkSize {
+		n := min(tpmtmpl.NVChunkSize, int(nvPub.DataSize)-off)
 		rsp, err := tpm2.NVRead{AuthHandle: auth, NVIndex: tpm2.NamedHandle{Handle: index, Name: pubRsp.NVName}, Size: uint16(n), Offset: uint16(off)}.Execute(s.tpm)
 		if err != nil {
 			return nil, fmt.Errorf("read NV index %#x at %d: %w", index, off, err)
@@ -350,9 +351,9 @@ func (s *SE) WriteEKCertificate(der []byte) error {
 		return err
 	}
 	defer s.mu.Unlock()
-	index := ekCertIndexECC
+	index := tpmtmpl.EKCertIndexECC
 	if s.ekAlg == EKRSA {
-		index = ekCertIndexRSA
+		index = tpmtmpl.EKCertIndexRSA
 	}
 	owner := tpm2.AuthHandle{Handle: tpm2.TPMRHOwner, Auth: tpm2.PasswordAuth(nil)}
 	def := tpm2.NVDefineSpace{
@@ -375,8 +376,8 @@ func (s *SE) WriteEKCertificate(der []byte) error {
 		return fmt.Errorf("read back NV index %#x: %w", index, err)
 	}
 	nv := tpm2.NamedHandle{Handle: index, Name: pubRsp.NVName}
-	for off := 0; off < len(der); off += nvReadChunkSize {
-		end := min(off+nvReadChunkSize, len(der))
+	for off := 0; off < len(der); off += tpmtmpl.NVChunkSize {
+		end := min(off+tpmtmpl.NVChunkSize, len(der))
 		w := tpm2.NVWrite{AuthHandle: owner, NVIndex: nv, Data: tpm2.TPM2BMaxNVBuffer{Buffer: der[off:end]}, Offset: uint16(off)}
 		if _, err := w.Execute(s.tpm); err != nil {
 			return fmt.Errorf("write EK certificate at %d: %w", off, err)
@@ -570,7 +571,7 @@ func (s *SE) Seal(data []byte, pcrs []int) ([]byte, error) {
 		InSensitive: tpm2.TPM2BSensitiveCreate{Sensitive: &tpm2.TPMSSensitiveCreate{
 			Data: tpm2.NewTPMUSensitiveCreate(&tpm2.TPM2BSensitiveData{Buffer: data}),
 		}},
-		InPublic: tpm2.New2B(sealedTemplate(digest.PolicyDigest.Buffer)),
+		InPublic: tpm2.New2B(tpmtmpl.Sealed(digest.PolicyDigest.Buffer)),
 	}.Execute(s.tpm)
 	if err != nil {
 		return nil, fmt.Errorf("seal: create sealed object: %w", err)
@@ -620,7 +621,7 @@ func (s *SE) Unseal(blob []byte) ([]byte, error) {
 }
 
 func (s *SE) ecdhPrimary() (*key, error) {
-	return s.primary(&s.ecdhKey, tpm2.TPMRHOwner, ecdhTemplate, "key-agreement key")
+	return s.primary(&s.ecdhKey, tpm2.TPMRHOwner, tpmtmpl.ECDH, "key-agreement key")
 }
 
 // ECDHPublicKey implements attest.SE.
@@ -677,7 +678,7 @@ func (s *SE) ECDH(peer *ecdh.PublicKey) ([]byte, error) {
 }
 
 func (s *SE) signingKey() (*key, error) {
-	return s.primary(&s.signer, tpm2.TPMRHOwner, signingTemplate, "signing key")
+	return s.primary(&s.signer, tpm2.TPMRHOwner, tpmtmpl.Signing, "signing key")
 }
 
 // SigningPublicKey implements attest.SE.

@@ -14,7 +14,7 @@ import (
 	"github.com/google/go-tpm/tpm2"
 
 	"github.com/seed4c/moat/attest"
-	"github.com/seed4c/moat/attest/quote"
+	"github.com/seed4c/moat/attest/tpmwire"
 )
 
 // PCR is the PCR the suite extends; a fresh SE must have it at zero.
@@ -177,22 +177,22 @@ func testQuote(t *testing.T, se attest.SE) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, err := quote.Parse(q.Attest)
+	a, err := tpmwire.Parse(q.Attest)
 	if err != nil {
 		t.Fatalf("quote does not parse: %v", err)
 	}
-	sig, err := quote.ParseSignature(q.Signature)
+	sig, err := tpmwire.ParseSignature(q.Signature)
 	if err != nil {
 		t.Fatalf("signature does not parse: %v", err)
 	}
-	if err := quote.Verify(key, q.Attest, sig); err != nil {
+	if err := tpmwire.Verify(key, q.Attest, sig); err != nil {
 		t.Fatalf("quote not signed by the AK: %v", err)
 	}
 	if !bytes.Equal(a.ExtraData, qd[:]) {
 		t.Fatalf("extraData %x, want %x", a.ExtraData, qd)
 	}
 	got, err := a.SHA256PCRs()
-	if err != nil || !quote.SameSet(got, pcrs) {
+	if err != nil || !tpmwire.SameSet(got, pcrs) {
 		t.Fatalf("quoted PCRs %v (%v), want %v", got, err, pcrs)
 	}
 	vals, err := se.ReadPCRs(pcrs)
@@ -200,14 +200,14 @@ func testQuote(t *testing.T, se attest.SE) {
 		t.Fatal(err)
 	}
 	raw := [][]byte{vals[0].Digest, vals[1].Digest}
-	if d := quote.PCRDigest(raw); !bytes.Equal(d[:], a.PCRDigest) {
+	if d := tpmwire.PCRDigest(raw); !bytes.Equal(d[:], a.PCRDigest) {
 		t.Fatalf("pcrDigest %x, want %x", a.PCRDigest, d)
 	}
 	q2, err := se.Quote(pcrs, qd[:])
 	if err != nil {
 		t.Fatal(err)
 	}
-	a2, err := quote.Parse(q2.Attest)
+	a2, err := tpmwire.Parse(q2.Attest)
 	if err != nil {
 		t.Fatal(err)
 	}

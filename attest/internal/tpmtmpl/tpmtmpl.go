@@ -1,18 +1,20 @@
-package tpm
+// Package tpmtmpl holds the TPM object templates and standard handles moat uses, shared
+// by the TPM SE and the pure-Go fake so both present byte-identical public areas.
+package tpmtmpl
 
 import "github.com/google/go-tpm/tpm2"
 
 // Standard persistent handles and NV indices from the TCG EK Credential Profile: a
 // provisioned hardware TPM keeps its EKs there, and its EK certificates in NV.
 const (
-	ekHandleRSA     tpm2.TPMHandle = 0x81010001
-	ekHandleECC     tpm2.TPMHandle = 0x81010002
-	ekCertIndexRSA  tpm2.TPMHandle = 0x01C00002
-	ekCertIndexECC  tpm2.TPMHandle = 0x01C0000A
-	nvReadChunkSize                = 512 // below every TPM's TPM_PT_NV_BUFFER_MAX
+	EKHandleRSA    tpm2.TPMHandle = 0x81010001
+	EKHandleECC    tpm2.TPMHandle = 0x81010002
+	EKCertIndexRSA tpm2.TPMHandle = 0x01C00002
+	EKCertIndexECC tpm2.TPMHandle = 0x01C0000A
+	NVChunkSize                   = 512 // below every TPM's TPM_PT_NV_BUFFER_MAX
 )
 
-// akTemplate is the attestation key: ECC P-256, ECDSA-SHA256, restricted signing (it
+// AK is the attestation key: ECC P-256, ECDSA-SHA256, restricted signing (it
 // signs only digests the TPM computed itself, so it cannot be made to sign a forged
 // TPMS_ATTEST), fixedTPM and fixedParent (never leaves this TPM), sensitiveDataOrigin
 // (the TPM generated the private key).
@@ -21,7 +23,7 @@ const (
 // with RSA-2048 (hardware TPMs take hundreds of milliseconds for an RSA private
 // operation), quotes are a third the size, and Go verifies a P-256 signature in tens
 // of microseconds, well inside the verifier's budget.
-var akTemplate = tpm2.TPMTPublic{
+var AK = tpm2.TPMTPublic{
 	Type:    tpm2.TPMAlgECC,
 	NameAlg: tpm2.TPMAlgSHA256,
 	ObjectAttributes: tpm2.TPMAObject{
@@ -40,12 +42,12 @@ var akTemplate = tpm2.TPMTPublic{
 		},
 		CurveID: tpm2.TPMECCNistP256,
 	}),
-	Unique: eccUnique("moat attestation key"),
+	Unique: ECCUnique("moat attestation key"),
 }
 
-// ecdhTemplate is the unrestricted P-256 key-agreement key for the overlay's pre-shared
+// ECDH is the unrestricted P-256 key-agreement key for the overlay's pre-shared
 // keys (TPM2_ECDH_ZGen).
-var ecdhTemplate = tpm2.TPMTPublic{
+var ECDH = tpm2.TPMTPublic{
 	Type:    tpm2.TPMAlgECC,
 	NameAlg: tpm2.TPMAlgSHA256,
 	ObjectAttributes: tpm2.TPMAObject{
@@ -63,12 +65,12 @@ var ecdhTemplate = tpm2.TPMTPublic{
 		},
 		CurveID: tpm2.TPMECCNistP256,
 	}),
-	Unique: eccUnique("moat key agreement"),
+	Unique: ECCUnique("moat key agreement"),
 }
 
-// signingTemplate is the unrestricted P-256 signing key for audit checkpoints: unlike
+// Signing is the unrestricted P-256 signing key for audit checkpoints: unlike
 // the AK it signs caller-supplied digests, which is why it is a separate key.
-var signingTemplate = tpm2.TPMTPublic{
+var Signing = tpm2.TPMTPublic{
 	Type:    tpm2.TPMAlgECC,
 	NameAlg: tpm2.TPMAlgSHA256,
 	ObjectAttributes: tpm2.TPMAObject{
@@ -86,13 +88,13 @@ var signingTemplate = tpm2.TPMTPublic{
 		},
 		CurveID: tpm2.TPMECCNistP256,
 	}),
-	Unique: eccUnique("moat audit signing key"),
+	Unique: ECCUnique("moat audit signing key"),
 }
 
-// eccUnique fills a primary template's unique field with a label, so that each of
+// ECCUnique fills a primary template's unique field with a label, so that each of
 // moat's primary keys is a distinct key even if two templates were otherwise equal
 // (CreatePrimary derives the key from the hierarchy seed and the whole template).
-func eccUnique(label string) tpm2.TPMUPublicID {
+func ECCUnique(label string) tpm2.TPMUPublicID {
 	x := make([]byte, 32)
 	copy(x, label)
 	return tpm2.NewTPMUPublicID(tpm2.TPMAlgECC, &tpm2.TPMSECCPoint{
@@ -103,7 +105,7 @@ func eccUnique(label string) tpm2.TPMUPublicID {
 
 // sealedTemplate is a keyed-hash data object whose only authorization is its policy
 // (userWithAuth clear): a PCR policy, so knowing no password unseals it.
-func sealedTemplate(policy []byte) tpm2.TPMTPublic {
+func Sealed(policy []byte) tpm2.TPMTPublic {
 	return tpm2.TPMTPublic{
 		Type:    tpm2.TPMAlgKeyedHash,
 		NameAlg: tpm2.TPMAlgSHA256,

@@ -1,0 +1,5 @@
+package fakese
+
+import "crypto"
+
+const cryptoSHA256 = crypto.SHA256
