@@ -126,25 +126,53 @@ func Remove(opts Options) error {
 	return errors.Join(errs...)
 }
 
-// AttachCountPass attaches the floor program (count and pass) to ifindex, unpinned:
-// the link lives as long as the returned handle. Tests use it on the far end of a
-// veth, where redirected frames are delivered only to an interface with an XDP
-// program; benchmarks use it as the floor moat is compared with.
-func AttachCountPass(ifindex int) (link.Link, *ebpf.Program, error) {
+// CountPass is the floor program (count and pass) attached to one interface, unpinned:
+// it lives as long as this handle. Tests put it on the far end of a veth, where
+// redirected frames are delivered only to an interface with an XDP program;
+// benchmarks compare moat with it.
+type CountPass struct {
+	prog  *ebpf.Program
+	stats *ebpf.Map
+	link  link.Link
+}
+
+// AttachCountPass loads a fresh floor program and attaches it to ifindex in the
+// caller's network namespace.
+func AttachCountPass(ifindex int) (*CountPass, error) {
 	spec, err := loadGateway()
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	var objs struct {
-		Prog *ebpf.Program `ebpf:"xdp_count_pass"`
+		Prog  *ebpf.Program `ebpf:"xdp_count_pass"`
+		Stats *ebpf.Map     `ebpf:"floor_stats"`
 	}
 	if err := spec.LoadAndAssign(&objs, nil); err != nil {
-		return nil, nil, fmt.Errorf("load count-pass program: %w", err)
+		return nil, fmt.Errorf("load count-pass program: %w", err)
 	}
 	l, err := link.AttachXDP(link.XDPOptions{Program: objs.Prog, Interface: ifindex, Flags: link.XDPDriverMode})
 	if err != nil {
 		objs.Prog.Close()
-		return nil, nil, fmt.Errorf("attach count-pass program to ifindex %d: %w", ifindex, err)
+		objs.Stats.Close()
+		return nil, fmt.Errorf("attach count-pass program to ifindex %d: %w", ifindex, err)
 	}
-	return l, objs.Prog, nil
+	return &CountPass{prog: objs.Prog, stats: objs.Stats, link: l}, nil
+}
+
+// Count returns what the program has seen.
+func (c *CountPass) Count() (Traffic, error) {
+	var per []gatewayTraffic
+	if err := c.stats.Lookup(uint32(0), &per); err != nil {
+		return Traffic{}, fmt.Errorf("read count-pass counter: %w", err)
+	}
+	var t Traffic
+	for _, v := range per {
+		t = t.plus(Traffic{v.Packets, v.Bytes})
+	}
+	return t, nil
+}
+
+// Close detaches and unloads the program.
+func (c *CountPass) Close() error {
+	return errors.Join(c.link.Close(), c.prog.Close(), c.stats.Close())
 }

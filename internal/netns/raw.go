@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -53,3 +54,19 @@ func (s *RawSocket) Send(frame []byte) error {
 
 // Close closes the socket.
 func (s *RawSocket) Close() error { return unix.Close(s.fd) }
+
+// SetReadTimeout bounds each Recv.
+func (s *RawSocket) SetReadTimeout(d time.Duration) error {
+	tv := unix.NsecToTimeval(d.Nanoseconds())
+	if err := unix.SetsockoptTimeval(s.fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+		return fmt.Errorf("raw socket read timeout: %w", err)
+	}
+	return nil
+}
+
+// Recv reads one frame seen on the interface (either direction); it returns
+// os.ErrDeadlineExceeded-like errors (EAGAIN) when the read timeout passes.
+func (s *RawSocket) Recv(buf []byte) (int, error) {
+	n, _, err := unix.Recvfrom(s.fd, buf, 0)
+	return n, err
+}
