@@ -33,6 +33,10 @@ import (
 	"github.com/seed4c/moat/attest/internal/tpmtmpl"
 )
 
+// initialClock is the fake TPM's clock at New, in milliseconds: ten days of prior
+// uptime, so tests can move it back without it going below zero.
+const initialClock = 10 * 24 * 3600 * 1000
+
 // ErrClosed is returned by every method after Close.
 var ErrClosed = errors.New("fake SE is closed")
 
@@ -295,7 +299,7 @@ func (s *SE) Quote(pcrs []int, qualifyingData []byte) (attest.Quote, error) {
 		QualifiedSigner: s.qualifiedName(),
 		ExtraData:       tpm2.TPM2BData{Buffer: bytes.Clone(qualifyingData)},
 		ClockInfo: tpm2.TPMSClockInfo{
-			Clock:        uint64(time.Since(s.start).Milliseconds() + 1000 + s.clockOffset),
+			Clock:        uint64(max(0, time.Since(s.start).Milliseconds()+initialClock+s.clockOffset)),
 			ResetCount:   s.resetCount,
 			RestartCount: s.restartCount,
 			Safe:         true,

@@ -5,6 +5,7 @@
 package swtpmtest
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"net"
@@ -26,8 +27,9 @@ type Instance struct {
 	t    testing.TB
 	bin  string
 	dir  string
-	cmd  *exec.Cmd
-	done chan error
+	cmd    *exec.Cmd
+	done   chan error
+	stderr bytes.Buffer
 }
 
 // Binary returns swtpm's path, skipping (or, under CI=true, failing) the test when
@@ -59,7 +61,12 @@ func Start(t testing.TB) *Instance {
 		t.Fatal(err)
 	}
 	i := &Instance{t: t, bin: bin, dir: dir, StateDir: state, Addr: "unix:" + filepath.Join(dir, "server.sock")}
-	t.Cleanup(i.Stop)
+	t.Cleanup(func() {
+		i.Stop()
+		if t.Failed() && i.stderr.Len() > 0 {
+			t.Logf("swtpm stderr:\n%s", i.stderr.String())
+		}
+	})
 	i.Restart()
 	return i
 }
@@ -78,7 +85,8 @@ func (i *Instance) Restart() {
 		"--ctrl", "type=unixio,path="+ctrl,
 		"--tpmstate", "dir="+i.StateDir,
 		"--flags", "not-need-init,startup-clear")
-	cmd.Stderr = os.Stderr
+	// swtpm's stderr is kept for a failing test, not printed on every disconnect.
+	cmd.Stderr = &i.stderr
 	if err := cmd.Start(); err != nil {
 		i.t.Fatalf("start swtpm: %v", err)
 	}
