@@ -60,6 +60,7 @@ type SE struct {
 	clockOffset  int64
 	resetCount   uint32
 	restartCount uint32
+	unsafe       bool
 }
 
 var _ attest.SE = (*SE)(nil)
@@ -159,6 +160,17 @@ func (s *SE) SetCounters(resetCount, restartCount uint32) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.resetCount, s.restartCount = resetCount, restartCount
+}
+
+// CrashReboot plays a reboot after a crash or power loss: like Reboot, but the clock
+// falls back by lost (the time since the TPM last saved it) and quotes report
+// safe = NO, as the TPM specification prescribes.
+func (s *SE) CrashReboot(lost time.Duration) {
+	s.Reboot()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.clockOffset -= lost.Milliseconds()
+	s.unsafe = true
 }
 
 // ShiftClock moves the TPM clock by d (negative: backwards).
@@ -302,7 +314,7 @@ func (s *SE) Quote(pcrs []int, qualifyingData []byte) (attest.Quote, error) {
 			Clock:        uint64(max(0, time.Since(s.start).Milliseconds()+initialClock+s.clockOffset)),
 			ResetCount:   s.resetCount,
 			RestartCount: s.restartCount,
-			Safe:         true,
+			Safe:         !s.unsafe,
 		},
 		FirmwareVersion: 0x46414b45, // "FAKE"
 		Attested: tpm2.NewTPMUAttest(tpm2.TPMSTAttestQuote, &tpm2.TPMSQuoteInfo{

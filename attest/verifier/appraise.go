@@ -195,23 +195,41 @@ func (v *Verifier) appraise(s *subject, ev *attest.Evidence, a *tpmwire.Attestat
 	return reasons, rebooted
 }
 
+// MaxUnorderlyClockRegression is how far back a TPM's clock may legally be after a
+// reboot that was not an orderly shutdown: the TPM saves its clock to NV at least every
+// 2^22 ms (TPM 2.0 Part 1, "Clock"; NV_CLOCK_UPDATE_INTERVAL in the reference
+// implementation) and restores the saved value after a crash or power loss, reporting
+// safe = NO.
+const MaxUnorderlyClockRegression = 1 << 22
+
 // counterReasons checks that the TPM's counters did not go backwards since the last
-// authenticated evidence. A reboot (resetCount up) is legal and makes restartCount
-// start over; the clock must never go back, reboot or not: only a TPM whose state was
-// rolled back (a restored VM or swtpm snapshot) reports an earlier clock.
+// authenticated evidence:
+//   - resetCount never decreases: only a TPM whose state was restored from an older copy
+//     (a VM or swtpm snapshot) reports a smaller one;
+//   - within one boot, restartCount never decreases and the clock never goes back: a
+//     VM restored from a memory snapshot, vTPM included, would replay a running
+//     system's state, and its clock is what gives it away;
+//   - across a reboot (resetCount up) restartCount starts over, and the clock may be
+//     behind only as the TPM specification allows after an unorderly shutdown: the
+//     quote says safe = NO, and by less than MaxUnorderlyClockRegression.
 func counterReasons(rec *Record, a *tpmwire.Attestation) []string {
 	if !rec.CountersSeen {
 		return nil
 	}
 	var reasons []string
+	rebooted := a.ResetCount > rec.ResetCount
 	switch {
 	case a.ResetCount < rec.ResetCount:
 		reasons = append(reasons, fmt.Sprintf("%s: TPM resetCount went from %d back to %d: TPM state rolled back", attest.ReasonResetCount, rec.ResetCount, a.ResetCount))
-	case a.ResetCount == rec.ResetCount && a.RestartCount < rec.RestartCount:
+	case !rebooted && a.RestartCount < rec.RestartCount:
 		reasons = append(reasons, fmt.Sprintf("%s: TPM restartCount went from %d back to %d within one boot", attest.ReasonRestartCount, rec.RestartCount, a.RestartCount))
 	}
 	if a.Clock < rec.Clock {
-		reasons = append(reasons, fmt.Sprintf("%s: TPM clock went from %d ms back to %d ms", attest.ReasonClock, rec.Clock, a.Clock))
+		back := rec.Clock - a.Clock
+		legal := rebooted && !a.Safe && back < MaxUnorderlyClockRegression
+		if !legal {
+			reasons = append(reasons, fmt.Sprintf("%s: TPM clock went from %d ms back to %d ms (reboot %t, safe %t)", attest.ReasonClock, rec.Clock, a.Clock, rebooted, a.Safe))
+		}
 	}
 	return reasons
 }

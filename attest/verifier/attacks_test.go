@@ -290,6 +290,25 @@ func TestRebootIsLegalButNeedsFullAppraisal(t *testing.T) {
 	mustContraindicate(t, res, err, attest.ReasonClock)
 }
 
+// After a crash the TPM restores its clock from NV, up to 2^22 ms back, and says so
+// (safe = NO): legal. The same regression without a reboot, or with the TPM claiming
+// its clock is safe, or further back than the TPM ever lets it lag, is not.
+func TestClockRegressionAfterCrashRebootIsLegalOnlyWithinTPMRules(t *testing.T) {
+	r := newRig(t, verifier.Config{})
+	se := newFake(t)
+	h := newHost(t, "web-1", se)
+	r.add(t, h)
+	mustAffirm(t)(h.attest(t, r.v))
+	se.CrashReboot(10 * time.Minute)
+	h.remeasure(t)
+	mustAffirm(t)(h.attest(t, r.v))
+
+	se.CrashReboot(2 * time.Hour) // beyond the TPM's NV clock update interval
+	h.remeasure(t)
+	res, err := h.attest(t, r.v)
+	mustContraindicate(t, res, err, attest.ReasonClock)
+}
+
 func TestGoldenPCRMismatchContraindicated(t *testing.T) {
 	r := newRig(t, verifier.Config{})
 	h := newHost(t, "web-1", newFake(t))

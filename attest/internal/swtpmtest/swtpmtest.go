@@ -24,9 +24,9 @@ type Instance struct {
 	// StateDir holds the TPM's persistent state; copying it is snapshotting the TPM.
 	StateDir string
 
-	t    testing.TB
-	bin  string
-	dir  string
+	t      testing.TB
+	bin    string
+	dir    string
 	cmd    *exec.Cmd
 	done   chan error
 	stderr bytes.Buffer
