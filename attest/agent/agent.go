@@ -234,6 +234,7 @@ func New(cfg Config, se attest.SE, client VerifierClient, log *slog.Logger) (*Ag
 	if _, err := a.measurer.Measure(); err != nil {
 		return nil, err
 	}
+	a.status.Measurements = len(a.measurer.Log().Entries)
 	log.Info("agent ready", "ek_sha256", a.status.EKSHA256, "ek_certificate", len(ek.Certificate) > 0 || a.ekCert != nil,
 		"pcr", cfg.PCR, "files", len(cfg.Measure), "wireguard_key", base64.StdEncoding.EncodeToString(cfg.WireGuardKey))
 	return a, nil
