@@ -12,6 +12,8 @@
 package fakese
 
 import (
+	"crypto"
+	"crypto/rsa"
 	"bytes"
 	"crypto/aes"
 	"crypto/cipher"
@@ -47,7 +49,7 @@ type SE struct {
 
 	ekPriv   *ecdh.PrivateKey
 	ekPublic tpm2.TPMTPublic
-	akPriv   *ecdsa.PrivateKey
+	akPriv   *rsa.PrivateKey
 	akPublic tpm2.TPMTPublic
 	akName   tpm2.TPM2BName
 	ecdhPriv *ecdh.PrivateKey
@@ -73,14 +75,11 @@ func New() (*SE, error) {
 		return nil, fmt.Errorf("generate fake EK: %w", err)
 	}
 	s.ekPublic = withECCPoint(tpm2.ECCEKTemplate, s.ekPriv.PublicKey().Bytes())
-	if s.akPriv, err = ecdsa.GenerateKey(elliptic.P256(), rand.Reader); err != nil {
+	if s.akPriv, err = rsa.GenerateKey(rand.Reader, 2048); err != nil {
 		return nil, fmt.Errorf("generate fake AK: %w", err)
 	}
-	akECDH, err := s.akPriv.ECDH()
-	if err != nil {
-		return nil, err
-	}
-	s.akPublic = withECCPoint(tpmtmpl.AK, akECDH.PublicKey().Bytes())
+	s.akPublic = tpmtmpl.AK
+	s.akPublic.Unique = tpm2.NewTPMUPublicID(tpm2.TPMAlgRSA, &tpm2.TPM2BPublicKeyRSA{Buffer: s.akPriv.N.FillBytes(make([]byte, 256))})
 	name, err := tpm2.ObjectName(&s.akPublic)
 	if err != nil {
 		return nil, fmt.Errorf("fake AK name: %w", err)
@@ -222,7 +221,7 @@ func (s *SE) ActivateCredential(credential, secret []byte) ([]byte, error) {
 		return nil, fmt.Errorf("activate credential: %w", err)
 	}
 	ekX := s.ekPriv.PublicKey().Bytes()[1:33]
-	seed := tpm2.KDFe(cryptoSHA256, z, "IDENTITY", eph.X.Buffer, ekX, 256)
+	seed := tpm2.KDFe(crypto.SHA256, z, "IDENTITY", eph.X.Buffer, ekX, 256)
 
 	if len(credential) < 2 {
 		return nil, errors.New("activate credential: credential too short")
@@ -232,13 +231,13 @@ func (s *SE) ActivateCredential(credential, secret []byte) ([]byte, error) {
 		return nil, errors.New("activate credential: integrity HMAC truncated")
 	}
 	integrity, encIdentity := credential[2:2+n], credential[2+n:]
-	mac := hmac.New(sha256.New, tpm2.KDFa(cryptoSHA256, seed, "INTEGRITY", nil, nil, 256))
+	mac := hmac.New(sha256.New, tpm2.KDFa(crypto.SHA256, seed, "INTEGRITY", nil, nil, 256))
 	mac.Write(encIdentity)
 	mac.Write(s.akName.Buffer)
 	if !hmac.Equal(mac.Sum(nil), integrity) {
 		return nil, errors.New("activate credential: integrity check failed (credential not for this EK and AK)")
 	}
-	block, err := aes.NewCipher(tpm2.KDFa(cryptoSHA256, seed, "STORAGE", s.akName.Buffer, nil, 128))
+	block, err := aes.NewCipher(tpm2.KDFa(crypto.SHA256, seed, "STORAGE", s.akName.Buffer, nil, 128))
 	if err != nil {
 		return nil, err
 	}
@@ -337,19 +336,19 @@ func (s *SE) qualifiedName() tpm2.TPM2BName {
 	return tpm2.TPM2BName{Buffer: append([]byte{0x00, 0x0b}, h.Sum(nil)...)}
 }
 
-// signTPMT signs SHA-256(msg) and encodes the signature as the TPM does.
-func signTPMT(key *ecdsa.PrivateKey, msg []byte) []byte {
+// signTPMT signs SHA-256(msg) with RSASSA-PKCS1-v1_5 and encodes the signature as
+// the TPM does.
+func signTPMT(key *rsa.PrivateKey, msg []byte) []byte {
 	d := sha256.Sum256(msg)
-	r, sv, err := ecdsa.Sign(rand.Reader, key, d[:])
+	sig, err := rsa.SignPKCS1v15(nil, key, crypto.SHA256, d[:])
 	if err != nil {
-		panic(fmt.Sprintf("fake SE: ECDSA sign: %v", err)) // only fails when the entropy source does
+		panic(fmt.Sprintf("fake SE: RSA sign: %v", err)) // cannot fail for a valid key and digest
 	}
 	return tpm2.Marshal(tpm2.TPMTSignature{
-		SigAlg: tpm2.TPMAlgECDSA,
-		Signature: tpm2.NewTPMUSignature(tpm2.TPMAlgECDSA, &tpm2.TPMSSignatureECC{
-			Hash:       tpm2.TPMAlgSHA256,
-			SignatureR: tpm2.TPM2BECCParameter{Buffer: r.FillBytes(make([]byte, 32))},
-			SignatureS: tpm2.TPM2BECCParameter{Buffer: sv.FillBytes(make([]byte, 32))},
+		SigAlg: tpm2.TPMAlgRSASSA,
+		Signature: tpm2.NewTPMUSignature(tpm2.TPMAlgRSASSA, &tpm2.TPMSSignatureRSA{
+			Hash: tpm2.TPMAlgSHA256,
+			Sig:  tpm2.TPM2BPublicKeyRSA{Buffer: sig},
 		}),
 	})
 }

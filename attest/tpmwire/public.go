@@ -5,6 +5,7 @@ import (
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
+	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/x509"
 	"errors"
@@ -56,8 +57,8 @@ func eccPoint(pub *tpm2.TPMTPublic) ([]byte, error) {
 }
 
 // AKPublicKey decodes an AK public area and checks it is what a quote may be trusted
-// from (CheckAKAttributes); it returns the ECDSA key.
-func AKPublicKey(b []byte) (*ecdsa.PublicKey, error) {
+// from (CheckAKAttributes); it returns the RSA key.
+func AKPublicKey(b []byte) (*rsa.PublicKey, error) {
 	pub, err := DecodePublic(b, "AK")
 	if err != nil {
 		return nil, err
@@ -65,15 +66,26 @@ func AKPublicKey(b []byte) (*ecdsa.PublicKey, error) {
 	if err := CheckAKAttributes(pub); err != nil {
 		return nil, err
 	}
-	raw, err := eccPoint(pub)
+	return rsaKey(pub, "AK")
+}
+
+// rsaKey returns the RSA-2048 public key of a public area, exponent 65537.
+func rsaKey(pub *tpm2.TPMTPublic, what string) (*rsa.PublicKey, error) {
+	parms, err := pub.Parameters.RSADetail()
 	if err != nil {
-		return nil, fmt.Errorf("AK: %w", err)
+		return nil, fmt.Errorf("%s RSA parameters: %w", what, err)
 	}
-	key, err := ecdsa.ParseUncompressedPublicKey(elliptic.P256(), raw)
+	n, err := pub.Unique.RSA()
 	if err != nil {
-		return nil, fmt.Errorf("AK: point not on P-256: %w", err)
+		return nil, fmt.Errorf("%s RSA modulus: %w", what, err)
 	}
-	return key, nil
+	if parms.KeyBits != 2048 || len(n.Buffer) != 256 || n.Buffer[0]&0x80 == 0 {
+		return nil, fmt.Errorf("%s is not an RSA-2048 key (%d bits, %d-byte modulus)", what, parms.KeyBits, len(n.Buffer))
+	}
+	if parms.Exponent != 0 && parms.Exponent != 65537 {
+		return nil, fmt.Errorf("%s RSA exponent %d, want 65537", what, parms.Exponent)
+	}
+	return tpm2.RSAPub(parms, n)
 }
 
 // CheckAKAttributes accepts only a key whose signatures over TPMS_ATTEST prove the TPM
@@ -82,7 +94,7 @@ func AKPublicKey(b []byte) (*ecdsa.PublicKey, error) {
 //     caller's digest of a forged structure that starts with TPM_GENERATED_VALUE;
 //   - fixedTPM + fixedParent: it cannot have been duplicated out of (or into) the TPM;
 //   - sensitiveDataOrigin: the TPM generated the private key, nobody imported a known one;
-//   - ECC P-256 with the ECDSA-SHA256 scheme, SHA-256 name algorithm.
+//   - RSA-2048 with the RSASSA-SHA256 scheme, SHA-256 name algorithm.
 func CheckAKAttributes(pub *tpm2.TPMTPublic) error {
 	a := pub.ObjectAttributes
 	var missing []string
@@ -92,7 +104,7 @@ func CheckAKAttributes(pub *tpm2.TPMTPublic) error {
 	}{
 		{a.Restricted, "restricted"}, {a.SignEncrypt, "sign"}, {!a.Decrypt, "not decrypt"},
 		{a.FixedTPM, "fixedTPM"}, {a.FixedParent, "fixedParent"}, {a.SensitiveDataOrigin, "sensitiveDataOrigin"},
-		{pub.Type == tpm2.TPMAlgECC, "ECC type"}, {pub.NameAlg == tpm2.TPMAlgSHA256, "SHA-256 name algorithm"},
+		{pub.Type == tpm2.TPMAlgRSA, "RSA type"}, {pub.NameAlg == tpm2.TPMAlgSHA256, "SHA-256 name algorithm"},
 	} {
 		if !c.ok {
 			missing = append(missing, c.name)
@@ -101,13 +113,13 @@ func CheckAKAttributes(pub *tpm2.TPMTPublic) error {
 	if len(missing) > 0 {
 		return fmt.Errorf("%w: AK lacks %v", ErrAKAttributes, missing)
 	}
-	parms, err := pub.Parameters.ECCDetail()
+	parms, err := pub.Parameters.RSADetail()
 	if err != nil {
-		return fmt.Errorf("%w: AK ECC parameters: %v", ErrAKAttributes, err)
+		return fmt.Errorf("%w: AK RSA parameters: %v", ErrAKAttributes, err)
 	}
-	scheme, err := parms.Scheme.Details.ECDSA()
-	if parms.Scheme.Scheme != tpm2.TPMAlgECDSA || err != nil || scheme.HashAlg != tpm2.TPMAlgSHA256 {
-		return fmt.Errorf("%w: AK scheme %#x is not ECDSA-SHA256", ErrAKAttributes, parms.Scheme.Scheme)
+	scheme, err := parms.Scheme.Details.RSASSA()
+	if parms.Scheme.Scheme != tpm2.TPMAlgRSASSA || err != nil || scheme.HashAlg != tpm2.TPMAlgSHA256 {
+		return fmt.Errorf("%w: AK scheme %#x is not RSASSA-SHA256", ErrAKAttributes, parms.Scheme.Scheme)
 	}
 	return nil
 }
@@ -127,22 +139,7 @@ func EKPublicKey(pub *tpm2.TPMTPublic) (crypto.PublicKey, error) {
 		}
 		return ecdsa.ParseUncompressedPublicKey(elliptic.P256(), raw)
 	case tpm2.TPMAlgRSA:
-		parms, err := pub.Parameters.RSADetail()
-		if err != nil {
-			return nil, fmt.Errorf("EK RSA parameters: %w", err)
-		}
-		n, err := pub.Unique.RSA()
-		if err != nil {
-			return nil, fmt.Errorf("EK RSA modulus: %w", err)
-		}
-		key, err := tpm2.RSAPub(parms, n)
-		if err != nil {
-			return nil, fmt.Errorf("EK RSA key: %w", err)
-		}
-		if key.N.BitLen() != 2048 {
-			return nil, fmt.Errorf("EK RSA key of %d bits, want 2048", key.N.BitLen())
-		}
-		return key, nil
+		return rsaKey(pub, "EK")
 	}
 	return nil, fmt.Errorf("EK type %#x is neither RSA nor ECC", pub.Type)
 }

@@ -2,11 +2,12 @@ package tpmwire
 
 import (
 	"bytes"
-	"crypto/ecdsa"
-	"crypto/elliptic"
+	"crypto"
 	"crypto/rand"
+	"crypto/rsa"
 	"crypto/sha256"
 	"errors"
+	"sync"
 	"testing"
 
 	"github.com/google/go-tpm/tpm2"
@@ -84,10 +85,7 @@ func TestParseRefusesTruncationAndTrailingBytes(t *testing.T) {
 }
 
 func TestSignatureVerify(t *testing.T) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
+	key := testKey(t)
 	msg := tpm2.Marshal(sampleAttest(tpm2.TPMAlgSHA256, 15))
 	sigBytes := signTPM(t, key, msg)
 	sig, err := ParseSignature(sigBytes)
@@ -97,7 +95,7 @@ func TestSignatureVerify(t *testing.T) {
 	if err := Verify(&key.PublicKey, msg, sig); err != nil {
 		t.Fatalf("good signature refused: %v", err)
 	}
-	other, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	other := testKey(t)
 	if err := Verify(&other.PublicKey, msg, sig); !errors.Is(err, ErrSignature) {
 		t.Fatalf("signature verified under another key: %v", err)
 	}
@@ -105,9 +103,9 @@ func TestSignatureVerify(t *testing.T) {
 	if err := Verify(&key.PublicKey, msg, sig); !errors.Is(err, ErrSignature) {
 		t.Fatalf("signature verified over altered quote: %v", err)
 	}
-	rsaSig := tpm2.Marshal(tpm2.TPMTSignature{SigAlg: tpm2.TPMAlgRSASSA, Signature: tpm2.NewTPMUSignature(tpm2.TPMAlgRSASSA, &tpm2.TPMSSignatureRSA{Hash: tpm2.TPMAlgSHA256, Sig: tpm2.TPM2BPublicKeyRSA{Buffer: []byte{1}}})})
-	if _, err := ParseSignature(rsaSig); !errors.Is(err, ErrMalformed) {
-		t.Fatalf("RSA signature accepted: %v", err)
+	ecdsaSig := tpm2.Marshal(tpm2.TPMTSignature{SigAlg: tpm2.TPMAlgECDSA, Signature: tpm2.NewTPMUSignature(tpm2.TPMAlgECDSA, &tpm2.TPMSSignatureECC{Hash: tpm2.TPMAlgSHA256})})
+	if _, err := ParseSignature(ecdsaSig); !errors.Is(err, ErrMalformed) {
+		t.Fatalf("ECDSA signature accepted where the AK signs RSASSA: %v", err)
 	}
 	for n := 0; n < len(sigBytes); n++ {
 		if _, err := ParseSignature(sigBytes[:n]); err == nil {
@@ -116,18 +114,38 @@ func TestSignatureVerify(t *testing.T) {
 	}
 }
 
-func signTPM(t testing.TB, key *ecdsa.PrivateKey, msg []byte) []byte {
+var (
+	keyOnce sync.Once
+	keys    []*rsa.PrivateKey
+)
+
+// testKey returns one of two RSA-2048 keys generated once per process (key generation
+// is slow, and the tests only need two distinct keys).
+func testKey(t testing.TB) *rsa.PrivateKey {
+	keyOnce.Do(func() {
+		for range 2 {
+			k, err := rsa.GenerateKey(rand.Reader, 2048)
+			if err != nil {
+				panic(err)
+			}
+			keys = append(keys, k)
+		}
+	})
+	keys[0], keys[1] = keys[1], keys[0]
+	return keys[0]
+}
+
+func signTPM(t testing.TB, key *rsa.PrivateKey, msg []byte) []byte {
 	d := sha256.Sum256(msg)
-	r, s, err := ecdsa.Sign(rand.Reader, key, d[:])
+	sig, err := rsa.SignPKCS1v15(nil, key, crypto.SHA256, d[:])
 	if err != nil {
 		t.Fatal(err)
 	}
 	return tpm2.Marshal(tpm2.TPMTSignature{
-		SigAlg: tpm2.TPMAlgECDSA,
-		Signature: tpm2.NewTPMUSignature(tpm2.TPMAlgECDSA, &tpm2.TPMSSignatureECC{
-			Hash:       tpm2.TPMAlgSHA256,
-			SignatureR: tpm2.TPM2BECCParameter{Buffer: r.FillBytes(make([]byte, 32))},
-			SignatureS: tpm2.TPM2BECCParameter{Buffer: s.FillBytes(make([]byte, 32))},
+		SigAlg: tpm2.TPMAlgRSASSA,
+		Signature: tpm2.NewTPMUSignature(tpm2.TPMAlgRSASSA, &tpm2.TPMSSignatureRSA{
+			Hash: tpm2.TPMAlgSHA256,
+			Sig:  tpm2.TPM2BPublicKeyRSA{Buffer: sig},
 		}),
 	})
 }
@@ -163,7 +181,7 @@ func FuzzParse(f *testing.F) {
 }
 
 func FuzzParseSignature(f *testing.F) {
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	key := testKey(f)
 	f.Add(signTPM(f, key, []byte("x")))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		s, err := ParseSignature(b)

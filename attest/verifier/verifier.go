@@ -2,7 +2,7 @@ package verifier
 
 import (
 	"context"
-	"crypto/ecdsa"
+	"crypto/rsa"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/x509"
@@ -261,7 +261,7 @@ func validIdentity(id string) error {
 type subject struct {
 	mu     sync.Mutex
 	record Record
-	ak     *ecdsa.PublicKey
+	ak     *rsa.PublicKey
 
 	last      attest.Result
 	hasResult bool

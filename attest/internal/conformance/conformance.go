@@ -84,8 +84,8 @@ func testAK(t *testing.T, se attest.SE) {
 	if !a.Restricted || !a.SignEncrypt || a.Decrypt || !a.FixedTPM || !a.FixedParent || !a.SensitiveDataOrigin {
 		t.Fatalf("AK attributes are not a restricted TPM-generated signing key's: %+v", a)
 	}
-	if pub.Type != tpm2.TPMAlgECC {
-		t.Fatalf("AK type %v, want ECC", pub.Type)
+	if err := tpmwire.CheckAKAttributes(pub); err != nil {
+		t.Fatalf("AK refused by the verifier's checks: %v", err)
 	}
 	again, err := se.AttestationKey()
 	if err != nil || !bytes.Equal(again.Public, ak.Public) {
@@ -164,12 +164,9 @@ func testQuote(t *testing.T, se attest.SE) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	akPub := decodePublic(t, ak.Public)
-	parms, _ := akPub.Parameters.ECCDetail()
-	point, _ := akPub.Unique.ECC()
-	key, err := tpm2.ECDSAPub(parms, point)
+	key, err := tpmwire.AKPublicKey(ak.Public)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("AK refused by the verifier's checks: %v", err)
 	}
 	qd := sha256.Sum256([]byte("qualifying data"))
 	pcrs := []int{0, PCR}

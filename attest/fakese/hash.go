@@ -1,5 +1,0 @@
-package fakese
-
-import "crypto"
-
-const cryptoSHA256 = crypto.SHA256
