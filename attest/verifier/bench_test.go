@@ -16,7 +16,6 @@ import (
 // them; the fake emits byte-identical TPM structures (conformance suite), so the
 // verifier's work per evidence is what it is for a real TPM's.
 func benchHosts(b *testing.B, n int, sub verifier.Subscriber, resultTTL time.Duration) (*verifier.Verifier, []*host) {
-	t := &testing.T{}
 	pol := verifier.Policies{}
 	v, err := verifier.New(verifier.Config{
 		Policies: pol, NonceTTL: time.Hour, ResultTTL: resultTTL, Subscriber: sub,
@@ -28,7 +27,7 @@ func benchHosts(b *testing.B, n int, sub verifier.Subscriber, resultTTL time.Dur
 	b.Cleanup(func() { v.Close() })
 	hosts := make([]*host, n)
 	for i := range hosts {
-		h := newHost(t, fmt.Sprintf("tenant-%d/web", i), newFakeB(b))
+		h := newHost(b, fmt.Sprintf("tenant-%d/web", i), newFakeB(b))
 		pol[h.id] = h.policy(b)
 		if _, err := agentEnroll(h, v); err != nil {
 			b.Fatal(err)

@@ -18,7 +18,7 @@ func agentEnroll(h *host, v *verifier.Verifier) (*attest.Enrollment, error) {
 	return agent.Enroll(context.Background(), h.se, h.client(v), h.id, nil)
 }
 
-func newFakeB(b *testing.B) *fakese.SE {
+func newFakeB(b testing.TB) *fakese.SE {
 	se, err := fakese.New()
 	if err != nil {
 		b.Fatal(err)

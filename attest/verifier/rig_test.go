@@ -82,7 +82,7 @@ type host struct {
 
 var appFiles = map[string]string{"app": "application binary v1", "app.conf": "listen 8080\n"}
 
-func newHost(t *testing.T, id string, se attest.SE) *host {
+func newHost(t testing.TB, id string, se attest.SE) *host {
 	t.Helper()
 	h := &host{id: id, se: se, dir: t.TempDir(), wg: randomBytes(t, 32), tls: newTLSKey(t)}
 	for _, name := range []string{"app", "app.conf"} {
@@ -97,7 +97,7 @@ func newHost(t *testing.T, id string, se attest.SE) *host {
 }
 
 // remeasure starts a new measurement log (a fresh SE or one just rebooted).
-func (h *host) remeasure(t *testing.T) {
+func (h *host) remeasure(t testing.TB) {
 	t.Helper()
 	m, err := agent.NewMeasurer(h.se, attest.DefaultMeasurementPCR, h.files, "")
 	if err != nil {
@@ -162,7 +162,7 @@ func (h *host) enroll(t *testing.T, v *verifier.Verifier) {
 }
 
 // evidence runs a challenge and collects evidence over the host's own channel.
-func (h *host) evidence(t *testing.T, v *verifier.Verifier) *attest.Evidence {
+func (h *host) evidence(t testing.TB, v *verifier.Verifier) *attest.Evidence {
 	t.Helper()
 	ch, err := v.Challenge(context.Background(), &attest.ChallengeRequest{Version: attest.ProtocolVersion, Identity: h.id}, h.tls)
 	if err != nil {
