@@ -225,34 +225,29 @@ func (s *SE) primary(slot **key, hierarchy tpm2.TPMHandle, tmpl tpm2.TPMTPublic,
 // Reboot power-cycles a simulated TPM as a host reboot would: PCRs reset, resetCount
 // increments, transient keys are gone (they are recreated on next use, identical).
 func (s *SE) Reboot() error {
-	if err := s.lock(); err != nil {
-		return err
-	}
-	defer s.mu.Unlock()
-	if s.plat == nil {
-		return errors.New("reboot: this TPM transport cannot be power-cycled")
-	}
-	s.forgetKeys()
-	if err := s.plat.Reset(); err != nil {
-		return fmt.Errorf("reboot simulated TPM: %w", err)
-	}
-	return nil
+	return s.platformReset("reboot", func(p platform) error { return p.Reset() })
 }
 
 // ReplaceTPM turns a simulated TPM into another TPM (new hierarchy seeds, so new EK and
 // AK), as if the host's TPM had been swapped. Tests use it to play "an AK from a
 // different TPM than the EK".
 func (s *SE) ReplaceTPM() error {
+	return s.platformReset("replace TPM", func(p platform) error { return p.ManufactureReset() })
+}
+
+// platformReset runs a reset of the simulated platform; the cached key handles die
+// with it.
+func (s *SE) platformReset(what string, reset func(platform) error) error {
 	if err := s.lock(); err != nil {
 		return err
 	}
 	defer s.mu.Unlock()
 	if s.plat == nil {
-		return errors.New("replace TPM: this TPM transport is not a simulator")
+		return fmt.Errorf("%s: this TPM transport is not a simulator", what)
 	}
 	s.forgetKeys()
-	if err := s.plat.ManufactureReset(); err != nil {
-		return fmt.Errorf("manufacture-reset simulated TPM: %w", err)
+	if err := reset(s.plat); err != nil {
+		return fmt.Errorf("%s: %w", what, err)
 	}
 	return nil
 }

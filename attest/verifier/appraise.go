@@ -15,6 +15,44 @@ import (
 	"github.com/seed4c/moat/attest/tpmwire"
 )
 
+// policy returns a subject's policy, refusing a missing or unusable one.
+func (v *Verifier) policy(subject string) (*Policy, error) {
+	p, err := v.cfg.Policies.Policy(subject)
+	if err != nil {
+		return nil, refuse(attest.ReasonPolicy, "%v", err)
+	}
+	if err := p.Validate(); err != nil {
+		return nil, refuse(attest.ReasonPolicy, "%v", err)
+	}
+	return p, nil
+}
+
+// Unenroll forgets a subject: its enrollment record is deleted (so it may enroll again,
+// with any TPM its policy accepts) and, if it stood admitted, an expired result evicts it.
+func (v *Verifier) Unenroll(ctx context.Context, identity string) error {
+	if err := v.cfg.Store.Delete(ctx, identity); err != nil {
+		return fmt.Errorf("unenroll %s: %w", identity, err)
+	}
+	v.mu.Lock()
+	s := v.subjects[identity]
+	delete(v.subjects, identity)
+	v.mu.Unlock()
+	if s == nil {
+		return nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.hasResult && s.last.Status == attest.StatusAffirming {
+		now := v.clock.Now()
+		v.record(s, attest.Result{Subject: identity, Status: attest.StatusExpired, Issued: now, Expires: now,
+			Reasons: []string{attest.ReasonNotEnrolled + ": unenrolled by the operator"}})
+	} else if s.timer != nil {
+		s.timer.Stop()
+	}
+	v.log.Info("subject unenrolled", "subject", identity)
+	return nil
+}
+
 // Challenge issues a nonce for one appraisal round of an enrolled subject, bound to the
 // TLS client key that asked (tlsKey, DER SubjectPublicKeyInfo).
 func (v *Verifier) Challenge(ctx context.Context, req *attest.ChallengeRequest, tlsKey []byte) (*attest.Challenge, error) {
@@ -27,9 +65,9 @@ func (v *Verifier) Challenge(ctx context.Context, req *attest.ChallengeRequest, 
 	if _, err := v.loadSubject(ctx, req.Identity); err != nil {
 		return nil, err
 	}
-	policy, err := v.cfg.Policies.Policy(req.Identity)
+	policy, err := v.policy(req.Identity)
 	if err != nil {
-		return nil, refuse(attest.ReasonPolicy, "challenge for %s: %v", req.Identity, err)
+		return nil, fmt.Errorf("challenge for %s: %w", req.Identity, err)
 	}
 	var nonce [nonceLen]byte
 	if _, err := io.ReadFull(v.cfg.Rand, nonce[:]); err != nil {
@@ -63,7 +101,7 @@ func (v *Verifier) Appraise(ctx context.Context, ev *attest.Evidence, tlsKey []b
 		v.log.Warn("evidence refused", "subject", ev.Identity, "reason", code, "error", err)
 		return r, err
 	}
-	policy, err := v.cfg.Policies.Policy(ev.Identity)
+	policy, err := v.policy(ev.Identity)
 	if err != nil {
 		// Authenticated, but the subject has no policy any more (removed by the
 		// operator): it must not stay admitted.

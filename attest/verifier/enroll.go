@@ -39,9 +39,9 @@ func (v *Verifier) Enroll(ctx context.Context, req *attest.EnrollRequest, tlsKey
 	if len(tlsKey) == 0 {
 		return nil, refuse(attest.ReasonChannel, "enroll %s: no TLS client key", req.Identity)
 	}
-	policy, err := v.cfg.Policies.Policy(req.Identity)
+	policy, err := v.policy(req.Identity)
 	if err != nil {
-		return nil, refuse(attest.ReasonPolicy, "enroll %s: %v", req.Identity, err)
+		return nil, fmt.Errorf("enroll %s: %w", req.Identity, err)
 	}
 	ekPub, err := tpmwire.DecodePublic(req.EKPublic, "EK")
 	if err != nil {

@@ -152,11 +152,7 @@ func TestEKCertificateFromUnknownCARefused(t *testing.T) {
 	h := newHost(t, "web-1", se)
 	p := h.policy(t)
 	p.AllowedEKs = nil
-	r.pol[h.id] = p
-	_, err := agent.Enroll(context.Background(), h.se, h.client(r.v), h.id, nil)
-	if attest.ReasonCode(err) != attest.ReasonEKCertificate {
-		t.Fatalf("EK certified by an unknown CA: err = %v, want %s", err, attest.ReasonEKCertificate)
-	}
+	mustRefuseEnrollment(t, r, h, p, attest.ReasonEKCertificate)
 }
 
 // A genuine certificate of another TPM's EK does not vouch for this EK.
@@ -169,11 +165,7 @@ func TestEKCertificateForAnotherKeyRefused(t *testing.T) {
 	h := newHost(t, "web-1", se)
 	p := h.policy(t)
 	p.AllowedEKs = nil
-	r.pol[h.id] = p
-	_, err := agent.Enroll(context.Background(), h.se, h.client(r.v), h.id, nil)
-	if attest.ReasonCode(err) != attest.ReasonEKCertificate {
-		t.Fatalf("certificate of another EK accepted: %v", err)
-	}
+	mustRefuseEnrollment(t, r, h, p, attest.ReasonEKCertificate)
 }
 
 func TestEKWithoutCertificateNotAllowListedRefused(t *testing.T) {
@@ -181,10 +173,17 @@ func TestEKWithoutCertificateNotAllowListedRefused(t *testing.T) {
 	h := newHost(t, "web-1", newFake(t))
 	p := h.policy(t)
 	p.AllowedEKs = nil
+	mustRefuseEnrollment(t, r, h, p, attest.ReasonEKNotAllowed)
+}
+
+// mustRefuseEnrollment enrolls h under policy p, checks the refusal's reason code, and
+// that the refused subject cannot get a challenge.
+func mustRefuseEnrollment(t *testing.T, r *rig, h *host, p *verifier.Policy, code string) {
+	t.Helper()
 	r.pol[h.id] = p
 	_, err := agent.Enroll(context.Background(), h.se, h.client(r.v), h.id, nil)
-	if attest.ReasonCode(err) != attest.ReasonEKNotAllowed {
-		t.Fatalf("uncertified, unlisted EK: err = %v", err)
+	if attest.ReasonCode(err) != code {
+		t.Fatalf("enrollment: err = %v, want %s", err, code)
 	}
 	if _, err := r.v.Challenge(context.Background(), &attest.ChallengeRequest{Version: 1, Identity: h.id}, h.tls); attest.ReasonCode(err) != attest.ReasonNotEnrolled {
 		t.Fatalf("refused subject got a challenge: %v", err)
@@ -196,11 +195,7 @@ func TestMinimumTrustRefusesAllowListedEK(t *testing.T) {
 	h := newHost(t, "web-1", newFake(t))
 	p := h.policy(t)
 	p.MinTrust = attest.TrustCertified
-	r.pol[h.id] = p
-	_, err := agent.Enroll(context.Background(), h.se, h.client(r.v), h.id, nil)
-	if attest.ReasonCode(err) != attest.ReasonEKNotAllowed {
-		t.Fatalf("allow-listed EK passed a certified-only policy: %v", err)
-	}
+	mustRefuseEnrollment(t, r, h, p, attest.ReasonEKNotAllowed)
 }
 
 // An identity, once enrolled, stays with its TPM: another TPM cannot take it over.
@@ -369,4 +364,22 @@ func TestRebootOnSimulatorIsLegal(t *testing.T) {
 	if after.ResetCount != before.ResetCount+1 {
 		t.Fatalf("resetCount %d after reboot, want %d", after.ResetCount, before.ResetCount+1)
 	}
+}
+
+func TestUnenrollEvictsAndFreesTheIdentity(t *testing.T) {
+	r := newRig(t, verifier.Config{})
+	h := newHost(t, "web-1", newFake(t))
+	r.add(t, h)
+	mustAffirm(t)(h.attest(t, r.v))
+	if err := r.v.Unenroll(context.Background(), h.id); err != nil {
+		t.Fatal(err)
+	}
+	if exp := r.rec.waitFor(t, h.id, attest.StatusExpired); !exp.HasReason(attest.ReasonNotEnrolled) {
+		t.Fatalf("unenroll result %+v", exp)
+	}
+	if _, err := r.v.Challenge(context.Background(), &attest.ChallengeRequest{Version: 1, Identity: h.id}, h.tls); attest.ReasonCode(err) != attest.ReasonNotEnrolled {
+		t.Fatalf("unenrolled subject still gets challenges: %v", err)
+	}
+	h.enroll(t, r.v) // the identity is free again
+	mustAffirm(t)(h.attest(t, r.v))
 }

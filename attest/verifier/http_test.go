@@ -9,6 +9,8 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"errors"
+	"io"
+	"log"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -24,6 +26,7 @@ import (
 func serveTLS(t *testing.T, v *verifier.Verifier, clientAuth tls.ClientAuthType) (*httptest.Server, *x509.CertPool) {
 	srv := httptest.NewUnstartedServer(v.Handler())
 	srv.TLS = &tls.Config{ClientAuth: clientAuth, MinVersion: tls.VersionTLS13}
+	srv.Config.ErrorLog = log.New(io.Discard, "", 0) // refused handshakes are expected here
 	srv.StartTLS()
 	t.Cleanup(srv.Close)
 	roots := x509.NewCertPool()

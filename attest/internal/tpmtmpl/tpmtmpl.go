@@ -56,50 +56,41 @@ func RSAUnique(label string) tpm2.TPMUPublicID {
 	return tpm2.NewTPMUPublicID(tpm2.TPMAlgRSA, &tpm2.TPM2BPublicKeyRSA{Buffer: n})
 }
 
-// ECDH is the unrestricted P-256 key-agreement key for the overlay's pre-shared
-// keys (TPM2_ECDH_ZGen).
-var ECDH = tpm2.TPMTPublic{
-	Type:    tpm2.TPMAlgECC,
-	NameAlg: tpm2.TPMAlgSHA256,
-	ObjectAttributes: tpm2.TPMAObject{
-		FixedTPM:            true,
-		FixedParent:         true,
-		SensitiveDataOrigin: true,
-		UserWithAuth:        true,
-		NoDA:                true,
-		Decrypt:             true,
-	},
-	Parameters: tpm2.NewTPMUPublicParms(tpm2.TPMAlgECC, &tpm2.TPMSECCParms{
-		Scheme: tpm2.TPMTECCScheme{
-			Scheme:  tpm2.TPMAlgECDH,
-			Details: tpm2.NewTPMUAsymScheme(tpm2.TPMAlgECDH, &tpm2.TPMSKeySchemeECDH{HashAlg: tpm2.TPMAlgSHA256}),
-		},
-		CurveID: tpm2.TPMECCNistP256,
-	}),
-	Unique: ECCUnique("moat key agreement"),
-}
+// ECDH is the unrestricted P-256 key-agreement key for the overlay's pre-shared keys
+// (TPM2_ECDH_ZGen).
+var ECDH = unrestrictedECC(tpm2.TPMAlgECDH, "moat key agreement")
 
-// Signing is the unrestricted P-256 signing key for audit checkpoints: unlike
-// the AK it signs caller-supplied digests, which is why it is a separate key.
-var Signing = tpm2.TPMTPublic{
-	Type:    tpm2.TPMAlgECC,
-	NameAlg: tpm2.TPMAlgSHA256,
-	ObjectAttributes: tpm2.TPMAObject{
-		FixedTPM:            true,
-		FixedParent:         true,
-		SensitiveDataOrigin: true,
-		UserWithAuth:        true,
-		NoDA:                true,
-		SignEncrypt:         true,
-	},
-	Parameters: tpm2.NewTPMUPublicParms(tpm2.TPMAlgECC, &tpm2.TPMSECCParms{
-		Scheme: tpm2.TPMTECCScheme{
-			Scheme:  tpm2.TPMAlgECDSA,
-			Details: tpm2.NewTPMUAsymScheme(tpm2.TPMAlgECDSA, &tpm2.TPMSSigSchemeECDSA{HashAlg: tpm2.TPMAlgSHA256}),
+// Signing is the unrestricted P-256 signing key for audit checkpoints: unlike the AK
+// it signs caller-supplied digests, which is why it is a separate key.
+var Signing = unrestrictedECC(tpm2.TPMAlgECDSA, "moat audit signing key")
+
+// unrestrictedECC is a P-256 key for one scheme: ECDH (a decryption key) or ECDSA (a
+// signing key), SHA-256 throughout.
+func unrestrictedECC(scheme tpm2.TPMAlgID, label string) tpm2.TPMTPublic {
+	var details tpm2.TPMUAsymScheme
+	if scheme == tpm2.TPMAlgECDH {
+		details = tpm2.NewTPMUAsymScheme(scheme, &tpm2.TPMSKeySchemeECDH{HashAlg: tpm2.TPMAlgSHA256})
+	} else {
+		details = tpm2.NewTPMUAsymScheme(scheme, &tpm2.TPMSSigSchemeECDSA{HashAlg: tpm2.TPMAlgSHA256})
+	}
+	return tpm2.TPMTPublic{
+		Type:    tpm2.TPMAlgECC,
+		NameAlg: tpm2.TPMAlgSHA256,
+		ObjectAttributes: tpm2.TPMAObject{
+			FixedTPM:            true,
+			FixedParent:         true,
+			SensitiveDataOrigin: true,
+			UserWithAuth:        true,
+			NoDA:                true,
+			Decrypt:             scheme == tpm2.TPMAlgECDH,
+			SignEncrypt:         scheme != tpm2.TPMAlgECDH,
 		},
-		CurveID: tpm2.TPMECCNistP256,
-	}),
-	Unique: ECCUnique("moat audit signing key"),
+		Parameters: tpm2.NewTPMUPublicParms(tpm2.TPMAlgECC, &tpm2.TPMSECCParms{
+			Scheme:  tpm2.TPMTECCScheme{Scheme: scheme, Details: details},
+			CurveID: tpm2.TPMECCNistP256,
+		}),
+		Unique: ECCUnique(label),
+	}
 }
 
 // ECCUnique fills a primary template's unique field with a label, so that each of
