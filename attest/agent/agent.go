@@ -153,6 +153,9 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return err
 	}
 	defer se.Close()
+	if cfg.SE.Kind == tpm.KindSimulator {
+		log.Warn("using the in-process TPM simulator: its quotes prove nothing about this host (demo and tests only)")
+	}
 	a, err := New(cfg, se, client, log)
 	if err != nil {
 		return err

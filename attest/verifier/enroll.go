@@ -122,6 +122,9 @@ func (v *Verifier) Enroll(ctx context.Context, req *attest.EnrollRequest, tlsKey
 // ekTrust decides how far an EK is trusted: allow-listed by hash, or certified by a
 // certificate that chains to the EK roots and certifies this very key.
 func (v *Verifier) ekTrust(policy *Policy, ekHash [32]byte, spki, certDER []byte) (attest.TrustLevel, error) {
+	if policy.PinEKs && !policy.ekAllowed(ekHash) {
+		return attest.TrustNone, refuse(attest.ReasonEKNotAllowed, "policy %s pins the subject's EKs and this one is not among them", policy.Name)
+	}
 	var certErr error
 	if len(certDER) > 0 {
 		if certErr = v.verifyEKCertificate(spki, certDER); certErr == nil {

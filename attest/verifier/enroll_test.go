@@ -190,6 +190,20 @@ func mustRefuseEnrollment(t *testing.T, r *rig, h *host, p *verifier.Policy, cod
 	}
 }
 
+// With pinned EKs, even a genuine, certified TPM cannot claim a backend identity it
+// was not registered with.
+func TestPinnedEKRefusesOtherCertifiedTPM(t *testing.T) {
+	ca := newCA(t, "TPM Manufacturer Root")
+	r := newRig(t, verifier.Config{EKRoots: ca.pool()})
+	registered := newFake(t)
+	squatter := newFake(t)
+	squatter.SetEKCertificate(ca.issueEK(t, squatter.EKPublicKey()))
+	h := newHost(t, "web-1", squatter)
+	p := h.policy(t)
+	p.AllowedEKs, p.PinEKs = [][32]byte{newHost(t, "web-1", registered).ekHash(t)}, true
+	mustRefuseEnrollment(t, r, h, p, attest.ReasonEKNotAllowed)
+}
+
 func TestMinimumTrustRefusesAllowListedEK(t *testing.T) {
 	r := newRig(t, verifier.Config{})
 	h := newHost(t, "web-1", newFake(t))

@@ -32,6 +32,10 @@ type Policy struct {
 	// manufacturer certificate (swtpm, the simulator, TPMs without EK certificates).
 	// An EK not listed here needs a certificate that chains to the verifier's EK roots.
 	AllowedEKs [][32]byte
+	// PinEKs makes AllowedEKs the only EKs the subject may enroll with, certified or
+	// not: set it when the gateway registers each backend with its EK, so that no other
+	// genuine TPM can claim a backend identity before the real one enrolls.
+	PinEKs bool
 	// MinTrust refuses enrollment below this level; set TrustCertified to accept only
 	// manufacturer-certified TPMs.
 	MinTrust attest.TrustLevel
