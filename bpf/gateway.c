@@ -5,9 +5,12 @@
  * (DESIGN.md, "Data path"; dataplane/model.go is its Go twin):
  *   parse L2 -> tenant of (ifindex, VLAN) -> ARP passes, IPv6/other L3 drop ->
  *   parse IPv4 and TCP/UDP -> service of (tenant, dst, dport, proto)?
- *     yes: policy -> conntrack or Maglev -> backend state -> DNAT -> route -> out
- *     no:  reply conntrack entry? -> backend state -> reverse NAT -> route -> out
- *   anything else is dropped with a reason. */
+ *     yes: conntrack (its backend still usable?) -> policy -> else Maglev pick of an
+ *          admitted backend -> DNAT -> route -> out
+ *     no:  reply conntrack entry? -> backend still usable? -> reverse NAT -> route -> out
+ *   anything else is dropped with a reason.
+ * An established flow reuses the route, egress and policy checks its conntrack entry
+ * made under the current configuration generation (lib/route.h). */
 
 #include "lib/common.h"
 #include "lib/config.h"
@@ -102,24 +105,19 @@ static __always_inline int to_backend(struct xdp_md *ctx, struct pkt *p, struct 
 {
 	__u32 tenant_id = att->tenant_id, service_id = svc->id, backend_id = 0;
 	struct service_counters *ss = service_stats_of(service_id);
+	__u16 tot_len = bpf_ntohs(p->ip->tot_len);
 	struct backend_counters *bs;
 	struct backend *b = NULL;
 	struct ct_entry *e;
 	struct ct_key k;
 	struct route rt = {};
-	int existing = 0, ended = 0, found;
+	int existing = 0, ended = 0, cached = 0, found;
+	__u64 now = bpf_ktime_get_coarse_ns();
+	__u32 gen = config_generation();
 	__be32 baddr;
 	__be16 bport;
-	enum reason r;
-	__u64 now;
+	enum reason r = REASON_NONE;
 
-	if (!policy_allows(tenant_id, service_id, p->saddr)) {
-		if (ss)
-			ss->denied++;
-		return drop(p, tenant_id, DROP_POLICY_DENIED);
-	}
-
-	now = bpf_ktime_get_ns();
 	ct_key_of(&k, tenant_id, p, CT_DIR_FORWARD);
 	e = ct_lookup(&k, p, now);
 	if (e) {
@@ -127,10 +125,19 @@ static __always_inline int to_backend(struct xdp_md *ctx, struct pkt *p, struct 
 		b = backend_lookup(backend_id);
 		if (b && backend_usable(b, tenant_id, service_id)) {
 			existing = 1;
-			ended = ct_refresh(e, p, now);
+			cached = route_reusable(&e->route, gen, now, tot_len);
 		}
 	}
-	if (!existing) {
+	/* A cached route was checked under this generation of the policy: no rule has
+	 * changed since, so the answer is the same. */
+	if (!cached && !policy_allows(tenant_id, service_id, p->saddr)) {
+		if (ss)
+			ss->denied++;
+		return drop(p, tenant_id, DROP_POLICY_DENIED);
+	}
+	if (existing) {
+		ended = ct_refresh(e, p, now);
+	} else {
 		/* A miss, or the flow's backend lost admission: pick again. For TCP the new
 		 * backend answers mid-stream segments with a reset, which is the point. */
 		backend_id = maglev_pick(svc, flow_hash(cfg_hash_seed, tenant_id, p->saddr, p->daddr,
@@ -147,18 +154,26 @@ static __always_inline int to_backend(struct xdp_md *ctx, struct pkt *p, struct 
 	bport = b->port;
 
 	nat_rewrite(p, NAT_DST, baddr, bport);
-	r = fib_route(ctx, p, att, p->saddr, baddr, p->sport, bport, &rt);
-	if (reason_is_drop(r))
-		return drop(p, tenant_id, r);
+	if (cached) {
+		rt = e->route;
+	} else {
+		r = fib_route(ctx, p, att, p->saddr, baddr, p->sport, bport, &rt);
+		if (reason_is_drop(r))
+			return drop(p, tenant_id, r);
+		if (r == REASON_NONE)
+			route_mark_reusable(&rt, gen, now, tot_len);
+	}
 
 	bs = backend_stats_of(backend_id);
 	if (!existing) {
-		ct_create(tenant_id, p, baddr, bport, backend_id, service_id, rt.ifindex, now);
+		ct_create(tenant_id, p, baddr, bport, backend_id, service_id, &rt, now);
 		if (ss)
 			ss->new_flows++;
 		if (bs)
 			bs->new_flows++;
 		event_emit(EVENT_FLOW_NEW, REASON_NONE, p, tenant_id, service_id, backend_id, 0);
+	} else if (!cached) {
+		e->route = rt;
 	}
 	if (ended)
 		event_emit(EVENT_FLOW_END, REASON_NONE, p, tenant_id, service_id, backend_id, 0);
@@ -174,6 +189,7 @@ static __always_inline int to_backend(struct xdp_md *ctx, struct pkt *p, struct 
 static __always_inline int to_client(struct xdp_md *ctx, struct pkt *p, struct attachment *att)
 {
 	__u32 tenant_id = att->tenant_id, backend_id, service_id;
+	__u16 tot_len = bpf_ntohs(p->ip->tot_len);
 	struct backend_counters *bs;
 	struct backend *b;
 	struct ct_entry *e;
@@ -181,9 +197,10 @@ static __always_inline int to_client(struct xdp_md *ctx, struct pkt *p, struct a
 	struct route rt = {};
 	__be32 vip;
 	__be16 vport;
-	enum reason r;
-	int ended;
-	__u64 now = bpf_ktime_get_ns();
+	enum reason r = REASON_NONE;
+	int ended, cached;
+	__u64 now = bpf_ktime_get_coarse_ns();
+	__u32 gen = config_generation();
 
 	ct_key_of(&k, tenant_id, p, CT_DIR_REPLY);
 	e = ct_lookup(&k, p, now);
@@ -197,13 +214,22 @@ static __always_inline int to_client(struct xdp_md *ctx, struct pkt *p, struct a
 	if (e->ifindex != p->ifindex)
 		return drop(p, tenant_id, DROP_REPLY_WRONG_IFACE);
 	ended = ct_refresh(e, p, now);
+	cached = route_reusable(&e->route, gen, now, tot_len);
 	vip = e->vip;
 	vport = e->vport;
 
 	nat_rewrite(p, NAT_SRC, vip, vport);
-	r = fib_route(ctx, p, att, vip, p->daddr, vport, p->dport, &rt);
-	if (reason_is_drop(r))
-		return drop(p, tenant_id, r);
+	if (cached) {
+		rt = e->route;
+	} else {
+		r = fib_route(ctx, p, att, vip, p->daddr, vport, p->dport, &rt);
+		if (reason_is_drop(r))
+			return drop(p, tenant_id, r);
+		if (r == REASON_NONE) {
+			route_mark_reusable(&rt, gen, now, tot_len);
+			e->route = rt;
+		}
+	}
 
 	if (ended)
 		event_emit(EVENT_FLOW_END, REASON_NONE, p, tenant_id, service_id, backend_id, EVENT_F_REPLY);

@@ -139,24 +139,33 @@ type CountPass struct {
 // AttachCountPass loads a fresh floor program and attaches it to ifindex in the
 // caller's network namespace.
 func AttachCountPass(ifindex int) (*CountPass, error) {
-	spec, err := loadGateway()
+	prog, stats, err := loadFloor()
 	if err != nil {
 		return nil, err
+	}
+	l, err := link.AttachXDP(link.XDPOptions{Program: prog, Interface: ifindex, Flags: link.XDPDriverMode})
+	if err != nil {
+		prog.Close()
+		stats.Close()
+		return nil, fmt.Errorf("attach count-pass program to ifindex %d: %w", ifindex, err)
+	}
+	return &CountPass{prog: prog, stats: stats, link: l}, nil
+}
+
+// loadFloor loads the count-and-pass program alone, with its own counter.
+func loadFloor() (*ebpf.Program, *ebpf.Map, error) {
+	spec, err := loadGateway()
+	if err != nil {
+		return nil, nil, err
 	}
 	var objs struct {
 		Prog  *ebpf.Program `ebpf:"xdp_count_pass"`
 		Stats *ebpf.Map     `ebpf:"floor_stats"`
 	}
 	if err := spec.LoadAndAssign(&objs, nil); err != nil {
-		return nil, fmt.Errorf("load count-pass program: %w", err)
+		return nil, nil, fmt.Errorf("load count-pass program: %w", err)
 	}
-	l, err := link.AttachXDP(link.XDPOptions{Program: objs.Prog, Interface: ifindex, Flags: link.XDPDriverMode})
-	if err != nil {
-		objs.Prog.Close()
-		objs.Stats.Close()
-		return nil, fmt.Errorf("attach count-pass program to ifindex %d: %w", ifindex, err)
-	}
-	return &CountPass{prog: objs.Prog, stats: objs.Stats, link: l}, nil
+	return objs.Prog, objs.Stats, nil
 }
 
 // Count returns what the program has seen.

@@ -12,7 +12,12 @@ type Config struct {
 	CTTCPClosingTimeout time.Duration // idle lifetime after FIN or RST
 	CTUDPTimeout        time.Duration // idle lifetime of a UDP flow
 	CTRefresh           time.Duration // least interval between two last-seen writes
-	HashSeed            uint32        // seed of the flow hash that indexes Maglev tables
+	// RouteTTL is how long an established flow reuses its route (and the egress and
+	// policy checks made with it) before looking it up again; configuration changes
+	// invalidate it at once, routes and neighbours changed behind moat's back after
+	// at most this long.
+	RouteTTL time.Duration
+	HashSeed uint32 // seed of the flow hash that indexes Maglev tables
 	// Flow events: which kinds (EventsNew|EventsEnd|EventsDrop), and a per-CPU token
 	// bucket of EventRate events per second with EventBurst of them at once.
 	EventMask  uint32
@@ -35,6 +40,7 @@ func DefaultConfig() Config {
 		CTTCPClosingTimeout: 10 * time.Second,
 		CTUDPTimeout:        time.Minute,
 		CTRefresh:           time.Second,
+		RouteTTL:            time.Second,
 		HashSeed:            0x6d6f6174,
 		EventMask:           EventsNew | EventsEnd | EventsDrop,
 		EventRate:           10000,
@@ -49,10 +55,10 @@ func (c Config) Validate() error {
 		v    time.Duration
 	}{
 		{"tcp timeout", c.CTTCPTimeout}, {"tcp closing timeout", c.CTTCPClosingTimeout},
-		{"udp timeout", c.CTUDPTimeout}, {"refresh interval", c.CTRefresh},
+		{"udp timeout", c.CTUDPTimeout}, {"refresh interval", c.CTRefresh}, {"route reuse time", c.RouteTTL},
 	} {
 		if d.v <= 0 {
-			return fmt.Errorf("conntrack %s %v: must be positive", d.name, d.v)
+			return fmt.Errorf("%s %v: must be positive", d.name, d.v)
 		}
 	}
 	if c.CTRefresh >= min(c.CTTCPClosingTimeout, c.CTUDPTimeout, c.CTTCPTimeout) {

@@ -35,7 +35,7 @@ func (t EventType) String() string {
 
 // Event is one flow event from the fast path.
 type Event struct {
-	Time      time.Duration // CLOCK_MONOTONIC
+	Time      time.Duration // CLOCK_MONOTONIC_COARSE
 	Type      EventType
 	Reason    Reason // drops only
 	Reply     bool   // seen in the backend -> client direction

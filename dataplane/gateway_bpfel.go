@@ -62,6 +62,18 @@ type gatewayCtEntry struct {
 	Pad       uint8
 	Ifindex   uint32
 	Pad2      uint32
+	Route     struct {
+		_       structs.HostLayout
+		Time    uint64
+		Gen     uint32
+		Ifindex uint32
+		Vlan    uint16
+		LenOk   uint16
+		Smac    [6]uint8
+		Dmac    [6]uint8
+		Pad     uint32
+		_       [4]byte
+	}
 }
 
 type gatewayCtKey struct {
@@ -225,6 +237,7 @@ const (
 	gatewayMapAttachments              = "attachments"
 	gatewayMapBackendStats             = "backend_stats"
 	gatewayMapBackends                 = "backends"
+	gatewayMapConfigGen                = "config_gen"
 	gatewayMapConntrack                = "conntrack"
 	gatewayMapEgressPorts              = "egress_ports"
 	gatewayMapEventBucket              = "event_bucket"
@@ -249,6 +262,7 @@ const (
 	gatewayVarCfgEventMask             = "cfg_event_mask"
 	gatewayVarCfgEventRate             = "cfg_event_rate"
 	gatewayVarCfgHashSeed              = "cfg_hash_seed"
+	gatewayVarCfgRouteTtlNs            = "cfg_route_ttl_ns"
 )
 
 // loadGateway returns the embedded CollectionSpec for gateway.
@@ -304,6 +318,7 @@ type gatewayMapSpecs struct {
 	Attachments  *ebpf.MapSpec `ebpf:"attachments"`
 	BackendStats *ebpf.MapSpec `ebpf:"backend_stats"`
 	Backends     *ebpf.MapSpec `ebpf:"backends"`
+	ConfigGen    *ebpf.MapSpec `ebpf:"config_gen"`
 	Conntrack    *ebpf.MapSpec `ebpf:"conntrack"`
 	EgressPorts  *ebpf.MapSpec `ebpf:"egress_ports"`
 	EventBucket  *ebpf.MapSpec `ebpf:"event_bucket"`
@@ -332,6 +347,7 @@ type gatewayVariableSpecs struct {
 	CfgEventMask             *ebpf.VariableSpec `ebpf:"cfg_event_mask"`
 	CfgEventRate             *ebpf.VariableSpec `ebpf:"cfg_event_rate"`
 	CfgHashSeed              *ebpf.VariableSpec `ebpf:"cfg_hash_seed"`
+	CfgRouteTtlNs            *ebpf.VariableSpec `ebpf:"cfg_route_ttl_ns"`
 }
 
 // gatewayObjects contains all objects after they have been loaded into the kernel.
@@ -357,6 +373,7 @@ type gatewayMaps struct {
 	Attachments  *ebpf.Map `ebpf:"attachments"`
 	BackendStats *ebpf.Map `ebpf:"backend_stats"`
 	Backends     *ebpf.Map `ebpf:"backends"`
+	ConfigGen    *ebpf.Map `ebpf:"config_gen"`
 	Conntrack    *ebpf.Map `ebpf:"conntrack"`
 	EgressPorts  *ebpf.Map `ebpf:"egress_ports"`
 	EventBucket  *ebpf.Map `ebpf:"event_bucket"`
@@ -377,6 +394,7 @@ func (m *gatewayMaps) Close() error {
 		m.Attachments,
 		m.BackendStats,
 		m.Backends,
+		m.ConfigGen,
 		m.Conntrack,
 		m.EgressPorts,
 		m.EventBucket,
@@ -406,6 +424,7 @@ type gatewayVariables struct {
 	CfgEventMask             *ebpf.Variable `ebpf:"cfg_event_mask"`
 	CfgEventRate             *ebpf.Variable `ebpf:"cfg_event_rate"`
 	CfgHashSeed              *ebpf.Variable `ebpf:"cfg_hash_seed"`
+	CfgRouteTtlNs            *ebpf.Variable `ebpf:"cfg_route_ttl_ns"`
 }
 
 // gatewayPrograms contains all programs after they have been loaded into the kernel.

@@ -156,6 +156,7 @@ func newSpec(opts Options) (*ebpf.CollectionSpec, error) {
 		{s.CfgCtTcpClosingTimeoutNs, uint64(c.CTTCPClosingTimeout)},
 		{s.CfgCtUdpTimeoutNs, uint64(c.CTUDPTimeout)},
 		{s.CfgCtRefreshNs, uint64(c.CTRefresh)},
+		{s.CfgRouteTtlNs, uint64(c.RouteTTL)},
 		{s.CfgHashSeed, c.HashSeed},
 		{s.CfgEventMask, c.EventMask},
 		{s.CfgEventRate, c.EventRate},

@@ -63,6 +63,7 @@ type Model struct {
 
 	CT       map[CTKey]*CTEntry
 	Counters Counters
+	gen      uint32 // configuration generation, bumped by Load like the writer's
 }
 
 type attachKey struct {
@@ -99,6 +100,23 @@ type CTEntry struct {
 	VPort     uint16 // host order
 	Flags     uint8
 	Ifindex   uint32
+	Route     Route // the direction's last route, for reuse
+}
+
+// Route is a route the fast path found and checked (struct route), kept in
+// connection tracking entries for reuse while its generation, age and length allow.
+type Route struct {
+	Time    uint64 // 0: not reusable
+	Gen     uint32
+	Ifindex uint32
+	VLAN    uint16
+	LenOK   uint16
+	SMAC    [6]byte
+	DMAC    [6]byte
+}
+
+func (m *Model) routeReusable(r *Route, now uint64, totLen uint16) bool {
+	return r.Time != 0 && r.Gen == m.gen && now-r.Time < uint64(m.cfg.RouteTTL) && totLen <= r.LenOK
 }
 
 // Connection tracking directions and flags (bpf/lib/conntrack.h).
@@ -109,7 +127,7 @@ const (
 )
 
 // NewModel returns a model of a freshly loaded fast path holding c. now returns
-// CLOCK_MONOTONIC nanoseconds, as bpf_ktime_get_ns does.
+// CLOCK_MONOTONIC_COARSE nanoseconds, as bpf_ktime_get_coarse_ns does.
 func NewModel(cfg Config, limits tenant.Limits, fib FIB, now func() uint64) *Model {
 	m := &Model{cfg: cfg, limits: limits, fib: fib, now: now, CT: map[CTKey]*CTEntry{}}
 	m.Counters = newCounters()
@@ -120,6 +138,7 @@ func NewModel(cfg Config, limits tenant.Limits, fib FIB, now func() uint64) *Mod
 // Load replaces the model's configuration with c, as Writer.Apply does to the maps;
 // connection tracking and counters are kept.
 func (m *Model) Load(c *tenant.Compiled) {
+	m.gen++
 	m.attachments = map[attachKey]tenant.AttachmentEntry{}
 	for _, a := range c.Attachments {
 		m.attachments[attachKey{a.Ifindex, a.VLAN}] = a
@@ -337,28 +356,31 @@ func (m *Model) policyAllows(tid, sid uint32, src [4]byte) bool {
 func (m *Model) toBackend(p *pkt, att tenant.AttachmentEntry, svc *tenant.ServiceEntry) Result {
 	tid, sid := att.TenantID, svc.ID
 	ss := m.Counters.service(sid, m.limits)
-	if !m.policyAllows(tid, sid, p.saddr) {
+	totLen := be.Uint16(p.frame[p.l3+2:])
+	now := m.now()
+	var (
+		b                tenant.BackendEntry
+		bid              uint32
+		existing, cached bool
+		r                = ReasonNone
+	)
+	e := m.ctLookup(CTKey{tid, p.saddr, p.daddr, p.sport, p.dport, p.l4proto, CTDirForward}, p, now)
+	if e != nil {
+		bid = e.BackendID
+		if cand, ok := m.backend(bid); ok && usable(cand, tid, sid) {
+			b, existing = cand, true
+			cached = m.routeReusable(&e.Route, now, totLen)
+		}
+	}
+	if !cached && !m.policyAllows(tid, sid, p.saddr) {
 		if ss != nil {
 			ss.Denied++
 		}
 		return m.drop(p, tid, DropPolicyDenied)
 	}
-
-	now := m.now()
-	var (
-		b        tenant.BackendEntry
-		bid      uint32
-		existing bool
-		ended    bool
-	)
-	if e := m.ctLookup(CTKey{tid, p.saddr, p.daddr, p.sport, p.dport, p.l4proto, CTDirForward}, p, now); e != nil {
-		bid = e.BackendID
-		if cand, ok := m.backend(bid); ok && usable(cand, tid, sid) {
-			b, existing = cand, true
-			ended = m.ctRefresh(e, p, now)
-		}
-	}
-	if !existing {
+	if existing {
+		m.ctRefresh(e, p, now)
+	} else {
 		if svc.TableSize == 0 {
 			return m.drop(p, tid, DropBackendUnavailable)
 		}
@@ -376,21 +398,30 @@ func (m *Model) toBackend(p *pkt, att tenant.AttachmentEntry, svc *tenant.Servic
 	baddr := b.Addr.As4()
 
 	natRewrite(p, natDst, baddr, b.Port)
-	rt, r := m.route(p, att, p.saddr, baddr)
-	if r.IsDrop() {
-		return m.drop(p, tid, r)
+	var rt Route
+	if cached {
+		rt = e.Route
+	} else {
+		rt, r = m.route(p, att, p.saddr, baddr)
+		if r.IsDrop() {
+			return m.drop(p, tid, r)
+		}
+		if r == ReasonNone {
+			rt.Time, rt.Gen, rt.LenOK = now, m.gen, totLen
+		}
 	}
 	bs := m.Counters.backend(bid, m.limits)
 	if !existing {
-		m.ctCreate(tid, p, baddr, b.Port, bid, sid, rt.ifindex, now)
+		m.ctCreate(tid, p, baddr, b.Port, bid, sid, rt, now)
 		if ss != nil {
 			ss.NewFlows++
 		}
 		if bs != nil {
 			bs.NewFlows++
 		}
+	} else if !cached {
+		e.Route = rt
 	}
-	_ = ended // flow end events are not modelled
 	if ss != nil {
 		ss.Fwd.add(p.len)
 	}
@@ -402,6 +433,7 @@ func (m *Model) toBackend(p *pkt, att tenant.AttachmentEntry, svc *tenant.Servic
 
 func (m *Model) toClient(p *pkt, att tenant.AttachmentEntry) Result {
 	tid := att.TenantID
+	totLen := be.Uint16(p.frame[p.l3+2:])
 	now := m.now()
 	e := m.ctLookup(CTKey{tid, p.saddr, p.daddr, p.sport, p.dport, p.l4proto, CTDirReply}, p, now)
 	if e == nil {
@@ -415,10 +447,18 @@ func (m *Model) toClient(p *pkt, att tenant.AttachmentEntry) Result {
 		return m.drop(p, tid, DropReplyWrongIface)
 	}
 	m.ctRefresh(e, p, now)
+	cached := m.routeReusable(&e.Route, now, totLen)
 	natRewrite(p, natSrc, e.VIP, e.VPort)
-	rt, r := m.route(p, att, e.VIP, p.daddr)
-	if r.IsDrop() {
-		return m.drop(p, tid, r)
+	rt, r := e.Route, ReasonNone
+	if !cached {
+		rt, r = m.route(p, att, e.VIP, p.daddr)
+		if r.IsDrop() {
+			return m.drop(p, tid, r)
+		}
+		if r == ReasonNone {
+			rt.Time, rt.Gen, rt.LenOK = now, m.gen, totLen
+			e.Route = rt
+		}
 	}
 	if bs := m.Counters.backend(e.BackendID, m.limits); bs != nil {
 		bs.Reply.add(p.len)
@@ -426,15 +466,8 @@ func (m *Model) toClient(p *pkt, att tenant.AttachmentEntry) Result {
 	return m.transmit(p, tid, r, rt)
 }
 
-type route struct {
-	ifindex uint32
-	vlan    uint16
-	smac    [6]byte
-	dmac    [6]byte
-}
-
 // route is fib_route: the kernel's lookup, then the tenant's egress check.
-func (m *Model) route(p *pkt, att tenant.AttachmentEntry, src, dst [4]byte) (route, Reason) {
+func (m *Model) route(p *pkt, att tenant.AttachmentEntry, src, dst [4]byte) (Route, Reason) {
 	res := m.fib.Lookup(FIBQuery{
 		Ifindex: p.ifindex,
 		Table:   att.FIBTable,
@@ -445,40 +478,40 @@ func (m *Model) route(p *pkt, att tenant.AttachmentEntry, src, dst [4]byte) (rou
 	switch res.Status {
 	case FIBSuccess, FIBNoNeigh:
 	case FIBFragNeeded:
-		return route{}, DropFIBFragNeeded
+		return Route{}, DropFIBFragNeeded
 	case FIBFwdDisabled:
-		return route{}, DropFIBFwdDisabled
+		return Route{}, DropFIBFwdDisabled
 	default:
-		return route{}, DropFIBUnreachable
+		return Route{}, DropFIBUnreachable
 	}
 	vlan, ok := m.egress[egressKey{att.TenantID, res.Ifindex}]
 	if !ok {
-		return route{}, DropEgressNotAttached
+		return Route{}, DropEgressNotAttached
 	}
-	rt := route{ifindex: res.Ifindex, vlan: vlan}
+	rt := Route{Ifindex: res.Ifindex, VLAN: vlan}
 	if res.Status == FIBNoNeigh {
 		if p.tagged || vlan != 0 {
 			return rt, DropNoNeighTagged
 		}
 		return rt, PassNoNeigh
 	}
-	if !m.txPorts[rt.ifindex] {
+	if !m.txPorts[rt.Ifindex] {
 		return rt, DropNoTXPort
 	}
-	rt.smac, rt.dmac = res.SrcMAC, res.DstMAC
+	rt.SMAC, rt.DMAC = res.SrcMAC, res.DstMAC
 	return rt, ReasonNone
 }
 
-func (m *Model) transmit(p *pkt, tid uint32, r Reason, rt route) Result {
+func (m *Model) transmit(p *pkt, tid uint32, r Reason, rt Route) Result {
 	if r == PassNoNeigh {
 		return m.pass(p, tid, r)
 	}
 	ttlDecrement(p)
-	setEgressVLAN(p, rt.vlan)
-	copy(p.frame[0:6], rt.dmac[:])
-	copy(p.frame[6:12], rt.smac[:])
+	setEgressVLAN(p, rt.VLAN)
+	copy(p.frame[0:6], rt.DMAC[:])
+	copy(p.frame[6:12], rt.SMAC[:])
 	m.Counters.tenant(tid, m.limits).Fwd.add(p.len)
-	return Result{Verdict: XDPRedirect, Frame: p.frame, Ifindex: rt.ifindex}
+	return Result{Verdict: XDPRedirect, Frame: p.frame, Ifindex: rt.Ifindex}
 }
 
 func (m *Model) drop(p *pkt, tid uint32, r Reason) Result {
@@ -533,15 +566,15 @@ func (m *Model) ctRefresh(e *CTEntry, p *pkt, now uint64) bool {
 	return ended
 }
 
-func (m *Model) ctCreate(tid uint32, p *pkt, baddr [4]byte, bport uint16, bid, sid, ifindex uint32, now uint64) {
-	fwd := &CTEntry{LastSeen: now, BackendID: bid, ServiceID: sid}
+func (m *Model) ctCreate(tid uint32, p *pkt, baddr [4]byte, bport uint16, bid, sid uint32, rt Route, now uint64) {
+	fwd := &CTEntry{LastSeen: now, BackendID: bid, ServiceID: sid, Route: rt}
 	if p.l4proto == protoTCP && p.tcpFlags&(tcpFIN|tcpRST) != 0 {
 		fwd.Flags = CTFClosing
 	}
 	m.CT[CTKey{tid, p.saddr, p.daddr, p.sport, p.dport, p.l4proto, CTDirForward}] = fwd
-	m.CT[CTKey{tid, baddr, p.saddr, bport, p.sport, p.l4proto, CTDirReply}] = &CTEntry{
-		LastSeen: now, BackendID: bid, ServiceID: sid, VIP: p.daddr, VPort: p.dport, Ifindex: ifindex,
-	}
+	reply := &CTEntry{LastSeen: now, BackendID: bid, ServiceID: sid, VIP: p.daddr, VPort: p.dport, Ifindex: rt.Ifindex, Route: rt}
+	reply.Route.Time = 0 // the reply direction finds its own route
+	m.CT[CTKey{tid, baddr, p.saddr, bport, p.sport, p.l4proto, CTDirReply}] = reply
 }
 
 const (

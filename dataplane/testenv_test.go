@@ -46,7 +46,7 @@ func mac(s string) net.HardwareAddr {
 	return net.HardwareAddr{0x02, 0xee, byte(h >> 24), byte(h >> 16), byte(h >> 8), byte(h)}
 }
 
-func newGWEnv(t *testing.T, ifaces []envIface, routes []envRoute, neighs []envNeigh, rules map[string]int) *gwEnv {
+func newGWEnv(t testing.TB, ifaces []envIface, routes []envRoute, neighs []envNeigh, rules map[string]int) *gwEnv {
 	t.Helper()
 	netns.RequireRoot(t)
 	gw, err := netns.NewHost(netns.UniqueName("gw"))
@@ -131,7 +131,7 @@ func (e *gwEnv) Index(name string) (uint32, error) {
 }
 
 // open loads a fresh instance of the fast path inside the gateway namespace.
-func (e *gwEnv) open(t *testing.T, cfg Config, limits tenant.Limits, maxFlows uint32) *Dataplane {
+func (e *gwEnv) open(t testing.TB, cfg Config, limits tenant.Limits, maxFlows uint32) *Dataplane {
 	t.Helper()
 	opts := DefaultOptions(netns.UniqueName("t"))
 	opts.Config, opts.Limits, opts.MaxFlows = cfg, limits, maxFlows
@@ -151,7 +151,7 @@ func (e *gwEnv) open(t *testing.T, cfg Config, limits tenant.Limits, maxFlows ui
 
 // apply writes c into the maps from inside the gateway namespace (the redirect map
 // resolves ifindexes there).
-func (e *gwEnv) apply(t *testing.T, c *tenant.Compiled) {
+func (e *gwEnv) apply(t testing.TB, c *tenant.Compiled) {
 	t.Helper()
 	if err := e.gw.Do(func() error { return e.dp.Writer().Apply(c) }); err != nil {
 		t.Fatal(err)

@@ -179,6 +179,19 @@ func (w *Writer) Apply(c *tenant.Compiled) error {
 		}
 		w.cur = cur
 	}
+	// Flows re-check their cached routes, egress and policy against every state the
+	// maps pass through, and against the final one (bpf/lib/route.h).
+	if err := w.bumpGeneration(); err != nil {
+		return err
+	}
+	err := w.applyOrRestore(next)
+	if gerr := w.bumpGeneration(); gerr != nil {
+		err = errors.Join(err, gerr)
+	}
+	return err
+}
+
+func (w *Writer) applyOrRestore(next *mapState) error {
 	prev := w.cur
 	if err := w.apply(prev, next); err != nil {
 		// What the maps hold is now unknown: read them back and aim for prev.
@@ -192,6 +205,17 @@ func (w *Writer) Apply(c *tenant.Compiled) error {
 		return fmt.Errorf("%w (previous configuration restored)", err)
 	}
 	w.cur = next
+	return nil
+}
+
+func (w *Writer) bumpGeneration() error {
+	var gen uint32
+	if err := w.m.ConfigGen.Lookup(uint32(0), &gen); err != nil {
+		return fmt.Errorf("read configuration generation: %w", err)
+	}
+	if err := w.m.ConfigGen.Put(uint32(0), gen+1); err != nil {
+		return fmt.Errorf("bump configuration generation: %w", err)
+	}
 	return nil
 }
 

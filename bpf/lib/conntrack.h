@@ -10,6 +10,7 @@
 #include "common.h"
 #include "config.h"
 #include "parse.h"
+#include "route.h"
 
 #define CT_DIR_FORWARD 0
 #define CT_DIR_REPLY   1
@@ -28,7 +29,7 @@ struct ct_key {
 };
 
 struct ct_entry {
-	__u64 last_seen; /* bpf_ktime_get_ns at creation or last refresh */
+	__u64 last_seen; /* bpf_ktime_get_coarse_ns at creation or last refresh */
 	__u32 backend_id;
 	__u32 service_id;
 	__be32 vip;      /* reply entry: source address to restore */
@@ -37,6 +38,7 @@ struct ct_entry {
 	__u8 _pad;
 	__u32 ifindex;   /* reply entry: where the backend is, so where replies come from */
 	__u32 _pad2;
+	struct route route; /* last route of this direction, for reuse (route.h) */
 };
 
 struct {
@@ -102,13 +104,14 @@ static __always_inline int ct_refresh(struct ct_entry *e, struct pkt *p, __u64 n
  * after DNAT, reversed. */
 static __always_inline void ct_create(__u32 tenant_id, struct pkt *p, __be32 backend_addr,
 				      __be16 backend_port, __u32 backend_id, __u32 service_id,
-				      __u32 backend_ifindex, __u64 now)
+				      struct route *rt, __u64 now)
 {
 	struct ct_key k;
 	struct ct_entry e = {
 		.last_seen = now,
 		.backend_id = backend_id,
 		.service_id = service_id,
+		.route = *rt, /* the caller marked it reusable or not */
 	};
 
 	ct_key_of(&k, tenant_id, p, CT_DIR_FORWARD);
@@ -124,7 +127,8 @@ static __always_inline void ct_create(__u32 tenant_id, struct pkt *p, __be32 bac
 	e.flags = 0;
 	e.vip = p->daddr;
 	e.vport = p->dport;
-	e.ifindex = backend_ifindex;
+	e.ifindex = rt->ifindex;
+	e.route.time = 0; /* the reply direction finds its own route */
 	bpf_map_update_elem(&conntrack, &k, &e, BPF_ANY);
 }
 

@@ -19,7 +19,7 @@ enum event_type {
 #define EVENT_F_REPLY 0x01 /* seen in the backend -> client direction */
 
 struct flow_event {
-	__u64 ts_ns; /* bpf_ktime_get_ns */
+	__u64 ts_ns; /* bpf_ktime_get_coarse_ns: CLOCK_MONOTONIC_COARSE */
 	__u8 type;   /* enum event_type */
 	__u8 reason; /* enum reason, for EVENT_DROP */
 	__u8 proto;
@@ -115,7 +115,7 @@ static __always_inline void event_emit(__u8 type, enum reason reason, struct pkt
 
 	if (!(cfg_event_mask & bit))
 		return;
-	now = bpf_ktime_get_ns();
+	now = bpf_ktime_get_coarse_ns();
 	if (!event_admit(now)) {
 		event_count(EVENTS_RATE_LIMITED);
 		return;

@@ -8,6 +8,7 @@
 #include "reason.h"
 #include "parse.h"
 #include "tenant.h"
+#include "route.h"
 
 #ifndef AF_INET
 #define AF_INET 2
@@ -22,13 +23,6 @@ struct {
 	__type(value, __u32);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } tx_ports SEC(".maps");
-
-struct route {
-	__u32 ifindex;
-	__u16 vlan; /* egress tag of the tenant on ifindex */
-	__u8 smac[ETH_ALEN];
-	__u8 dmac[ETH_ALEN];
-};
 
 /* fib_route finds where the rewritten packet goes. It returns REASON_NONE when moat
  * forwards the frame itself (rt filled), PASS_NO_NEIGH when the kernel must resolve the

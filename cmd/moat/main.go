@@ -1,0 +1,155 @@
+// Command moat is the gateway appliance's one binary: the demo, the fast path's
+// operator commands, and (as they land) the gateway daemon, the backend agent, the
+// control client and the benchmarks.
+package main
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/seed4c/moat/attest/agent"
+	"github.com/seed4c/moat/attest/tpm"
+	"github.com/seed4c/moat/dataplane"
+	"github.com/seed4c/moat/internal/demo"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	root := &cobra.Command{
+		Use:           "moat",
+		Short:         "moat: network isolation gateway and attestation-gated load balancer",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.AddCommand(demoCmd(), dataplaneCmd(), agentCmd())
+	if err := root.ExecuteContext(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, "moat:", err)
+		os.Exit(1)
+	}
+}
+
+func demoCmd() *cobra.Command {
+	var o demo.RunOptions
+	cmd := &cobra.Command{
+		Use:   "demo",
+		Short: "Build a two-tenant gateway topology in network namespaces and show the fast path at work",
+		Long: `demo builds a gateway, two tenants that use the same client prefix, the same VIP and
+the same backend addresses, attaches the XDP fast path, sends real traffic, attacks one
+tenant from the other, drains and evicts backends, prints the counters, and removes
+everything it created on exit or Ctrl-C. It needs root.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			o.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+			return demo.Run(cmd.Context(), cmd.OutOrStdout(), o)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.Instance, "instance", "demo", "fast path instance name (pins under /sys/fs/bpf/moat/<instance>)")
+	f.IntVar(&o.Backends, "backends", 3, "backend hosts per tenant")
+	f.IntVar(&o.Connections, "connections", 30, "connections per tenant in each step")
+	f.BoolVar(&o.Hold, "hold", false, "keep the scene up after the steps, until Ctrl-C")
+	return cmd
+}
+
+func dataplaneCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "dataplane", Short: "Inspect and manage fast path instances"}
+	var (
+		pinRoot string
+		asJSON  bool
+	)
+	status := &cobra.Command{
+		Use:   "status --instance NAME",
+		Short: "Print a running instance's interfaces, entries and counters, read from its pins",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			name, _ := cmd.Flags().GetString("instance")
+			opts := dataplane.DefaultOptions(name)
+			opts.PinRoot = pinRoot
+			st, err := dataplane.ReadStatus(opts)
+			if errors.Is(err, dataplane.ErrNoInstance) {
+				return fmt.Errorf("%w (is it running? pins are under %s)", err, opts.PinDir())
+			}
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				return enc.Encode(st)
+			}
+			return demo.PrintStatus(cmd.OutOrStdout(), st, nil)
+		},
+	}
+	status.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	remove := &cobra.Command{
+		Use:   "remove --instance NAME",
+		Short: "Detach an instance from every interface and delete its pins",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			name, _ := cmd.Flags().GetString("instance")
+			opts := dataplane.DefaultOptions(name)
+			opts.PinRoot = pinRoot
+			return dataplane.Remove(opts)
+		},
+	}
+	for _, c := range []*cobra.Command{status, remove} {
+		c.Flags().String("instance", "", "instance name")
+		_ = c.MarkFlagRequired("instance")
+		c.Flags().StringVar(&pinRoot, "pin-root", dataplane.DefaultPinRoot, "bpffs directory holding the instances")
+	}
+	cmd.AddCommand(status, remove)
+	return cmd
+}
+
+func agentCmd() *cobra.Command {
+	var (
+		cfg   agent.Config
+		wgKey string
+	)
+	cmd := &cobra.Command{
+		Use:   "agent --verifier URL --identity ID --measure FILE... --wireguard-key KEY",
+		Short: "Run the attestation agent on a backend host: measure, enroll, attest continuously",
+		Long: `agent holds the host's TPM, measures the backend application's files into a PCR,
+enrolls with the gateway's verifier and sends fresh TPM quotes every interval over
+HTTPS with mutual TLS (attest/README.md describes the protocol).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			key, err := base64.StdEncoding.DecodeString(wgKey)
+			if err != nil {
+				return fmt.Errorf("--wireguard-key: %w", err)
+			}
+			cfg.WireGuardKey = key
+			log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+			return agent.Run(cmd.Context(), cfg, log)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.VerifierURL, "verifier", "", "verifier base URL (https://gateway:port/attest)")
+	f.StringVar(&cfg.VerifierCAFile, "verifier-ca", "", "PEM CA bundle for the verifier's certificate (default: system roots)")
+	f.StringVar(&cfg.Identity, "identity", "", "backend identity registered at the gateway")
+	f.StringArrayVar(&cfg.Measure, "measure", nil, "file to measure (repeat: application binary, configuration)")
+	f.StringVar(&wgKey, "wireguard-key", "", "WireGuard public key (base64) bound into every quote")
+	f.IntVar(&cfg.PCR, "pcr", 15, "measurement PCR (8..23; 15 cannot be reset before reboot)")
+	f.DurationVar(&cfg.Interval, "interval", agent.DefaultInterval, "attestation interval")
+	f.StringVar((*string)(&cfg.SE.Kind), "se", string(tpm.KindDevice), "TPM kind: device, swtpm, simulator (demo only)")
+	f.StringVar(&cfg.SE.Path, "se-path", "", "device path (default /dev/tpmrm0) or swtpm socket (unix:/path or host:port)")
+	f.StringVar((*string)(&cfg.SE.EKAlgorithm), "ek-algorithm", string(tpm.EKECC), "endorsement key: ecc or rsa")
+	f.StringVar(&cfg.EKCertFile, "ek-cert", "", "EK certificate file, overriding the TPM's NV copy")
+	f.StringVar(&cfg.StateDir, "state-dir", agent.DefaultStateDir, "directory for the TLS key and the measurement log")
+	f.StringVar(&cfg.TLSKeyFile, "tls-key", "", "TLS client key (PKCS#8 PEM, created if missing; default STATE-DIR/tls.key)")
+	f.StringVar(&cfg.StatusAddr, "status-addr", agent.DefaultStatusAddr, "local status endpoint (GET /status); empty disables")
+	for _, name := range []string{"verifier", "identity", "measure", "wireguard-key"} {
+		_ = cmd.MarkFlagRequired(name)
+	}
+	return cmd
+}
