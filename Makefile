@@ -31,7 +31,8 @@ demo: build
 	./$(BIN) demo
 
 bench: build
-	$(GO) test -run '^$$' -bench . -benchtime 2000x ./dataplane/ ./lb/
+	$(GO) test -run '^$$' -bench FastPath -benchtime 200000x ./dataplane/
+	$(GO) test -run '^$$' -bench BuildTable -benchtime 20x ./lb/
 
 lint: deps
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go')); \
