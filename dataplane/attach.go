@@ -10,6 +10,8 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
 )
 
 // AttachMode is how the program sits on an interface.
@@ -43,7 +45,7 @@ func (d *Dataplane) Attach(ifname string) (AttachMode, error) {
 			if err := l.Update(d.objs.XdpGateway); err != nil {
 				return "", fmt.Errorf("attach xdp to %s: replace program of pinned link: %w", ifname, err)
 			}
-			return ModeNative, nil // mode is the link's; a generic link was logged when made
+			return attachedMode(iface.Index)
 		}
 		// A stale pin: the interface was recreated. Drop it and attach afresh.
 		if err := l.Unpin(); err != nil {
@@ -68,6 +70,18 @@ func (d *Dataplane) Attach(ifname string) (AttachMode, error) {
 		return "", fmt.Errorf("attach xdp to %s: pin link at %s: %w", ifname, pin, err)
 	}
 	return mode, nil
+}
+
+// attachedMode asks the kernel how the XDP program on ifindex is attached.
+func attachedMode(ifindex int) (AttachMode, error) {
+	l, err := netlink.LinkByIndex(ifindex)
+	if err != nil {
+		return "", fmt.Errorf("read xdp mode of ifindex %d: %w", ifindex, err)
+	}
+	if x := l.Attrs().Xdp; x != nil && x.AttachMode == nl.XDP_ATTACHED_SKB {
+		return ModeGeneric, nil
+	}
+	return ModeNative, nil
 }
 
 // Detach removes the fast path from ifname.

@@ -2,8 +2,10 @@ package dataplane
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
+	"net/netip"
 	"testing"
 
 	"github.com/seed4c/moat/internal/packet"
@@ -139,4 +141,28 @@ func FuzzDifferential(f *testing.F) {
 			t.Fatal(err)
 		}
 	})
+}
+
+func TestDecodeEventFieldsAndAllocs(t *testing.T) {
+	want := gatewayFlowEvent{
+		TsNs: 123456789, Type: uint8(EventDrop), Reason: uint8(DropPolicyDenied), Proto: 17, Flags: 1,
+		Ifindex: 7, TenantId: 3, ServiceId: 9, BackendId: 11, Vlan: 100,
+		Saddr: addrRaw(ap("10.0.0.2")), Daddr: addrRaw(ap("10.100.0.1")), Sport: portRaw(4000), Dport: portRaw(53),
+	}
+	raw, err := binary.Append(nil, binary.NativeEndian, &want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := DecodeEvent(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e.Time != 123456789 || e.Type != EventDrop || e.Reason != DropPolicyDenied || e.Proto != 17 || !e.Reply ||
+		e.Ifindex != 7 || e.TenantID != 3 || e.ServiceID != 9 || e.BackendID != 11 || e.VLAN != 100 ||
+		e.Src != netip.MustParseAddrPort("10.0.0.2:4000") || e.Dst != netip.MustParseAddrPort("10.100.0.1:53") {
+		t.Fatalf("decoded %+v", e)
+	}
+	if n := testing.AllocsPerRun(1000, func() { _, _ = DecodeEvent(raw) }); n != 0 {
+		t.Errorf("DecodeEvent allocates %v times per event", n)
+	}
 }

@@ -42,11 +42,20 @@ func NewScene(topo topology.Options, instance string, log *slog.Logger) (s *Scen
 	}
 	s.Opts = dataplane.DefaultOptions(instance)
 	s.Opts.Logger = log
-	err = s.Topo.GW.Do(func() error {
-		var err error
-		if s.DP, err = dataplane.Open(s.Opts); err != nil {
-			return err
+	if err := s.Topo.GW.Do(func() (err error) { s.DP, err = dataplane.Open(s.Opts); return err }); err != nil {
+		return nil, err
+	}
+	for _, h := range s.Topo.PeerHosts() {
+		if err := s.attachPeer(h); err != nil {
+			return nil, err
 		}
+	}
+	// The maps are filled before the program meets a frame, so nothing arriving in
+	// between is dropped as "no tenant".
+	if err := s.Apply(s.Topo.Config()); err != nil {
+		return nil, err
+	}
+	err = s.Topo.GW.Do(func() error {
 		for _, ifname := range s.Topo.GatewayInterfaces() {
 			mode, err := s.DP.Attach(ifname)
 			if err != nil {
@@ -57,14 +66,6 @@ func NewScene(topo topology.Options, instance string, log *slog.Logger) (s *Scen
 		return nil
 	})
 	if err != nil {
-		return nil, err
-	}
-	for _, h := range s.Topo.PeerHosts() {
-		if err := s.attachPeer(h); err != nil {
-			return nil, err
-		}
-	}
-	if err := s.Apply(s.Topo.Config()); err != nil {
 		return nil, err
 	}
 	return s, nil
