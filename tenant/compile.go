@@ -5,7 +5,10 @@ import (
 	"fmt"
 	"net/netip"
 	"regexp"
+	"runtime"
 	"slices"
+	"sync"
+	"sync/atomic"
 
 	"github.com/seed4c/moat/lb"
 )
@@ -40,14 +43,20 @@ type Interfaces interface {
 }
 
 // IDs are the numeric identities Compile gave to tenants, services and backends. They
-// are kept across compilations (pass the previous Compiled.IDs back in) because
-// connection tracking entries and counters refer to them: a backend keeps its id for
-// its whole life, and an id freed by one compilation is not handed to something else
-// by the next one while unused ids remain.
+// are kept across compilations (pass the previous Compiled.IDs back in, and store them
+// with the configuration) because connection tracking entries, policy entries and
+// counters refer to them: a tenant, service or backend keeps its id for as long as it
+// exists under the same name. New ids are handed out in increasing order from where
+// the previous compilation stopped (Next), wrapping around at the fast path's limit, so
+// an id that was freed is given to something else only once no id is left that was
+// never used; even then, an id held in the previous compilation is taken last.
 type IDs struct {
 	Tenants  map[string]uint32 `json:"tenants"`  // by tenant name
 	Services map[string]uint32 `json:"services"` // by "tenant/service"
 	Backends map[string]uint32 `json:"backends"` // by "tenant/service/backend"
+	// Next is where each kind's search for a new id starts. Zero (IDs written before
+	// it existed) means just above the highest id held.
+	Next NextIDs `json:"next,omitzero"`
 }
 
 // Compiled is a configuration turned into the entries of the fast path's maps. It is
@@ -117,9 +126,9 @@ type PolicyEntry struct {
 
 var nameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9._-]{0,62}[a-z0-9])?$`)
 
-func checkName(kind, name string) error {
+func checkName(name string) error {
 	if !nameRE.MatchString(name) {
-		return fmt.Errorf("%s name %q: want 1-64 characters of a-z 0-9 . _ -, starting and ending with a letter or digit", kind, name)
+		return fmt.Errorf("name %q: want 1-64 characters of a-z 0-9 . _ -, starting and ending with a letter or digit", name)
 	}
 	return nil
 }
@@ -141,13 +150,63 @@ func checkUnicastV4(what string, a netip.Addr) error {
 // half-applied. prev carries the ids of the previous compilation (zero for the first).
 func Compile(cfg Config, ifaces Interfaces, prev IDs, limits Limits) (*Compiled, error) {
 	c := &compiler{ifaces: ifaces, limits: limits, out: &Compiled{}}
-	c.ids = newAllocator(prev)
+	c.ids = newAllocator(prev, limits)
 	c.compile(cfg)
+	if len(c.errs) == 0 {
+		// Only a configuration found valid pays for its tables.
+		c.buildTables()
+	}
 	if len(c.errs) > 0 {
 		return nil, errors.Join(c.errs...)
 	}
 	c.out.IDs = c.ids.result()
 	return c.out, nil
+}
+
+// tableJob is the Maglev table of one service, built once the whole configuration is
+// known to be valid.
+type tableJob struct {
+	service  int // index in Compiled.Services
+	admitted []lb.Backend
+	size     uint32
+	where    string
+}
+
+// buildTables builds every service's table, on as many cores as the process may use:
+// tables are independent of one another and their builds are most of a compilation's
+// work (milliseconds per table of the default size). Errors are reported in
+// configuration order whatever the order the builds finish in.
+func (c *compiler) buildTables() {
+	jobs := c.tables
+	errs := make([]error, len(jobs))
+	var next atomic.Int64
+	work := func() {
+		for {
+			i := int(next.Add(1) - 1)
+			if i >= len(jobs) {
+				return
+			}
+			j := jobs[i]
+			table, err := lb.BuildTable(j.admitted, j.size)
+			if err != nil {
+				errs[i] = fmt.Errorf("%s: build Maglev table: %w", j.where, err)
+				continue
+			}
+			svc := &c.out.Services[j.service]
+			svc.TableSize, svc.Table = j.size, table
+		}
+	}
+	var wg sync.WaitGroup
+	for range min(runtime.GOMAXPROCS(0), len(jobs)) - 1 {
+		wg.Go(work)
+	}
+	work()
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			c.errs = append(c.errs, err)
+		}
+	}
 }
 
 type compiler struct {
@@ -156,6 +215,11 @@ type compiler struct {
 	ids    *allocator
 	out    *Compiled
 	errs   []error
+	tables []tableJob
+	// policyFull is set when the rules expand to more entries than the fast path
+	// holds; expansion stops there, so that a short document cannot make Compile
+	// allocate sources × services entries before refusing it.
+	policyFull bool
 }
 
 func (c *compiler) fail(format string, args ...any) {
@@ -184,9 +248,9 @@ func (c *compiler) compile(cfg Config) {
 		}
 	}
 
-	for _, t := range cfg.Tenants {
-		if err := checkName("tenant", t.Name); err != nil {
-			c.fail("%w", err)
+	for i, t := range cfg.Tenants {
+		if err := checkName(t.Name); err != nil {
+			c.fail("tenant #%d: %w", i+1, err)
 			continue
 		}
 		if tenantNames[t.Name] {
@@ -194,7 +258,7 @@ func (c *compiler) compile(cfg Config) {
 			continue
 		}
 		tenantNames[t.Name] = true
-		tid, err := c.ids.get(kindTenant, t.Name, c.limits.MaxTenants)
+		tid, err := c.ids.get(kindTenant, t.Name)
 		if err != nil {
 			c.fail("tenant %q: %w", t.Name, err)
 			continue
@@ -207,8 +271,9 @@ func (c *compiler) compile(cfg Config) {
 	if n := uint32(len(c.out.Attachments)); n > c.limits.MaxAttachments {
 		c.fail("%d attachments in all, above the fast path's limit of %d", n, c.limits.MaxAttachments)
 	}
-	if n := uint32(len(c.out.Policy)); n > c.limits.MaxPolicy {
-		c.fail("%d compiled allow entries (sources x services), above the fast path's limit of %d", n, c.limits.MaxPolicy)
+	if c.policyFull {
+		c.fail("more than %d compiled allow entries (one per source and service of each rule, identical ones counted once): above the fast path's limit",
+			c.limits.MaxPolicy)
 	}
 	for ifindex := range txPorts {
 		c.out.TxPorts = append(c.out.TxPorts, ifindex)
@@ -231,7 +296,11 @@ func (c *compiler) compileAttachments(t Tenant, tid uint32, attachedBy map[attac
 		}
 		k := attachKey{ifindex, a.VLAN}
 		if other, taken := attachedBy[k]; taken {
-			c.fail("%s: already attached to tenant %q", where, other)
+			if other == t.Name {
+				c.fail("%s: listed twice", where)
+			} else {
+				c.fail("%s: already attached to tenant %q", where, other)
+			}
 			continue
 		}
 		if onIface[ifindex] {
@@ -258,74 +327,94 @@ type serviceKey struct {
 func (c *compiler) compileServices(t Tenant, tid uint32) map[string]uint32 {
 	ids := map[string]uint32{}
 	byKey := map[serviceKey]string{}
-	for _, s := range t.Services {
+	for i, s := range t.Services {
 		where := fmt.Sprintf("tenant %q: service %q", t.Name, s.Name)
-		if err := checkName("service", s.Name); err != nil {
-			c.fail("tenant %q: %w", t.Name, err)
+		if err := checkName(s.Name); err != nil {
+			c.fail("tenant %q: service #%d: %w", t.Name, i+1, err)
 			continue
 		}
 		if _, dup := ids[s.Name]; dup {
 			c.fail("%s: defined twice", where)
 			continue
 		}
-		ok := true
+		keyOK := true // the service's key (VIP, port, protocol) is well formed
 		if err := checkUnicastV4("VIP", s.VIP); err != nil {
 			c.fail("%s: %w", where, err)
-			ok = false
+			keyOK = false
 		}
 		if s.Port == 0 {
 			c.fail("%s: port 0", where)
-			ok = false
+			keyOK = false
 		}
 		if s.Protocol != TCP && s.Protocol != UDP {
 			c.fail("%s: protocol %s is not balanced (want tcp or udp)", where, s.Protocol)
-			ok = false
+			keyOK = false
 		}
-		size := s.MaglevSize
-		if size == 0 {
-			size = lb.DefaultTableSize
-		}
-		if !lb.IsPrime(size) || size > lb.MaxTableSize {
-			c.fail("%s: maglev_size %d must be a prime no larger than %d (try %d)", where, size, lb.MaxTableSize, lb.NextPrime(size))
-			ok = false
-		} else if n := uint32(len(s.Backends)); n > size/lb.MinSlotsPerBackend {
-			c.fail("%s: maglev_size %d is too small for %d backends (at least %d slots per backend: try %d)",
-				where, size, n, lb.MinSlotsPerBackend, lb.NextPrime(n*lb.MinSlotsPerBackend))
+		ok := keyOK
+		size, err := tableSize(s.MaglevSize, len(s.Backends))
+		if err != nil {
+			c.fail("%s: %w", where, err)
 			ok = false
 		}
 		k := serviceKey{s.VIP.Unmap(), s.Port, s.Protocol}
-		if other, dup := byKey[k]; ok && dup {
-			c.fail("%s: %s:%d/%s is already service %q of the same tenant", where, s.VIP, s.Port, s.Protocol, other)
+		if other, dup := byKey[k]; keyOK && dup {
+			c.fail("%s: %s:%d/%s is already service %q of the same tenant", where, k.vip, s.Port, s.Protocol, other)
 			ok = false
+		} else if keyOK {
+			byKey[k] = s.Name
 		}
-		sid, err := c.ids.get(kindService, t.Name+"/"+s.Name, c.limits.MaxServices)
+		sid, err := c.ids.get(kindService, t.Name+"/"+s.Name)
 		if err != nil {
 			c.fail("%s: %w", where, err)
 			ok = false
 		}
 		ids[s.Name] = sid // recorded even when invalid, so rules naming it don't add noise
-		if !ok {
-			continue
-		}
-		byKey[k] = s.Name
-		backends, table, ok := c.compileBackends(t, s, tid, sid, size, where)
-		if !ok {
+		// The backends are checked even when the service is invalid, so that their
+		// problems are reported in the same round.
+		backends, admitted, backendsOK := c.compileBackends(t, s, tid, sid, where)
+		if !ok || !backendsOK {
 			continue
 		}
 		c.out.Backends = append(c.out.Backends, backends...)
-		entry := ServiceEntry{
+		if len(admitted) > 0 {
+			// No admitted backend: no table (TableSize 0), and the fast path drops.
+			c.tables = append(c.tables, tableJob{service: len(c.out.Services), admitted: admitted, size: size, where: where})
+		}
+		c.out.Services = append(c.out.Services, ServiceEntry{
 			TenantID: tid, VIP: s.VIP.Unmap(), Port: s.Port, Protocol: s.Protocol, ID: sid,
 			Tenant: t.Name, Name: s.Name,
-		}
-		if table != nil {
-			entry.TableSize, entry.Table = size, table
-		}
-		c.out.Services = append(c.out.Services, entry)
+		})
 	}
 	return ids
 }
 
-func (c *compiler) compileBackends(t Tenant, s Service, tid, sid, size uint32, where string) ([]BackendEntry, []uint32, bool) {
+// tableSize returns the Maglev table size of a service that asks for size (0: the
+// default) and has n backends, or why it cannot have it. Every backend counts, whatever
+// its state: whether a configuration is valid must not depend on which backends
+// attestation happens to admit at the moment.
+func tableSize(size uint32, n int) (uint32, error) {
+	if size == 0 {
+		size = lb.DefaultTableSize
+	}
+	const most = int(lb.MaxTableSize / lb.MinSlotsPerBackend)
+	switch {
+	case size > lb.MaxTableSize:
+		return 0, fmt.Errorf("maglev_size %d is above the largest table, %d", size, lb.MaxTableSize)
+	case !lb.IsPrime(size):
+		return 0, fmt.Errorf("maglev_size %d is not a prime (try %d)", size, lb.NextPrime(size))
+	case n > most:
+		return 0, fmt.Errorf("%d backends: a service has at most %d (%d slots each in a table of at most %d)",
+			n, most, lb.MinSlotsPerBackend, lb.MaxTableSize)
+	case uint32(n) > size/lb.MinSlotsPerBackend:
+		return 0, fmt.Errorf("maglev_size %d is too small for %d backends (at least %d slots per backend: try %d)",
+			size, n, lb.MinSlotsPerBackend, lb.NextPrime(uint32(n)*lb.MinSlotsPerBackend))
+	}
+	return size, nil
+}
+
+// compileBackends checks and compiles a service's backends, and returns those whose
+// state admits them into the service's table.
+func (c *compiler) compileBackends(t Tenant, s Service, tid, sid uint32, where string) ([]BackendEntry, []lb.Backend, bool) {
 	var (
 		out      []BackendEntry
 		admitted []lb.Backend
@@ -333,10 +422,10 @@ func (c *compiler) compileBackends(t Tenant, s Service, tid, sid, size uint32, w
 		addrs    = map[netip.AddrPort]string{}
 		ok       = true
 	)
-	for _, b := range s.Backends {
+	for i, b := range s.Backends {
 		bwhere := fmt.Sprintf("%s: backend %q", where, b.Name)
-		if err := checkName("backend", b.Name); err != nil {
-			c.fail("%s: %w", where, err)
+		if err := checkName(b.Name); err != nil {
+			c.fail("%s: backend #%d: %w", where, i+1, err)
 			ok = false
 			continue
 		}
@@ -367,9 +456,10 @@ func (c *compiler) compileBackends(t Tenant, s Service, tid, sid, size uint32, w
 		if other, dup := addrs[ap]; dup {
 			c.fail("%s: %s is already backend %q of the service", bwhere, ap, other)
 			ok = false
+		} else {
+			addrs[ap] = b.Name
 		}
-		addrs[ap] = b.Name
-		bid, err := c.ids.get(kindBackend, t.Name+"/"+s.Name+"/"+b.Name, c.limits.MaxBackends)
+		bid, err := c.ids.get(kindBackend, t.Name+"/"+s.Name+"/"+b.Name)
 		if err != nil {
 			c.fail("%s: %w", bwhere, err)
 			ok = false
@@ -383,15 +473,7 @@ func (c *compiler) compileBackends(t Tenant, s Service, tid, sid, size uint32, w
 			admitted = append(admitted, lb.Backend{ID: bid, Weight: b.Weight})
 		}
 	}
-	if !ok || len(admitted) == 0 {
-		return out, nil, ok
-	}
-	table, err := lb.BuildTable(admitted, size)
-	if err != nil {
-		c.fail("%s: build Maglev table: %w", where, err)
-		return nil, nil, false
-	}
-	return out, table, true
+	return out, admitted, ok
 }
 
 func (c *compiler) compileRules(t Tenant, tid uint32, svcIDs map[string]uint32) {
@@ -400,10 +482,20 @@ func (c *compiler) compileRules(t Tenant, tid uint32, svcIDs map[string]uint32) 
 		src netip.Prefix
 	}
 	seen := map[policyKey]bool{}
+	ruleNames := map[string]bool{}
 	for i, r := range t.Rules {
-		where := fmt.Sprintf("tenant %q: rule %d", t.Name, i+1)
+		where := fmt.Sprintf("tenant %q: rule #%d", t.Name, i+1)
 		if r.Name != "" {
-			where = fmt.Sprintf("tenant %q: rule %q", t.Name, r.Name)
+			// A rule's name is optional; one that is given must be a name, and name
+			// one rule only, since logs and errors use it to point at the rule.
+			if err := checkName(r.Name); err != nil {
+				c.fail("%s: %w", where, err)
+			} else if ruleNames[r.Name] {
+				c.fail("tenant %q: rule %q: defined twice", t.Name, r.Name)
+			} else {
+				where = fmt.Sprintf("tenant %q: rule %q", t.Name, r.Name)
+			}
+			ruleNames[r.Name] = true
 		}
 		if len(r.Sources) == 0 {
 			c.fail("%s: no sources", where)
@@ -441,6 +533,10 @@ func (c *compiler) compileRules(t Tenant, tid uint32, svcIDs map[string]uint32) 
 				k := policyKey{sid, src}
 				if seen[k] {
 					continue
+				}
+				if c.policyFull || uint32(len(c.out.Policy)) >= c.limits.MaxPolicy {
+					c.policyFull = true
+					break
 				}
 				seen[k] = true
 				c.out.Policy = append(c.out.Policy, PolicyEntry{TenantID: tid, ServiceID: sid, Source: src, RuleID: uint32(i + 1)})

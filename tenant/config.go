@@ -1,8 +1,10 @@
 package tenant
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/netip"
 	"strings"
 
@@ -118,17 +120,113 @@ type Rule struct {
 // AllServices is the Rule.Services entry that stands for every service of the tenant.
 const AllServices = "*"
 
-// ParseConfig decodes a JSON configuration strictly: an unknown field is an error,
-// not something silently ignored.
+// ParseConfig decodes a JSON configuration strictly. Refused, rather than silently
+// ignored or guessed at:
+//   - anything but one JSON object (null, an array, a second value after the object);
+//   - an unknown field, or a known one spelt in another case ("Name" for "name"):
+//     encoding/json would match it regardless of case;
+//   - a field given twice in one object: encoding/json keeps the last, another reader
+//     of the same document may keep the first, and the two would disagree about what
+//     was configured;
+//   - a value of the wrong type, a protocol or a backend state given as a number, an
+//     address or prefix that does not parse.
+//
+// A configuration that parses may still be invalid: Compile checks the rest.
 func ParseConfig(data []byte) (Config, error) {
+	if err := checkKeys(data); err != nil {
+		return Config{}, fmt.Errorf("decode tenant configuration: %w", err)
+	}
 	var c Config
-	dec := json.NewDecoder(strings.NewReader(string(data)))
+	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&c); err != nil {
 		return Config{}, fmt.Errorf("decode tenant configuration: %w", err)
 	}
-	if dec.More() {
-		return Config{}, fmt.Errorf("decode tenant configuration: trailing data after the object")
+	if _, err := dec.Token(); err != io.EOF {
+		return Config{}, fmt.Errorf("decode tenant configuration: trailing data after the object (at byte %d)", dec.InputOffset())
 	}
 	return c, nil
+}
+
+// checkKeys walks the document's tokens and refuses a top level other than an object,
+// object keys that are not exactly lower-case field names, and keys repeated within
+// one object. Every field of Config and what it holds is spelt in a-z, 0-9 and _, so a
+// key with anything else can only be a case variant that encoding/json would accept.
+func checkKeys(data []byte) error {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.UseNumber()
+	// One frame per open object or array: the keys seen so far (nil for an array) and
+	// whether the next string token of an object is a key.
+	type frame struct {
+		keys      map[string]bool
+		expectKey bool
+	}
+	var stack []frame
+	for {
+		tok, err := dec.Token()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if len(stack) == 0 && tok != json.Delim('{') {
+			return fmt.Errorf("want a JSON object, found %v", describeToken(tok))
+		}
+		if len(stack) > 0 {
+			top := &stack[len(stack)-1]
+			if top.keys != nil && top.expectKey {
+				if key, ok := tok.(string); ok {
+					if !isFieldName(key) {
+						return fmt.Errorf("unknown field %q (fields are spelt in lower case: a-z, 0-9 and _)", key)
+					}
+					if top.keys[key] {
+						return fmt.Errorf("field %q given twice in one object", key)
+					}
+					top.keys[key] = true
+					top.expectKey = false
+					continue
+				}
+			}
+			if top.keys != nil {
+				top.expectKey = true // this token is (or opens) a value: a key comes next
+			}
+		}
+		switch tok {
+		case json.Delim('{'):
+			stack = append(stack, frame{keys: map[string]bool{}, expectKey: true})
+		case json.Delim('['):
+			stack = append(stack, frame{})
+		case json.Delim('}'), json.Delim(']'):
+			stack = stack[:len(stack)-1]
+			if len(stack) == 0 {
+				return nil // Decode reports what follows the object
+			}
+		}
+	}
+}
+
+func isFieldName(s string) bool {
+	for _, r := range s {
+		if (r < 'a' || r > 'z') && (r < '0' || r > '9') && r != '_' {
+			return false
+		}
+	}
+	return s != ""
+}
+
+func describeToken(tok json.Token) string {
+	switch tok.(type) {
+	case nil:
+		return "null"
+	case json.Delim:
+		return fmt.Sprintf("%q", tok)
+	case string:
+		return "a string"
+	case json.Number:
+		return "a number"
+	case bool:
+		return "a boolean"
+	}
+	return fmt.Sprintf("%T", tok)
 }
