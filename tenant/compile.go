@@ -1,6 +1,7 @@
 package tenant
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -101,6 +102,8 @@ type ServiceEntry struct {
 	Table     []uint32
 	Tenant    string
 	Name      string
+	// admitted is what Table was built from, sorted by id (for Compiler's reuse).
+	admitted []lb.Backend
 }
 
 // BackendEntry is one backend as the fast path sees it.
@@ -149,10 +152,21 @@ func checkUnicastV4(what string, a netip.Addr) error {
 // each with the path to what is wrong); on error nothing is returned, so nothing can be
 // half-applied. prev carries the ids of the previous compilation (zero for the first).
 func Compile(cfg Config, ifaces Interfaces, prev IDs, limits Limits) (*Compiled, error) {
-	c := &compiler{ifaces: ifaces, limits: limits, out: &Compiled{}}
+	return compile(cfg, ifaces, prev, limits, nil, true)
+}
+
+// Validate reports what Compile would refuse in cfg, without building any Maglev
+// table: what an API checks before it accepts a change.
+func Validate(cfg Config, ifaces Interfaces, prev IDs, limits Limits) error {
+	_, err := compile(cfg, ifaces, prev, limits, nil, false)
+	return err
+}
+
+func compile(cfg Config, ifaces Interfaces, prev IDs, limits Limits, reuse map[uint32]builtTable, tables bool) (*Compiled, error) {
+	c := &compiler{ifaces: ifaces, limits: limits, out: &Compiled{}, reuse: reuse}
 	c.ids = newAllocator(prev, limits)
 	c.compile(cfg)
-	if len(c.errs) == 0 {
+	if len(c.errs) == 0 && tables {
 		// Only a configuration found valid pays for its tables.
 		c.buildTables()
 	}
@@ -162,6 +176,50 @@ func Compile(cfg Config, ifaces Interfaces, prev IDs, limits Limits) (*Compiled,
 	c.out.IDs = c.ids.result()
 	return c.out, nil
 }
+
+// Compiler compiles the successive configurations of one gateway: it keeps the ids of
+// one compilation for the next, and reuses the Maglev table of every service whose
+// table size and admitted backends (ids and weights) did not change, so that evicting
+// one backend rebuilds one table, not all of them. It is not safe for concurrent use.
+type Compiler struct {
+	ifaces Interfaces
+	limits Limits
+	ids    IDs
+	tables map[uint32]builtTable // by service id, from the last compilation
+}
+
+// builtTable is a table and what it was built from (admitted sorted by id).
+type builtTable struct {
+	size     uint32
+	admitted []lb.Backend
+	table    []uint32
+}
+
+// NewCompiler returns a Compiler starting from ids (those of the last compilation the
+// gateway applied, or zero).
+func NewCompiler(ifaces Interfaces, limits Limits, ids IDs) *Compiler {
+	return &Compiler{ifaces: ifaces, limits: limits, ids: ids}
+}
+
+// Compile compiles cfg like the function Compile; on success the result's ids and
+// tables become the base of the next call.
+func (c *Compiler) Compile(cfg Config) (*Compiled, error) {
+	out, err := compile(cfg, c.ifaces, c.ids, c.limits, c.tables, true)
+	if err != nil {
+		return nil, err
+	}
+	c.ids = out.IDs
+	c.tables = map[uint32]builtTable{}
+	for _, s := range out.Services {
+		if s.Table != nil {
+			c.tables[s.ID] = builtTable{size: s.TableSize, admitted: s.admitted, table: s.Table}
+		}
+	}
+	return out, nil
+}
+
+// IDs returns the ids of the last successful compilation.
+func (c *Compiler) IDs() IDs { return c.ids }
 
 // tableJob is the Maglev table of one service, built once the whole configuration is
 // known to be valid.
@@ -187,12 +245,17 @@ func (c *compiler) buildTables() {
 				return
 			}
 			j := jobs[i]
+			svc := &c.out.Services[j.service]
+			svc.admitted = sortedBackends(j.admitted)
+			if prev, ok := c.reuse[svc.ID]; ok && prev.size == j.size && slices.Equal(prev.admitted, svc.admitted) {
+				svc.TableSize, svc.Table = j.size, prev.table // tables are never written once built
+				continue
+			}
 			table, err := lb.BuildTable(j.admitted, j.size)
 			if err != nil {
 				errs[i] = fmt.Errorf("%s: build Maglev table: %w", j.where, err)
 				continue
 			}
-			svc := &c.out.Services[j.service]
 			svc.TableSize, svc.Table = j.size, table
 		}
 	}
@@ -209,7 +272,15 @@ func (c *compiler) buildTables() {
 	}
 }
 
+// sortedBackends is bs sorted by id: the identity of a table's input.
+func sortedBackends(bs []lb.Backend) []lb.Backend {
+	out := slices.Clone(bs)
+	slices.SortFunc(out, func(a, b lb.Backend) int { return cmp.Compare(a.ID, b.ID) })
+	return out
+}
+
 type compiler struct {
+	reuse  map[uint32]builtTable // tables of a previous compilation, by service id
 	ifaces Interfaces
 	limits Limits
 	ids    *allocator
