@@ -44,6 +44,9 @@ func TestReplayedEvidenceRefused(t *testing.T) {
 	if st, _ := r.v.Standing(h.id); st.Status != attest.StatusAffirming {
 		t.Fatalf("a refused replay changed the standing to %s", st.Status)
 	}
+	if s := r.v.Stats(); s.Affirming != 1 || s.Refused != 1 {
+		t.Fatalf("stats %+v, want one affirming and one refused", s)
+	}
 }
 
 func TestExpiredNonceRefused(t *testing.T) {
