@@ -16,6 +16,7 @@ package tpm
 import (
 	"crypto/ecdh"
 	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/sha256"
 	"encoding/asn1"
 	"errors"
@@ -686,15 +687,11 @@ func (s *SE) SigningPublicKey() (*ecdsa.PublicKey, error) {
 	if err != nil {
 		return nil, err
 	}
-	parms, err := k.public.Parameters.ECCDetail()
+	pub, err := eccPublic(k.public) // validates the point
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("signing key: %w", err)
 	}
-	point, err := k.public.Unique.ECC()
-	if err != nil {
-		return nil, err
-	}
-	return tpm2.ECDSAPub(parms, point)
+	return ecdsa.ParseUncompressedPublicKey(elliptic.P256(), pub.Bytes())
 }
 
 // Sign implements attest.SE.
