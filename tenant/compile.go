@@ -129,6 +129,11 @@ type PolicyEntry struct {
 
 var nameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9._-]{0,62}[a-z0-9])?$`)
 
+// CheckName refuses a name that is not valid for a tenant, service, backend or rule:
+// 1-64 characters of a-z 0-9 . _ -, starting and ending with a letter or digit. Names
+// appear in keys, subjects and paths, so no separator can hide in one.
+func CheckName(name string) error { return checkName(name) }
+
 func checkName(name string) error {
 	if !nameRE.MatchString(name) {
 		return fmt.Errorf("name %q: want 1-64 characters of a-z 0-9 . _ -, starting and ending with a letter or digit", name)

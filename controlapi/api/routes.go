@@ -1,0 +1,321 @@
+package api
+
+import (
+	"net/http"
+	"strconv"
+
+	"github.com/seed4c/moat/controlapi/auth"
+	"github.com/seed4c/moat/controlapi/state"
+)
+
+// BackendView is a backend with its admission status.
+type BackendView struct {
+	state.Backend
+	Subject string              `json:"subject"`
+	Status  state.BackendStatus `json:"status"`
+}
+
+// TokenRequest creates a token.
+type TokenRequest struct {
+	Name   string    `json:"name"`
+	Role   auth.Role `json:"role"`
+	Tenant string    `json:"tenant,omitempty"`
+}
+
+// NewToken is a created token with its secret, shown this once.
+type NewToken struct {
+	auth.Token
+	Secret string `json:"secret"`
+}
+
+func (s *Server) routes() []route {
+	tenants := resource[state.Tenant]{
+		kind: "tenant", collection: "/v1/tenants", item: "tenant", read: tenantRead, write: tenantOperator,
+		bind: func(r *http.Request, v *state.Tenant, item bool) error {
+			if item {
+				return same(&v.Name, "name", r.PathValue("tenant"))
+			}
+			return nil
+		},
+		meta: func(v *state.Tenant) *state.Meta { return &v.Meta },
+		name: func(v *state.Tenant) string { return v.Name },
+		get:  func(r *http.Request) (state.Tenant, error) { return s.State.GetTenant(r.PathValue("tenant")) },
+		list: func(r *http.Request, p auth.Principal, after string, limit int) ([]state.Tenant, string, error) {
+			if !p.SeesAll() {
+				t, err := s.State.GetTenant(p.Tenant)
+				if err != nil || after != "" {
+					return nil, "", nil
+				}
+				return []state.Tenant{t}, "", nil
+			}
+			return s.State.ListTenants(after, limit)
+		},
+		create: s.State.CreateTenant,
+		update: s.State.UpdateTenant,
+		del:    func(r *http.Request, v uint64) error { return s.State.DeleteTenant(r.PathValue("tenant"), v) },
+	}
+
+	services := resource[state.Service]{
+		kind: "service", collection: "/v1/tenants/{tenant}/services", item: "service", read: tenantRead, write: tenantWrite,
+		bind: func(r *http.Request, v *state.Service, item bool) error {
+			if err := same(&v.Tenant, "tenant", r.PathValue("tenant")); err != nil || !item {
+				return err
+			}
+			return same(&v.Name, "name", r.PathValue("service"))
+		},
+		meta: func(v *state.Service) *state.Meta { return &v.Meta },
+		name: func(v *state.Service) string { return v.Name },
+		get: func(r *http.Request) (state.Service, error) {
+			return s.State.GetService(r.PathValue("tenant"), r.PathValue("service"))
+		},
+		list: func(r *http.Request, _ auth.Principal, after string, limit int) ([]state.Service, string, error) {
+			return s.State.ListServices(r.PathValue("tenant"), after, limit)
+		},
+		create: s.State.CreateService,
+		update: s.State.UpdateService,
+		del: func(r *http.Request, v uint64) error {
+			return s.State.DeleteService(r.PathValue("tenant"), r.PathValue("service"), v)
+		},
+	}
+
+	backends := resource[state.Backend]{
+		kind: "backend", collection: "/v1/tenants/{tenant}/services/{service}/backends", item: "backend", read: tenantRead, write: tenantWrite,
+		bind: func(r *http.Request, v *state.Backend, item bool) error {
+			if err := same(&v.Tenant, "tenant", r.PathValue("tenant")); err != nil {
+				return err
+			}
+			if err := same(&v.Service, "service", r.PathValue("service")); err != nil || !item {
+				return err
+			}
+			return same(&v.Name, "name", r.PathValue("backend"))
+		},
+		meta: func(v *state.Backend) *state.Meta { return &v.Meta },
+		name: func(v *state.Backend) string { return v.Name },
+		get: func(r *http.Request) (state.Backend, error) {
+			return s.State.GetBackend(r.PathValue("tenant"), r.PathValue("service"), r.PathValue("backend"))
+		},
+		list: func(r *http.Request, _ auth.Principal, after string, limit int) ([]state.Backend, string, error) {
+			t, sv := r.PathValue("tenant"), r.PathValue("service")
+			if _, err := s.State.GetService(t, sv); err != nil {
+				return nil, "", err
+			}
+			return s.State.ListBackends(t, sv, after, limit)
+		},
+		create: s.State.CreateBackend,
+		update: s.State.UpdateBackend,
+		del: func(r *http.Request, v uint64) error {
+			return s.State.DeleteBackend(r.PathValue("tenant"), r.PathValue("service"), r.PathValue("backend"), v)
+		},
+		view: func(r *http.Request, v state.Backend) any {
+			out := BackendView{Backend: v, Subject: v.Subject()}
+			if r != nil && s.Live != nil {
+				out.Status = s.Live.BackendStatus(v.Tenant, v.Service, v.Name)
+			}
+			return out
+		},
+	}
+
+	rules := resource[state.Rule]{
+		kind: "rule", collection: "/v1/tenants/{tenant}/rules", item: "rule", read: tenantRead, write: tenantWrite,
+		bind: func(r *http.Request, v *state.Rule, item bool) error {
+			if err := same(&v.Tenant, "tenant", r.PathValue("tenant")); err != nil || !item {
+				return err
+			}
+			return same(&v.Name, "name", r.PathValue("rule"))
+		},
+		meta: func(v *state.Rule) *state.Meta { return &v.Meta },
+		name: func(v *state.Rule) string { return v.Name },
+		get: func(r *http.Request) (state.Rule, error) {
+			return s.State.GetRule(r.PathValue("tenant"), r.PathValue("rule"))
+		},
+		list: func(r *http.Request, _ auth.Principal, after string, limit int) ([]state.Rule, string, error) {
+			return s.State.ListRules(r.PathValue("tenant"), after, limit)
+		},
+		create: s.State.CreateRule,
+		update: s.State.UpdateRule,
+		del: func(r *http.Request, v uint64) error {
+			return s.State.DeleteRule(r.PathValue("tenant"), r.PathValue("rule"), v)
+		},
+	}
+
+	policies := resource[state.Policy]{
+		kind: "policy", collection: "/v1/tenants/{tenant}/policies", item: "policy", read: tenantRead, write: tenantWrite,
+		bind: func(r *http.Request, v *state.Policy, item bool) error {
+			if err := same(&v.Tenant, "tenant", r.PathValue("tenant")); err != nil || !item {
+				return err
+			}
+			return same(&v.Name, "name", r.PathValue("policy"))
+		},
+		meta: func(v *state.Policy) *state.Meta { return &v.Meta },
+		name: func(v *state.Policy) string { return v.Name },
+		get: func(r *http.Request) (state.Policy, error) {
+			return s.State.GetPolicy(r.PathValue("tenant"), r.PathValue("policy"))
+		},
+		list: func(r *http.Request, _ auth.Principal, after string, limit int) ([]state.Policy, string, error) {
+			return s.State.ListPolicies(r.PathValue("tenant"), after, limit)
+		},
+		create: s.State.CreatePolicy,
+		update: s.State.UpdatePolicy,
+		del: func(r *http.Request, v uint64) error {
+			return s.State.DeletePolicy(r.PathValue("tenant"), r.PathValue("policy"), v)
+		},
+	}
+
+	var out []route
+	out = append(out, route{method: "GET", path: "/v1/openapi.json", access: public, summary: "This API's OpenAPI 3 document", status: 200,
+		handle: func(w http.ResponseWriter, r *http.Request, _ auth.Principal) {
+			writeJSON(w, http.StatusOK, 0, s.OpenAPI())
+		}})
+	out = append(out, route{method: "GET", path: "/v1/status", access: authenticated, summary: "The gateway's status (a tenant admin sees its tenant only)", status: 200,
+		response: map[string]any{},
+		handle: func(w http.ResponseWriter, r *http.Request, p auth.Principal) {
+			var st any = map[string]any{}
+			if s.Live != nil {
+				st = s.Live.GatewayStatus(p)
+			}
+			writeJSON(w, http.StatusOK, 0, st)
+		}})
+	for _, rt := range tenants.routes(s) {
+		// Creating a tenant is for operators; listing is for anyone, filtered by role.
+		if rt.method == "POST" {
+			rt.access = operatorOnly
+		}
+		if rt.method == "GET" && rt.path == "/v1/tenants" {
+			rt.access = authenticated
+		}
+		out = append(out, rt)
+	}
+	out = append(out, services.routes(s)...)
+	out = append(out, backends.routes(s)...)
+	item := backends.collection + "/{backend}"
+	for _, drain := range []bool{true, false} {
+		method, summary := "POST", "Drain a backend: existing flows continue, new flows avoid it"
+		if !drain {
+			method, summary = "DELETE", "Stop draining a backend"
+		}
+		out = append(out, route{method: method, path: item + "/drain", access: tenantWrite, summary: summary, response: BackendView{}, status: 200,
+			handle: func(w http.ResponseWriter, r *http.Request, _ auth.Principal) {
+				b, err := backends.get(r)
+				if err != nil {
+					s.fail(w, r, err)
+					return
+				}
+				if b.Drain != drain {
+					b.Drain = drain
+					if b, err = s.State.UpdateBackend(b, b.Version); err != nil {
+						s.fail(w, r, err)
+						return
+					}
+				}
+				writeJSON(w, http.StatusOK, b.Version, backends.view(r, b))
+			}})
+	}
+	out = append(out, route{method: "GET", path: item + "/attestations", access: tenantRead, summary: "A backend's attestation results, oldest first", list: true,
+		response: state.ResultRecord{}, status: 200,
+		handle: func(w http.ResponseWriter, r *http.Request, _ auth.Principal) {
+			b, err := backends.get(r)
+			if err != nil {
+				s.fail(w, r, err)
+				return
+			}
+			after, limit, err := seqPage(r)
+			if err != nil {
+				writeProblem(w, r, http.StatusBadRequest, err.Error())
+				return
+			}
+			items, next, err := s.State.ListResults(b.Subject(), after, limit)
+			if err != nil {
+				s.fail(w, r, err)
+				return
+			}
+			writeList(w, items, seqToken(next))
+		}})
+	out = append(out, rules.routes(s)...)
+	out = append(out, policies.routes(s)...)
+	transitions := func(all bool) func(w http.ResponseWriter, r *http.Request, _ auth.Principal) {
+		return func(w http.ResponseWriter, r *http.Request, _ auth.Principal) {
+			t := r.PathValue("tenant")
+			if !all {
+				if _, err := s.State.GetTenant(t); err != nil {
+					s.fail(w, r, err)
+					return
+				}
+			}
+			after, limit, err := seqPage(r)
+			if err != nil {
+				writeProblem(w, r, http.StatusBadRequest, err.Error())
+				return
+			}
+			items, next, err := s.State.ListTransitions(t, after, limit)
+			if err != nil {
+				s.fail(w, r, err)
+				return
+			}
+			writeList(w, items, seqToken(next))
+		}
+	}
+	out = append(out,
+		route{method: "GET", path: "/v1/tenants/{tenant}/transitions", access: tenantRead, summary: "The tenant's backend state transitions, oldest first",
+			list: true, response: state.Transition{}, status: 200, handle: transitions(false)},
+		route{method: "GET", path: "/v1/transitions", access: seeAll, summary: "Every backend state transition, oldest first",
+			list: true, response: state.Transition{}, status: 200, handle: transitions(true)},
+		route{method: "GET", path: "/v1/tokens", access: operatorOnly, summary: "List tokens (never their secrets)", list: true, response: auth.Token{}, status: 200,
+			handle: func(w http.ResponseWriter, r *http.Request, _ auth.Principal) {
+				toks, err := s.Tokens.List()
+				if err != nil {
+					s.fail(w, r, err)
+					return
+				}
+				writeList(w, toks, "")
+			}},
+		route{method: "POST", path: "/v1/tokens", access: operatorOnly, summary: "Create a token; its secret is in this response only",
+			request: TokenRequest{}, response: NewToken{}, status: 201,
+			handle: func(w http.ResponseWriter, r *http.Request, _ auth.Principal) {
+				var req TokenRequest
+				if !s.decode(w, r, &req) {
+					return
+				}
+				if req.Tenant != "" {
+					if _, err := s.State.GetTenant(req.Tenant); err != nil {
+						writeProblem(w, r, http.StatusUnprocessableEntity, "tenant "+req.Tenant+" does not exist")
+						return
+					}
+				}
+				secret, tok, err := s.Tokens.Create(req.Name, req.Role, req.Tenant)
+				if err != nil {
+					writeProblem(w, r, http.StatusUnprocessableEntity, err.Error())
+					return
+				}
+				w.Header().Set("Location", "/v1/tokens/"+tok.ID)
+				writeJSON(w, http.StatusCreated, 0, NewToken{Token: tok, Secret: secret})
+			}},
+		route{method: "DELETE", path: "/v1/tokens/{id}", access: operatorOnly, summary: "Revoke a token", status: 204,
+			handle: func(w http.ResponseWriter, r *http.Request, _ auth.Principal) {
+				if err := s.Tokens.Delete(r.PathValue("id")); err != nil {
+					s.fail(w, r, err)
+					return
+				}
+				w.WriteHeader(http.StatusNoContent)
+			}},
+	)
+	return out
+}
+
+func seqPage(r *http.Request) (uint64, int, error) {
+	after, limit, err := page(r)
+	if err != nil || after == "" {
+		return 0, limit, err
+	}
+	n, err := strconv.ParseUint(after, 10, 64)
+	if err != nil {
+		return 0, 0, err
+	}
+	return n, limit, nil
+}
+
+func seqToken(n uint64) string {
+	if n == 0 {
+		return ""
+	}
+	return strconv.FormatUint(n, 10)
+}

@@ -1,0 +1,162 @@
+package state
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/seed4c/moat/attest"
+	"github.com/seed4c/moat/controlapi/kv"
+	"github.com/seed4c/moat/tenant"
+)
+
+// What the gateway learns and remembers, beside the desired state.
+
+const (
+	resultsBucket     = "results"
+	transitionsBucket = "transitions"
+	metaBucket        = "meta"
+	idsKey            = "ids"
+)
+
+// ResultsKept is how many results of one subject the history keeps.
+const ResultsKept = 100
+
+func decodeJSON(raw []byte, v any) error { return json.Unmarshal(raw, v) }
+
+func seqKey(n uint64) string { return fmt.Sprintf("%020d", n) }
+
+// AppendResult records an attestation result in its subject's history, dropping the
+// oldest beyond ResultsKept.
+func (s *Store) AppendResult(r attest.Result) error {
+	return s.kv.Update(func(tx kv.Tx) error {
+		n, err := tx.NextSequence(resultsBucket)
+		if err != nil {
+			return err
+		}
+		raw, err := json.Marshal(ResultRecord{Seq: n, Result: r})
+		if err != nil {
+			return err
+		}
+		prefix := r.Subject + "|"
+		if err := tx.Put(resultsBucket, prefix+seqKey(n), raw); err != nil {
+			return err
+		}
+		var keys []string
+		if err := tx.Scan(resultsBucket, prefix, "", func(k string, _ []byte) bool { keys = append(keys, k); return true }); err != nil {
+			return err
+		}
+		for _, k := range keys[:max(0, len(keys)-ResultsKept)] {
+			if err := tx.Delete(resultsBucket, k); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// ListResults returns a subject's results, oldest first, after seq after.
+func (s *Store) ListResults(subject string, after uint64, limit int) ([]ResultRecord, uint64, error) {
+	var (
+		out  []ResultRecord
+		next uint64
+	)
+	prefix := subject + "|"
+	start := ""
+	if after > 0 {
+		start = prefix + seqKey(after)
+	}
+	err := s.kv.View(func(tx kv.Tx) error {
+		var derr error
+		err := tx.Scan(resultsBucket, prefix, start, func(_ string, raw []byte) bool {
+			if limit > 0 && len(out) == limit {
+				next = out[len(out)-1].Seq
+				return false
+			}
+			var r ResultRecord
+			if derr = json.Unmarshal(raw, &r); derr != nil {
+				return false
+			}
+			out = append(out, r)
+			return true
+		})
+		return errors.Join(err, derr)
+	})
+	return out, next, err
+}
+
+// AppendTransition records a backend state transition and returns it with its
+// sequence number.
+func (s *Store) AppendTransition(t Transition) (Transition, error) {
+	err := s.kv.Update(func(tx kv.Tx) error {
+		n, err := tx.NextSequence(transitionsBucket)
+		if err != nil {
+			return err
+		}
+		t.Seq = n
+		raw, err := json.Marshal(t)
+		if err != nil {
+			return err
+		}
+		return tx.Put(transitionsBucket, seqKey(n), raw)
+	})
+	return t, err
+}
+
+// ListTransitions returns transitions after seq after, oldest first; tenantName ""
+// means every tenant's.
+func (s *Store) ListTransitions(tenantName string, after uint64, limit int) ([]Transition, uint64, error) {
+	var (
+		out  []Transition
+		next uint64
+	)
+	start := ""
+	if after > 0 {
+		start = seqKey(after)
+	}
+	err := s.kv.View(func(tx kv.Tx) error {
+		var derr error
+		err := tx.Scan(transitionsBucket, "", start, func(_ string, raw []byte) bool {
+			var t Transition
+			if derr = json.Unmarshal(raw, &t); derr != nil {
+				return false
+			}
+			if tenantName != "" && t.Tenant != tenantName {
+				return true
+			}
+			if limit > 0 && len(out) == limit {
+				next = out[len(out)-1].Seq
+				return false
+			}
+			out = append(out, t)
+			return true
+		})
+		return errors.Join(err, derr)
+	})
+	return out, next, err
+}
+
+// LoadIDs returns the ids of the configuration last applied (zero before the first).
+func (s *Store) LoadIDs() (tenant.IDs, error) {
+	var ids tenant.IDs
+	err := s.kv.View(func(tx kv.Tx) error {
+		raw, err := tx.Get(metaBucket, idsKey)
+		if errors.Is(err, kv.ErrNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		return json.Unmarshal(raw, &ids)
+	})
+	return ids, err
+}
+
+// SaveIDs records the ids of the configuration about to be applied.
+func (s *Store) SaveIDs(ids tenant.IDs) error {
+	raw, err := json.Marshal(ids)
+	if err != nil {
+		return err
+	}
+	return s.kv.Update(func(tx kv.Tx) error { return tx.Put(metaBucket, idsKey, raw) })
+}

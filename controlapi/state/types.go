@@ -1,0 +1,139 @@
+// Package state is the gateway's desired state: tenants, services, backends, allow
+// rules and attestation policies, as the REST API reads and writes them. Every object
+// carries a version (the API's ETag); every write is checked against the whole
+// configuration it would produce (tenant.Validate) inside the same transaction, so the
+// store never holds a configuration the fast path would refuse. It also keeps what the
+// gateway learns: attestation results, backend state transitions, compiled ids.
+package state
+
+import (
+	"net/netip"
+	"time"
+
+	"github.com/seed4c/moat/attest"
+	"github.com/seed4c/moat/tenant"
+)
+
+// Meta is what the store maintains on every object.
+type Meta struct {
+	// Version increases on every write; the API sends it as the ETag and requires it
+	// back in If-Match, so that two writers cannot silently overwrite each other.
+	Version uint64    `json:"version"`
+	Created time.Time `json:"created"`
+	Updated time.Time `json:"updated"`
+}
+
+// Tenant is one isolated customer and where it is attached.
+type Tenant struct {
+	Name        string              `json:"name"`
+	FIBTable    uint32              `json:"fib_table,omitempty"`
+	Attachments []tenant.Attachment `json:"attachments"`
+	Meta
+}
+
+// Service is a tenant's VIP:port.
+type Service struct {
+	Tenant     string          `json:"tenant"`
+	Name       string          `json:"name"`
+	VIP        netip.Addr      `json:"vip"`
+	Port       uint16          `json:"port"`
+	Protocol   tenant.Protocol `json:"protocol"`
+	MaglevSize uint32          `json:"maglev_size,omitempty"`
+	// MinTrust is the least attestation trust level a backend must reach to be
+	// admitted ("allow-listed" or "certified").
+	MinTrust attest.TrustLevel `json:"min_trust"`
+	Meta
+}
+
+// Backend is one host:port of a service, admitted only while its attestation holds.
+type Backend struct {
+	Tenant  string `json:"tenant"`
+	Service string `json:"service"`
+	Name    string `json:"name"`
+	// Identity is the backend host's attestation identity within the tenant; its agent
+	// attests as Subject() ("<tenant>/<identity>"). Several backends (of several
+	// services) may share one host and so one identity.
+	Identity string     `json:"identity"`
+	Addr     netip.Addr `json:"addr"`
+	Port     uint16     `json:"port,omitempty"`
+	Weight   uint32     `json:"weight"`
+	// Policy names the tenant's attestation policy the host is appraised against.
+	Policy string `json:"policy"`
+	// EKSHA256, when set, pins the host's TPM: only this endorsement key (SHA-256 of
+	// its SubjectPublicKeyInfo, hex) may enroll as this identity.
+	EKSHA256 string `json:"ek_sha256,omitempty"`
+	// Drain stops new flows to the backend; existing ones continue.
+	Drain bool `json:"drain,omitempty"`
+	Meta
+}
+
+// Subject is the verifier's name for the backend's host.
+func (b *Backend) Subject() string { return b.Tenant + "/" + b.Identity }
+
+// Rule allows sources to reach services of the tenant.
+type Rule struct {
+	Tenant   string         `json:"tenant"`
+	Name     string         `json:"name"`
+	Sources  []netip.Prefix `json:"sources"`
+	Services []string       `json:"services"`
+	Meta
+}
+
+// Policy is an attestation policy of a tenant: what its backend hosts must run.
+type Policy struct {
+	Tenant string `json:"tenant"`
+	Name   string `json:"name"`
+	// MeasurementPCR is the PCR the agent's measurement log extends (8..23; default
+	// attest.DefaultMeasurementPCR).
+	MeasurementPCR int `json:"measurement_pcr,omitempty"`
+	// PCRs is the exact PCR set quoted; default {MeasurementPCR}.
+	PCRs []int `json:"pcrs,omitempty"`
+	// References maps each measured file to the hex SHA-256 digests it may have.
+	References map[string][]string `json:"references"`
+	// GoldenPCRs maps other quoted PCRs to the hex values they may hold.
+	GoldenPCRs map[int][]string `json:"golden_pcrs,omitempty"`
+	// AllowedEKs lists hex SHA-256 digests of EKs accepted without a manufacturer
+	// certificate (swtpm, the simulator, TPMs without EK certificates).
+	AllowedEKs []string `json:"allowed_eks,omitempty"`
+	Meta
+}
+
+// BackendState is a backend's place in admission, as the API reports it.
+type BackendState string
+
+// Backend states. registered → attesting → admitted | rejected; admitted → evicted
+// (failed or expired attestation) → admitted (a new success); draining by request.
+const (
+	StateRegistered BackendState = "registered" // no attestation seen yet
+	StateAttesting  BackendState = "attesting"  // enrolled, no verdict yet
+	StateAdmitted   BackendState = "admitted"   // in its service's Maglev table
+	StateRejected   BackendState = "rejected"   // never admitted: its first verdict failed
+	StateEvicted    BackendState = "evicted"    // was admitted; attestation failed or expired
+	StateDraining   BackendState = "draining"   // attested, drain requested: existing flows only
+)
+
+// Transition is one change of a backend's state, with why.
+type Transition struct {
+	Seq     uint64       `json:"seq"`
+	Time    time.Time    `json:"time"`
+	Tenant  string       `json:"tenant"`
+	Service string       `json:"service"`
+	Backend string       `json:"backend"`
+	From    BackendState `json:"from"`
+	To      BackendState `json:"to"`
+	Reason  string       `json:"reason"`
+}
+
+// ResultRecord is one attestation result kept in a subject's history.
+type ResultRecord struct {
+	Seq    uint64        `json:"seq"`
+	Result attest.Result `json:"result"`
+}
+
+// BackendStatus is a backend's admission state as the gateway sees it now.
+type BackendStatus struct {
+	State      BackendState   `json:"state"`
+	Reason     string         `json:"reason,omitempty"`
+	Since      time.Time      `json:"since"`
+	LastResult *attest.Result `json:"last_result,omitempty"`
+}
