@@ -64,7 +64,7 @@ func TestRoles(t *testing.T) {
 	ad := Principal{Role: RoleTenantAdmin, Tenant: "a"}
 	au := Principal{Role: RoleAuditor}
 	for _, c := range []struct {
-		p           Principal
+		p                                      Principal
 		readA, readB, writeA, writeB, operator bool
 	}{
 		{op, true, true, true, true, true},

@@ -80,17 +80,17 @@ type record interface {
 	check() error // names and fields the whole-configuration check does not cover
 }
 
-func (t *Tenant) key() string   { return t.Name }
-func (t *Service) key() string  { return t.Tenant + "/" + t.Name }
-func (b *Backend) key() string  { return b.Tenant + "/" + b.Service + "/" + b.Name }
-func (r *Rule) key() string     { return r.Tenant + "/" + r.Name }
-func (p *Policy) key() string   { return p.Tenant + "/" + p.Name }
-func (t *Tenant) meta() *Meta   { return &t.Meta }
-func (t *Service) meta() *Meta  { return &t.Meta }
-func (b *Backend) meta() *Meta  { return &b.Meta }
-func (r *Rule) meta() *Meta     { return &r.Meta }
-func (p *Policy) meta() *Meta   { return &p.Meta }
-func (t *Tenant) check() error  { return names("tenant", t.Name) }
+func (t *Tenant) key() string  { return t.Name }
+func (t *Service) key() string { return t.Tenant + "/" + t.Name }
+func (b *Backend) key() string { return b.Tenant + "/" + b.Service + "/" + b.Name }
+func (r *Rule) key() string    { return r.Tenant + "/" + r.Name }
+func (p *Policy) key() string  { return p.Tenant + "/" + p.Name }
+func (t *Tenant) meta() *Meta  { return &t.Meta }
+func (t *Service) meta() *Meta { return &t.Meta }
+func (b *Backend) meta() *Meta { return &b.Meta }
+func (r *Rule) meta() *Meta    { return &r.Meta }
+func (p *Policy) meta() *Meta  { return &p.Meta }
+func (t *Tenant) check() error { return names("tenant", t.Name) }
 func (t *Service) check() error {
 	if err := names("tenant", t.Tenant, "service", t.Name); err != nil {
 		return err
@@ -103,7 +103,7 @@ func (t *Service) check() error {
 	}
 	return nil
 }
-func (r *Rule) check() error    { return names("tenant", r.Tenant, "rule", r.Name) }
+func (r *Rule) check() error { return names("tenant", r.Tenant, "rule", r.Name) }
 
 func (b *Backend) check() error {
 	if err := names("tenant", b.Tenant, "service", b.Service, "backend", b.Name, "identity", b.Identity, "policy", b.Policy); err != nil {
