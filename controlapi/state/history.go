@@ -14,6 +14,7 @@ import (
 
 const (
 	resultsBucket     = "results"
+	standingsBucket   = "standings"
 	transitionsBucket = "transitions"
 	metaBucket        = "meta"
 	idsKey            = "ids"
@@ -29,30 +30,73 @@ func seqKey(n uint64) string { return fmt.Sprintf("%020d", n) }
 // AppendResult records an attestation result in its subject's history, dropping the
 // oldest beyond ResultsKept.
 func (s *Store) AppendResult(r attest.Result) error {
+	return s.SaveResults(nil, []attest.Result{r})
+}
+
+func appendResult(tx kv.Tx, r attest.Result) error {
+	n, err := tx.NextSequence(resultsBucket)
+	if err != nil {
+		return err
+	}
+	raw, err := json.Marshal(ResultRecord{Seq: n, Result: r})
+	if err != nil {
+		return err
+	}
+	prefix := r.Subject + "|"
+	if err := tx.Put(resultsBucket, prefix+seqKey(n), raw); err != nil {
+		return err
+	}
+	var keys []string
+	if err := tx.Scan(resultsBucket, prefix, "", func(k string, _ []byte) bool { keys = append(keys, k); return true }); err != nil {
+		return err
+	}
+	for _, k := range keys[:max(0, len(keys)-ResultsKept)] {
+		if err := tx.Delete(resultsBucket, k); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// SaveResults stores, in one transaction, the latest result of some subjects (what a
+// restarted gateway admits them on until they attest again) and results to append to
+// their histories.
+func (s *Store) SaveResults(latest, history []attest.Result) error {
 	return s.kv.Update(func(tx kv.Tx) error {
-		n, err := tx.NextSequence(resultsBucket)
-		if err != nil {
-			return err
+		for _, r := range latest {
+			raw, err := json.Marshal(r)
+			if err != nil {
+				return err
+			}
+			if err := tx.Put(standingsBucket, r.Subject, raw); err != nil {
+				return err
+			}
 		}
-		raw, err := json.Marshal(ResultRecord{Seq: n, Result: r})
-		if err != nil {
-			return err
-		}
-		prefix := r.Subject + "|"
-		if err := tx.Put(resultsBucket, prefix+seqKey(n), raw); err != nil {
-			return err
-		}
-		var keys []string
-		if err := tx.Scan(resultsBucket, prefix, "", func(k string, _ []byte) bool { keys = append(keys, k); return true }); err != nil {
-			return err
-		}
-		for _, k := range keys[:max(0, len(keys)-ResultsKept)] {
-			if err := tx.Delete(resultsBucket, k); err != nil {
+		for _, r := range history {
+			if err := appendResult(tx, r); err != nil {
 				return err
 			}
 		}
 		return nil
 	})
+}
+
+// LoadStandings returns the latest result stored for every subject.
+func (s *Store) LoadStandings() (map[string]attest.Result, error) {
+	out := map[string]attest.Result{}
+	err := s.kv.View(func(tx kv.Tx) error {
+		var derr error
+		err := tx.Scan(standingsBucket, "", "", func(k string, raw []byte) bool {
+			var r attest.Result
+			if derr = json.Unmarshal(raw, &r); derr != nil {
+				return false
+			}
+			out[k] = r
+			return true
+		})
+		return errors.Join(err, derr)
+	})
+	return out, err
 }
 
 // ListResults returns a subject's results, oldest first, after seq after.

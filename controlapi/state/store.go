@@ -208,12 +208,15 @@ func (s *Store) write(fn func(tx kv.Tx) error) error {
 		if err := fn(tx); err != nil {
 			return err
 		}
-		if s.validate == nil {
-			return nil
-		}
 		sn, err := readSnapshot(tx)
 		if err != nil {
 			return err
+		}
+		if err := sn.checkIdentities(); err != nil {
+			return &InvalidError{Err: err}
+		}
+		if s.validate == nil {
+			return nil
 		}
 		if err := s.validate(sn.Config(nil)); err != nil {
 			return &InvalidError{Err: err}
@@ -376,6 +379,24 @@ func readSnapshot(tx kv.Tx) (*Snapshot, error) {
 		return nil, err
 	}
 	return sn, nil
+}
+
+// checkIdentities refuses two backends of one host (tenant and identity) that disagree
+// on how it is appraised: the verifier has one policy per subject.
+func (sn *Snapshot) checkIdentities() error {
+	first := map[string]*Backend{}
+	for i := range sn.Backends {
+		b := &sn.Backends[i]
+		f, seen := first[b.Subject()]
+		if !seen {
+			first[b.Subject()] = b
+			continue
+		}
+		if f.Policy != b.Policy || f.EKSHA256 != b.EKSHA256 {
+			return fmt.Errorf("backends %s and %s are both host %q but name different policies or EKs", f.key(), b.key(), b.Identity)
+		}
+	}
+	return nil
 }
 
 // Snapshot reads the whole desired state consistently.

@@ -284,3 +284,20 @@ func TestPolicyVerifier(t *testing.T) {
 		t.Fatal("firmware PCR accepted as the measurement PCR")
 	}
 }
+
+func TestStandings(t *testing.T) {
+	s := newStore(t)
+	exp := time.Now().Add(time.Minute).UTC().Round(0)
+	if err := s.SaveResults([]attest.Result{{Subject: "a/h", Status: attest.StatusAffirming, Expires: exp}},
+		[]attest.Result{{Subject: "a/h", Status: attest.StatusContraindicated}}); err != nil {
+		t.Fatal(err)
+	}
+	s.SaveResults([]attest.Result{{Subject: "a/h", Status: attest.StatusExpired}}, nil)
+	st, err := s.LoadStandings()
+	if err != nil || len(st) != 1 || st["a/h"].Status != attest.StatusExpired {
+		t.Fatalf("standings: %+v %v", st, err)
+	}
+	if rs, _, _ := s.ListResults("a/h", 0, 0); len(rs) != 1 || rs[0].Result.Status != attest.StatusContraindicated {
+		t.Fatalf("history: %+v", rs)
+	}
+}

@@ -1,0 +1,430 @@
+// Package reconcile turns the gateway's desired state (controlapi/state) and its
+// backends' attestation results into the fast path's configuration, and is the only
+// path by which anything reaches the map writer. A backend is admitted while its host's
+// latest result admits it at the service's minimum trust level; a failed or expired
+// result evicts it on the next pass, which runs as soon as the result arrives.
+package reconcile
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/seed4c/moat/attest"
+	"github.com/seed4c/moat/attest/verifier"
+	"github.com/seed4c/moat/controlapi/state"
+	"github.com/seed4c/moat/lb"
+	"github.com/seed4c/moat/tenant"
+)
+
+// Applier writes a compiled configuration into the fast path (dataplane.Writer does).
+//
+// Contract: Apply leaves the fast path holding c, or returns an error and leaves it
+// holding the previous configuration.
+type Applier interface {
+	Apply(c *tenant.Compiled) error
+}
+
+// Config configures a Reconciler.
+type Config struct {
+	State    *state.Store
+	Compiler *tenant.Compiler
+	Applier  Applier
+	// Enrolled reports whether a subject has enrolled with the verifier (for the
+	// "attesting" state); nil: never.
+	Enrolled func(subject string) bool
+	Clock    func() time.Time
+	Log      *slog.Logger
+	// FlushInterval is how often the latest results are written to the store (what a
+	// restarted gateway admits on until agents attest again); default 250 ms.
+	FlushInterval time.Duration
+	// RetryInterval is how soon a failed pass is retried; default 1 s.
+	RetryInterval time.Duration
+	// HistoryInterval is the least interval between two affirming results recorded in
+	// a subject's history (every change of status is recorded); default 1 min.
+	HistoryInterval time.Duration
+}
+
+// Stats counts what the reconciler did.
+type Stats struct {
+	Passes      uint64                     `json:"passes"`
+	Failures    uint64                     `json:"failures"`
+	LastPass    time.Duration              `json:"last_pass_ns"`
+	LastLatency time.Duration              `json:"last_result_to_applied_ns"` // from a result's arrival to its map write
+	Transitions uint64                     `json:"transitions"`
+	ByState     map[state.BackendState]int `json:"backends_by_state"`
+}
+
+type backendKey struct{ tenant, service, name string }
+
+// Reconciler is the gateway's reconciler. Its methods are safe for concurrent use.
+type Reconciler struct {
+	cfg  Config
+	wake chan struct{}
+
+	mu          sync.Mutex
+	standings   map[string]attest.Result // subject -> latest result that is not "refused"
+	arrived     time.Time                // when the oldest unapplied result arrived
+	statuses    map[backendKey]state.BackendStatus
+	dirty       map[string]bool // subjects whose standing is not yet stored
+	history     []attest.Result
+	lastHistory map[string]time.Time
+	stats       Stats
+
+	policies atomic.Pointer[map[string]*verifier.Policy]
+	changes  <-chan struct{}
+}
+
+// New returns a Reconciler that starts from what the store remembers: the latest
+// results (a restarted gateway keeps admitting a backend whose result has not expired)
+// and each backend's last transition.
+func New(cfg Config) (*Reconciler, error) {
+	if cfg.Clock == nil {
+		cfg.Clock = time.Now
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.FlushInterval == 0 {
+		cfg.FlushInterval = 250 * time.Millisecond
+	}
+	if cfg.RetryInterval == 0 {
+		cfg.RetryInterval = time.Second
+	}
+	if cfg.HistoryInterval == 0 {
+		cfg.HistoryInterval = time.Minute
+	}
+	r := &Reconciler{
+		cfg: cfg, wake: make(chan struct{}, 1),
+		statuses: map[backendKey]state.BackendStatus{}, dirty: map[string]bool{}, lastHistory: map[string]time.Time{},
+	}
+	var err error
+	if r.standings, err = cfg.State.LoadStandings(); err != nil {
+		return nil, fmt.Errorf("load attestation standings: %w", err)
+	}
+	trs, _, err := cfg.State.ListTransitions("", 0, 0)
+	if err != nil {
+		return nil, fmt.Errorf("load transitions: %w", err)
+	}
+	for _, t := range trs {
+		r.statuses[backendKey{t.Tenant, t.Service, t.Backend}] = state.BackendStatus{State: t.To, Reason: t.Reason, Since: t.Time}
+	}
+	r.changes = cfg.State.Changes()
+	empty := map[string]*verifier.Policy{}
+	r.policies.Store(&empty)
+	return r, nil
+}
+
+// Notify takes an attestation result (it implements verifier.Subscriber). A result
+// that evicts or admits wakes the reconciler at once.
+func (r *Reconciler) Notify(res attest.Result) {
+	now := r.cfg.Clock()
+	r.mu.Lock()
+	if res.Status != attest.StatusRefused {
+		prev, had := r.standings[res.Subject]
+		r.standings[res.Subject] = res
+		r.dirty[res.Subject] = true
+		if !had || prev.Status != res.Status || now.Sub(r.lastHistory[res.Subject]) >= r.cfg.HistoryInterval {
+			r.history = append(r.history, res)
+			r.lastHistory[res.Subject] = now
+		}
+	} else {
+		r.history = append(r.history, res) // a forgery in the subject's name is worth keeping
+	}
+	if r.arrived.IsZero() {
+		r.arrived = now
+	}
+	r.mu.Unlock()
+	r.poke()
+}
+
+func (r *Reconciler) poke() {
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Run reconciles whenever the desired state changes, a result arrives or a result
+// expires, until ctx ends; then it stores the latest results one last time.
+func (r *Reconciler) Run(ctx context.Context) error {
+	flush := time.NewTicker(r.cfg.FlushInterval)
+	defer flush.Stop()
+	next := time.NewTimer(0)
+	defer next.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return r.flush()
+		case <-flush.C:
+			if err := r.flush(); err != nil {
+				r.cfg.Log.Error("store attestation results", "error", err)
+			}
+			continue
+		case <-r.wake:
+		case <-r.changes:
+		case <-next.C:
+		}
+		due, err := r.Pass()
+		if err != nil {
+			r.cfg.Log.Error("reconcile", "error", err)
+			due = r.cfg.Clock().Add(r.cfg.RetryInterval)
+		}
+		wait := time.Hour
+		if !due.IsZero() {
+			wait = max(due.Sub(r.cfg.Clock()), 0)
+		}
+		next.Reset(wait)
+	}
+}
+
+// Pass reconciles once: it builds the configuration from the store and the standings,
+// compiles it, writes it, and records the transitions it made. It returns when the next
+// pass is due by itself (the earliest expiry of an admitting result), zero if never.
+func (r *Reconciler) Pass() (time.Time, error) {
+	start := r.cfg.Clock()
+	sn, err := r.cfg.State.Snapshot()
+	if err != nil {
+		return time.Time{}, err
+	}
+	r.refreshPolicies(sn)
+
+	r.mu.Lock()
+	arrived := r.arrived
+	r.arrived = time.Time{}
+	next := map[backendKey]state.BackendStatus{}
+	var due time.Time
+	cfg := sn.Config(func(b *state.Backend, sv *state.Service) lb.State {
+		k := backendKey{b.Tenant, b.Service, b.Name}
+		st, admitsUntil := r.derive(b, sv, start, r.statuses[k])
+		next[k] = st
+		if !admitsUntil.IsZero() && (due.IsZero() || admitsUntil.Before(due)) {
+			due = admitsUntil
+		}
+		switch st.State {
+		case state.StateAdmitted:
+			return lb.StateAdmitted
+		case state.StateDraining:
+			return lb.StateDraining
+		}
+		return lb.StateEvicted
+	})
+	r.mu.Unlock()
+
+	compiled, err := r.cfg.Compiler.Compile(cfg)
+	if err != nil {
+		r.fail(arrived)
+		return time.Time{}, fmt.Errorf("compile the desired state (the store should have refused it): %w", err)
+	}
+	// Ids go to the store before the maps: a crash in between leaves ids the maps do
+	// not use yet, never maps whose ids the store forgot.
+	if err := r.cfg.State.SaveIDs(compiled.IDs); err != nil {
+		r.fail(arrived)
+		return time.Time{}, fmt.Errorf("store ids: %w", err)
+	}
+	if err := r.cfg.Applier.Apply(compiled); err != nil {
+		r.fail(arrived)
+		return time.Time{}, fmt.Errorf("write the fast path: %w", err)
+	}
+	applied := r.cfg.Clock()
+	transitions := r.commit(next, applied)
+	for _, t := range transitions {
+		if _, err := r.cfg.State.AppendTransition(t); err != nil {
+			r.cfg.Log.Error("record transition", "backend", t.Tenant+"/"+t.Service+"/"+t.Backend, "error", err)
+		}
+		r.cfg.Log.Info("backend "+string(t.To), "tenant", t.Tenant, "service", t.Service, "backend", t.Backend,
+			"from", t.From, "reason", t.Reason)
+	}
+	r.mu.Lock()
+	r.stats.Passes++
+	r.stats.LastPass = applied.Sub(start)
+	if !arrived.IsZero() {
+		r.stats.LastLatency = applied.Sub(arrived)
+	}
+	r.mu.Unlock()
+	return due, nil
+}
+
+func (r *Reconciler) fail(arrived time.Time) {
+	r.mu.Lock()
+	r.stats.Failures++
+	if r.arrived.IsZero() {
+		r.arrived = arrived
+	}
+	r.mu.Unlock()
+}
+
+// derive is a backend's status given its host's standing; admitsUntil is when that
+// status lapses by itself (zero if it does not).
+func (r *Reconciler) derive(b *state.Backend, sv *state.Service, now time.Time, prev state.BackendStatus) (st state.BackendStatus, admitsUntil time.Time) {
+	res, ok := r.standings[b.Subject()]
+	everAdmitted := prev.State == state.StateAdmitted || prev.State == state.StateDraining || prev.State == state.StateEvicted
+	failed := state.StateRejected
+	if everAdmitted {
+		failed = state.StateEvicted
+	}
+	switch {
+	case !ok && r.cfg.Enrolled != nil && r.cfg.Enrolled(b.Subject()):
+		st = state.BackendStatus{State: state.StateAttesting, Reason: "enrolled; waiting for its first quote"}
+	case !ok:
+		st = state.BackendStatus{State: state.StateRegistered, Reason: "waiting for the host's agent to enroll as " + b.Subject()}
+	case res.Admits(now) && res.TrustLevel < sv.MinTrust:
+		st = state.BackendStatus{State: failed, Reason: fmt.Sprintf("trust level %s is below the service's minimum %s", res.TrustLevel, sv.MinTrust)}
+	case res.Admits(now) && b.Drain:
+		st, admitsUntil = state.BackendStatus{State: state.StateDraining, Reason: "drain requested"}, res.Expires
+	case res.Admits(now):
+		st, admitsUntil = state.BackendStatus{State: state.StateAdmitted,
+			Reason: fmt.Sprintf("attestation affirming (policy %s, trust %s)", res.Policy, res.TrustLevel)}, res.Expires
+	case res.Status == attest.StatusAffirming:
+		st = state.BackendStatus{State: failed, Reason: "attestation result expired at " + res.Expires.UTC().Format(time.RFC3339Nano)}
+	default:
+		reason := string(res.Status)
+		if len(res.Reasons) > 0 {
+			reason += ": " + strings.Join(res.Reasons, "; ")
+		}
+		st = state.BackendStatus{State: failed, Reason: reason}
+	}
+	if ok {
+		last := res
+		st.LastResult = &last
+	}
+	st.Since = prev.Since
+	return st, admitsUntil
+}
+
+// commit makes next the current statuses, stamping changed ones with when they took
+// effect, and returns the transitions.
+func (r *Reconciler) commit(next map[backendKey]state.BackendStatus, at time.Time) []state.Transition {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []state.Transition
+	for k, st := range next {
+		prev, had := r.statuses[k]
+		if !had || prev.State != st.State {
+			st.Since = at
+			from := prev.State
+			if !had {
+				from = ""
+			}
+			out = append(out, state.Transition{Time: at, Tenant: k.tenant, Service: k.service, Backend: k.name, From: from, To: st.State, Reason: st.Reason})
+		}
+		next[k] = st
+	}
+	r.statuses = next
+	r.stats.Transitions += uint64(len(out))
+	sort.Slice(out, func(i, j int) bool {
+		a, b := out[i], out[j]
+		return a.Tenant+"/"+a.Service+"/"+a.Backend < b.Tenant+"/"+b.Service+"/"+b.Backend
+	})
+	return out
+}
+
+// flush stores the standings that changed and the results worth a history entry.
+func (r *Reconciler) flush() error {
+	r.mu.Lock()
+	latest := make([]attest.Result, 0, len(r.dirty))
+	for sub := range r.dirty {
+		latest = append(latest, r.standings[sub])
+	}
+	history := r.history
+	r.dirty, r.history = map[string]bool{}, nil
+	r.mu.Unlock()
+	if len(latest) == 0 && len(history) == 0 {
+		return nil
+	}
+	if err := r.cfg.State.SaveResults(latest, history); err != nil {
+		r.mu.Lock() // keep them for the next flush
+		for _, res := range latest {
+			if _, newer := r.dirty[res.Subject]; !newer {
+				r.dirty[res.Subject] = true
+			}
+		}
+		r.history = append(history, r.history...)
+		r.mu.Unlock()
+		return err
+	}
+	return nil
+}
+
+// refreshPolicies rebuilds the verifier's view: subject -> policy (with its EK pin).
+func (r *Reconciler) refreshPolicies(sn *state.Snapshot) {
+	pols := map[string]*state.Policy{}
+	for i := range sn.Policies {
+		p := &sn.Policies[i]
+		pols[p.Tenant+"/"+p.Name] = p
+	}
+	out := map[string]*verifier.Policy{}
+	for i := range sn.Backends {
+		b := &sn.Backends[i]
+		if _, done := out[b.Subject()]; done {
+			continue // the store guarantees a host's backends agree on policy and EK
+		}
+		p, ok := pols[b.Tenant+"/"+b.Policy]
+		if !ok {
+			continue
+		}
+		vp, err := p.Verifier(b.Tenant + "/" + b.Policy)
+		if err != nil {
+			r.cfg.Log.Error("attestation policy unusable", "policy", b.Tenant+"/"+b.Policy, "error", err)
+			continue
+		}
+		if b.EKSHA256 != "" {
+			ek, _ := verifier.ParseDigest(b.EKSHA256)
+			vp.AllowedEKs, vp.PinEKs = append(vp.AllowedEKs, ek), true
+		}
+		out[b.Subject()] = vp
+	}
+	r.policies.Store(&out)
+}
+
+// Policy implements verifier.PolicySource from the registered backends.
+func (r *Reconciler) Policy(subject string) (*verifier.Policy, error) {
+	p, ok := (*r.policies.Load())[subject]
+	if !ok {
+		return nil, fmt.Errorf("no backend is registered as %q", subject)
+	}
+	return p, nil
+}
+
+// BackendStatus implements the API's view of a backend.
+func (r *Reconciler) BackendStatus(tenantName, service, backend string) state.BackendStatus {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	st, ok := r.statuses[backendKey{tenantName, service, backend}]
+	if !ok {
+		return state.BackendStatus{State: state.StateRegistered, Reason: "not reconciled yet"}
+	}
+	return st
+}
+
+// Stats returns the counters and the number of backends in each state.
+func (r *Reconciler) Stats() Stats {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s := r.stats
+	s.ByState = map[state.BackendState]int{}
+	for _, st := range r.statuses {
+		s.ByState[st.State]++
+	}
+	return s
+}
+
+// TenantStates counts a tenant's backends by state.
+func (r *Reconciler) TenantStates(tenantName string) map[state.BackendState]int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := map[state.BackendState]int{}
+	for k, st := range r.statuses {
+		if k.tenant == tenantName {
+			out[st.State]++
+		}
+	}
+	return out
+}
+
+var _ verifier.Subscriber = (*Reconciler)(nil)

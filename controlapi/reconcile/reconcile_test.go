@@ -1,0 +1,320 @@
+package reconcile
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/seed4c/moat/attest"
+	"github.com/seed4c/moat/controlapi/kv"
+	"github.com/seed4c/moat/controlapi/state"
+	"github.com/seed4c/moat/lb"
+	"github.com/seed4c/moat/tenant"
+)
+
+type ifaces map[string]uint32
+
+func (m ifaces) Index(name string) (uint32, error) {
+	if i, ok := m[name]; ok {
+		return i, nil
+	}
+	return 0, fmt.Errorf("no interface %q", name)
+}
+
+var testIfaces = ifaces{"eth0": 2}
+
+// fakeApplier records what it is given; fail makes the next Apply fail.
+type fakeApplier struct {
+	mu    sync.Mutex
+	last  *tenant.Compiled
+	count int
+	fail  bool
+}
+
+func (f *fakeApplier) Apply(c *tenant.Compiled) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.fail {
+		f.fail = false
+		return errors.New("map full")
+	}
+	f.last, f.count = c, f.count+1
+	return nil
+}
+
+func (f *fakeApplier) state(name string) (lb.State, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.last == nil {
+		return 0, false
+	}
+	for _, b := range f.last.Backends {
+		if b.Name == name {
+			return b.State, true
+		}
+	}
+	return 0, false
+}
+
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *clock) now() time.Time          { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *clock) add(d time.Duration)     { c.mu.Lock(); c.t = c.t.Add(d); c.mu.Unlock() }
+func newClock() *clock                   { return &clock{t: time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)} }
+func second[T any](_ T, err error) error { return err }
+
+const digest = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
+
+// setup: tenant a, service web (min trust allow-listed), backends w1 (host h1) and w2
+// (host h2, EK pinned), policy app.
+func setup(t *testing.T, kvs kv.Store, c *clock) (*state.Store, *Reconciler, *fakeApplier) {
+	t.Helper()
+	st := state.New(kvs, func(cfg tenant.Config) error {
+		return tenant.Validate(cfg, testIfaces, tenant.IDs{}, tenant.DefaultLimits())
+	}, c.now)
+	if _, err := st.GetTenant("a"); errors.Is(err, state.ErrNotFound) {
+		for _, err := range []error{
+			second(st.CreateTenant(state.Tenant{Name: "a", Attachments: []tenant.Attachment{{Interface: "eth0"}}})),
+			second(st.CreateService(state.Service{Tenant: "a", Name: "web", VIP: netip.MustParseAddr("10.100.0.1"), Port: 80,
+				Protocol: tenant.TCP, MaglevSize: 251, MinTrust: attest.TrustAllowListed})),
+			second(st.CreatePolicy(state.Policy{Tenant: "a", Name: "app", References: map[string][]string{"/srv/app": {digest}}})),
+			second(st.CreateBackend(state.Backend{Tenant: "a", Service: "web", Name: "w1", Identity: "h1",
+				Addr: netip.MustParseAddr("10.1.0.1"), Weight: 1, Policy: "app"})),
+			second(st.CreateBackend(state.Backend{Tenant: "a", Service: "web", Name: "w2", Identity: "h2",
+				Addr: netip.MustParseAddr("10.1.0.2"), Weight: 1, Policy: "app", EKSHA256: digest})),
+		} {
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	ids, _ := st.LoadIDs()
+	app := &fakeApplier{}
+	r, err := New(Config{State: st, Compiler: tenant.NewCompiler(testIfaces, tenant.DefaultLimits(), ids), Applier: app, Clock: c.now,
+		Enrolled: func(s string) bool { return s == "a/h2" }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st, r, app
+}
+
+func affirming(subject string, c *clock, ttl time.Duration, trust attest.TrustLevel) attest.Result {
+	return attest.Result{Subject: subject, Status: attest.StatusAffirming, TrustLevel: trust, Policy: "a/app",
+		Issued: c.now(), Expires: c.now().Add(ttl)}
+}
+
+func pass(t *testing.T, r *Reconciler) time.Time {
+	t.Helper()
+	due, err := r.Pass()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return due
+}
+
+func TestAdmissionFollowsAttestation(t *testing.T) {
+	c := newClock()
+	st, r, app := setup(t, kv.NewMem(), c)
+	pass(t, r)
+	if s, _ := app.state("w1"); s != lb.StateEvicted {
+		t.Fatalf("unattested backend in the fast path as %s", s)
+	}
+	if got := r.BackendStatus("a", "web", "w1").State; got != state.StateRegistered {
+		t.Fatalf("w1 before its agent: %s", got)
+	}
+	if got := r.BackendStatus("a", "web", "w2").State; got != state.StateAttesting {
+		t.Fatalf("w2 enrolled, no quote: %s", got)
+	}
+
+	r.Notify(affirming("a/h1", c, 6*time.Second, attest.TrustAllowListed))
+	due := pass(t, r)
+	if s, _ := app.state("w1"); s != lb.StateAdmitted {
+		t.Fatalf("affirmed backend not admitted: %s", s)
+	}
+	if !due.Equal(c.now().Add(6 * time.Second)) {
+		t.Fatalf("next pass due %v, want the result's expiry", due)
+	}
+
+	// A failed round evicts at once, with the verifier's reasons.
+	c.add(time.Second)
+	r.Notify(attest.Result{Subject: "a/h1", Status: attest.StatusContraindicated, Reasons: []string{"reference-value: /srv/app digest 00"}, Issued: c.now(), Expires: c.now()})
+	pass(t, r)
+	if s, _ := app.state("w1"); s != lb.StateEvicted {
+		t.Fatalf("contraindicated backend still %s", s)
+	}
+	bs := r.BackendStatus("a", "web", "w1")
+	if bs.State != state.StateEvicted || !strings.Contains(bs.Reason, "reference-value") || !bs.Since.Equal(c.now()) {
+		t.Fatalf("status after eviction: %+v", bs)
+	}
+
+	// Refused submissions (someone else's garbage in h1's name) change nothing.
+	r.Notify(affirming("a/h1", c, 6*time.Second, attest.TrustAllowListed))
+	pass(t, r)
+	r.Notify(attest.Result{Subject: "a/h1", Status: attest.StatusRefused, Reasons: []string{"signature"}})
+	pass(t, r)
+	if s, _ := app.state("w1"); s != lb.StateAdmitted {
+		t.Fatalf("a refused submission evicted the backend: %s", s)
+	}
+
+	// An affirming result that is not renewed lapses by itself at its expiry.
+	c.add(6 * time.Second)
+	pass(t, r)
+	if s, _ := app.state("w1"); s != lb.StateEvicted || !strings.Contains(r.BackendStatus("a", "web", "w1").Reason, "expired") {
+		t.Fatalf("expired result still admits: %s %+v", s, r.BackendStatus("a", "web", "w1"))
+	}
+
+	trs, _, _ := st.ListTransitions("a", 0, 0)
+	var seq []string
+	for _, tr := range trs {
+		if tr.Backend == "w1" {
+			seq = append(seq, string(tr.To))
+		}
+	}
+	if strings.Join(seq, ",") != "registered,admitted,evicted,admitted,evicted" {
+		t.Fatalf("w1's transitions: %v", seq)
+	}
+}
+
+func TestRejectedTrustAndDrain(t *testing.T) {
+	c := newClock()
+	st, r, app := setup(t, kv.NewMem(), c)
+	r.Notify(attest.Result{Subject: "a/h2", Status: attest.StatusContraindicated, Reasons: []string{"pcr-digest"}})
+	pass(t, r)
+	if got := r.BackendStatus("a", "web", "w2").State; got != state.StateRejected {
+		t.Fatalf("never admitted, first verdict failed: %s", got)
+	}
+	// A service demanding certified TPMs refuses an allow-listed one.
+	svc, _ := st.GetService("a", "web")
+	svc.MinTrust = attest.TrustCertified
+	if _, err := st.UpdateService(svc, svc.Version); err != nil {
+		t.Fatal(err)
+	}
+	r.Notify(affirming("a/h1", c, 6*time.Second, attest.TrustAllowListed))
+	pass(t, r)
+	if s, _ := app.state("w1"); s != lb.StateEvicted || !strings.Contains(r.BackendStatus("a", "web", "w1").Reason, "below the service's minimum") {
+		t.Fatalf("allow-listed TPM admitted to a certified-only service: %s %+v", s, r.BackendStatus("a", "web", "w1"))
+	}
+	svc, _ = st.GetService("a", "web")
+	svc.MinTrust = attest.TrustAllowListed
+	st.UpdateService(svc, svc.Version)
+	b, _ := st.GetBackend("a", "web", "w1")
+	b.Drain = true
+	st.UpdateBackend(b, b.Version)
+	pass(t, r)
+	if s, _ := app.state("w1"); s != lb.StateDraining {
+		t.Fatalf("drained backend: %s", s)
+	}
+}
+
+// TestRestartKeepsAdmission: a new reconciler over the same store (a restarted
+// gateway) admits the backends whose results have not expired, and remembers who was
+// rejected or evicted.
+func TestRestartKeepsAdmission(t *testing.T) {
+	c := newClock()
+	kvs := kv.NewMem()
+	_, r, _ := setup(t, kvs, c)
+	r.Notify(affirming("a/h1", c, 6*time.Second, attest.TrustAllowListed))
+	r.Notify(attest.Result{Subject: "a/h2", Status: attest.StatusContraindicated})
+	pass(t, r)
+	if err := r.flush(); err != nil {
+		t.Fatal(err)
+	}
+	c.add(2 * time.Second)
+	_, r2, app2 := setup(t, kvs, c)
+	pass(t, r2)
+	if s, _ := app2.state("w1"); s != lb.StateAdmitted {
+		t.Fatalf("after restart, a backend with a live result is %s", s)
+	}
+	if got := r2.BackendStatus("a", "web", "w2").State; got != state.StateRejected {
+		t.Fatalf("after restart w2 is %s, want rejected", got)
+	}
+	c.add(5 * time.Second)
+	pass(t, r2)
+	if s, _ := app2.state("w1"); s != lb.StateEvicted {
+		t.Fatalf("after restart the old result never expired: %s", s)
+	}
+}
+
+func TestPolicySource(t *testing.T) {
+	c := newClock()
+	_, r, _ := setup(t, kv.NewMem(), c)
+	pass(t, r)
+	p, err := r.Policy("a/h2")
+	if err != nil || p.Name != "a/app" || !p.PinEKs || len(p.AllowedEKs) != 1 {
+		t.Fatalf("policy of a/h2: %+v %v", p, err)
+	}
+	if p, err := r.Policy("a/h1"); err != nil || p.PinEKs {
+		t.Fatalf("policy of a/h1: %+v %v", p, err)
+	}
+	if _, err := r.Policy("b/h1"); err == nil {
+		t.Fatal("a policy for an unregistered subject")
+	}
+}
+
+func TestApplyFailureRetried(t *testing.T) {
+	c := newClock()
+	_, r, app := setup(t, kv.NewMem(), c)
+	app.fail = true
+	if _, err := r.Pass(); err == nil {
+		t.Fatal("failed apply not reported")
+	}
+	if got := r.BackendStatus("a", "web", "w1").State; got != state.StateRegistered || r.Stats().Failures != 1 {
+		t.Fatalf("after a failed apply: %s, %+v", got, r.Stats())
+	}
+	pass(t, r)
+	if app.count != 1 {
+		t.Fatalf("applies: %d", app.count)
+	}
+}
+
+// TestRunEvictsOnItsOwn: the running reconciler evicts when a result expires, without
+// any notification, and reacts to results at once.
+func TestRunEvictsOnItsOwn(t *testing.T) {
+	st := state.New(kv.NewMem(), nil, nil)
+	st.CreateTenant(state.Tenant{Name: "a", Attachments: []tenant.Attachment{{Interface: "eth0"}}})
+	st.CreateService(state.Service{Tenant: "a", Name: "web", VIP: netip.MustParseAddr("10.100.0.1"), Port: 80, Protocol: tenant.TCP, MaglevSize: 251})
+	st.CreatePolicy(state.Policy{Tenant: "a", Name: "app", References: map[string][]string{"/srv/app": {digest}}})
+	st.CreateBackend(state.Backend{Tenant: "a", Service: "web", Name: "w1", Identity: "h1", Addr: netip.MustParseAddr("10.1.0.1"), Weight: 1, Policy: "app"})
+	app := &fakeApplier{}
+	r, err := New(Config{State: st, Compiler: tenant.NewCompiler(testIfaces, tenant.DefaultLimits(), tenant.IDs{}), Applier: app})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- r.Run(ctx) }()
+	waitFor := func(want lb.State, within time.Duration) time.Duration {
+		t.Helper()
+		start := time.Now()
+		for time.Since(start) < within {
+			if s, ok := app.state("w1"); ok && s == want {
+				return time.Since(start)
+			}
+			time.Sleep(time.Millisecond)
+		}
+		t.Fatalf("w1 not %s within %v", want, within)
+		return 0
+	}
+	now := time.Now()
+	r.Notify(attest.Result{Subject: "a/h1", Status: attest.StatusAffirming, Issued: now, Expires: now.Add(300 * time.Millisecond)})
+	waitFor(lb.StateAdmitted, time.Second)
+	waitFor(lb.StateEvicted, time.Second) // nothing renews it
+	if lat := r.Stats().LastLatency; lat <= 0 || lat > time.Second {
+		t.Fatalf("result-to-applied latency %v", lat)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := st.LoadStandings(); got["a/h1"].Status != attest.StatusAffirming {
+		t.Fatalf("standing not stored on exit: %+v", got)
+	}
+}
