@@ -9,7 +9,7 @@ TESTFLAGS ?= -count=1 -timeout 14m
 
 export PATH := $(PATH):/usr/local/go/bin
 
-.PHONY: all deps generate build test demo bench lint clean
+.PHONY: all deps generate build test demo bench bench-micro lint clean
 
 all: build
 
@@ -30,7 +30,12 @@ test: deps
 demo: build
 	./$(BIN) demo
 
+## bench: moat against plain XDP forwarding, nftables and HAProxy (quick profile, < 5 min);
+## `./bin/moat bench --profile full` is the long one. bench-micro: per-path ns/packet.
 bench: build
+	./$(BIN) bench --profile quick --out bench/results/latest
+
+bench-micro: build
 	$(GO) test -run '^$$' -bench FastPath -benchtime 200000x ./dataplane/
 	$(GO) test -run '^$$' -bench BuildTable -benchtime 20x ./lb/
 

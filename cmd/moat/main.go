@@ -12,12 +12,14 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
 
 	"github.com/seed4c/moat/attest/agent"
 	"github.com/seed4c/moat/attest/tpm"
+	"github.com/seed4c/moat/bench"
 	"github.com/seed4c/moat/dataplane"
 	"github.com/seed4c/moat/internal/demo"
 )
@@ -31,7 +33,7 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(demoCmd(), dataplaneCmd(), agentCmd())
+	root.AddCommand(demoCmd(), dataplaneCmd(), agentCmd(), benchCmd())
 	if err := root.ExecuteContext(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "moat:", err)
 		os.Exit(1)
@@ -151,5 +153,45 @@ HTTPS with mutual TLS (attest/README.md describes the protocol).`,
 	for _, name := range []string{"verifier", "identity", "measure", "wireguard-key"} {
 		_ = cmd.MarkFlagRequired(name)
 	}
+	return cmd
+}
+
+func benchCmd() *cobra.Command {
+	var (
+		profile, out string
+		systems      []string
+	)
+	cmd := &cobra.Command{
+		Use:   "bench [--profile quick|full] [--out DIR]",
+		Short: "Measure moat against plain XDP forwarding, nftables and HAProxy in network namespaces",
+		Long: `bench builds the reference scene in network namespaces, measures moat and its baselines
+in the same run (packet rates with an XDP live-frames generator, real TCP for connections,
+throughput and latency), with the load on CPU 0 and the system under test on CPU 1, writes
+report.json, report.md and SVG plots into --out, and removes everything it created. It
+needs root and two CPUs; it installs HAProxy from Debian when missing.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			p, ok := bench.Profiles[profile]
+			if !ok {
+				return fmt.Errorf("--profile %q: want quick, full or smoke", profile)
+			}
+			o := bench.Options{Profile: p, Systems: systems, Progress: os.Stderr,
+				Command: "moat " + strings.Join(os.Args[1:], " ")}
+			rep, err := bench.Run(cmd.Context(), o)
+			if rep != nil {
+				rep.SortRecords()
+				if werr := bench.WriteFiles(rep, out); werr != nil {
+					err = errors.Join(err, werr)
+				} else {
+					fmt.Fprintf(cmd.OutOrStdout(), "moat bench: report in %s (report.md, report.json, flows.svg, latency.svg)\n", out)
+				}
+			}
+			return err
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&profile, "profile", "quick", "quick (under 5 minutes), full (long) or smoke (seconds)")
+	f.StringVar(&out, "out", "bench/results/latest", "directory for the report")
+	f.StringSliceVar(&systems, "systems", nil, "systems to measure (default all): moat, plain, nftables, haproxy")
 	return cmd
 }

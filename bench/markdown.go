@@ -1,0 +1,193 @@
+package bench
+
+import (
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+)
+
+// scenarioOrder is the order of the tables.
+var scenarioOrder = []string{ScIsolationCross, ScIsolationUnknown, ScNewFlows, ScEstablished, ScReply, ScMixed,
+	ScEstablishedSweep, ScTCPConnections, ScTCPThroughput, ScTCPRR}
+
+func scenarioRank(s string) int {
+	for i, x := range scenarioOrder {
+		if strings.HasPrefix(s, x) {
+			return i
+		}
+	}
+	return len(scenarioOrder)
+}
+
+func systemRank(s string) int {
+	for i, x := range AllSystems {
+		if x == s {
+			return i
+		}
+	}
+	return len(AllSystems)
+}
+
+// SortRecords orders records by scenario, flows, system.
+func (rep *Report) SortRecords() {
+	sort.SliceStable(rep.Records, func(i, j int) bool {
+		a, b := &rep.Records[i], &rep.Records[j]
+		if x, y := scenarioRank(a.Scenario), scenarioRank(b.Scenario); x != y {
+			return x < y
+		}
+		if a.Flows != b.Flows {
+			return a.Flows < b.Flows
+		}
+		return systemRank(a.System) < systemRank(b.System)
+	})
+}
+
+// ratioKeys lists the scenarios that have a ratio, in table order.
+func (rep *Report) ratioKeys() []string {
+	seen := map[string]bool{}
+	var keys []string
+	for _, m := range rep.Ratios {
+		for k := range m {
+			if !seen[k] {
+				seen[k] = true
+				keys = append(keys, k)
+			}
+		}
+	}
+	sort.Slice(keys, func(i, j int) bool {
+		if x, y := scenarioRank(keys[i]), scenarioRank(keys[j]); x != y {
+			return x < y
+		}
+		var fi, fj int
+		fmt.Sscanf(strings.TrimPrefix(keys[i], ScEstablishedSweep+"_"), "%d", &fi)
+		fmt.Sscanf(strings.TrimPrefix(keys[j], ScEstablishedSweep+"_"), "%d", &fj)
+		return fi < fj
+	})
+	return keys
+}
+
+func (rep *Report) baselines() []string {
+	var out []string
+	for _, s := range AllSystems[1:] {
+		if _, ok := rep.Ratios[s]; ok {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+func fmtRatio(v float64, ok bool) string {
+	if !ok {
+		return "–"
+	}
+	if v >= 10 {
+		return fmt.Sprintf("%.0f×", v)
+	}
+	return fmt.Sprintf("%.2f×", v)
+}
+
+// fmtRate prints a rate with an SI suffix.
+func fmtRate(v float64) string {
+	switch {
+	case v == 0:
+		return "–"
+	case v >= 1e6:
+		return fmt.Sprintf("%.2f M", v/1e6)
+	case v >= 1e3:
+		return fmt.Sprintf("%.1f k", v/1e3)
+	default:
+		return fmt.Sprintf("%.1f", v)
+	}
+}
+
+// WriteMarkdown writes the ratio table, the targets and the measurements.
+func (rep *Report) WriteMarkdown(w io.Writer) error {
+	var b strings.Builder
+	p := func(f string, a ...any) { fmt.Fprintf(&b, f+"\n", a...) }
+	m := rep.Machine
+	p("# moat benchmark (%s profile)", rep.Profile)
+	p("")
+	p("Command: `%s`  ", rep.Command)
+	p("Started %s, %.0f s; %s, %s, %d cores, %d GiB; %s; commit %s; load average at start %s.",
+		rep.Started.Format("2006-01-02 15:04 UTC"), rep.Seconds, m.Kernel, m.CPU, m.Cores, m.MemoryGiB, m.Go, m.Commit, m.Load)
+	p("")
+	bases := rep.baselines()
+	p("## moat ÷ baseline, per busy core of the system under test")
+	p("")
+	p("Packets/s per core for packet scenarios, connections/s, transactions/s or Gbit/s per core for TCP; medians of the runs. In parentheses: the same ratio without dividing by CPU.")
+	p("")
+	p("| scenario | %s |", strings.Join(bases, " | "))
+	p("|---|%s", strings.Repeat("---|", len(bases)))
+	for _, k := range rep.ratioKeys() {
+		row := []string{k}
+		for _, base := range bases {
+			v, ok := rep.Ratios[base][k]
+			a, aok := rep.RatiosAbsolute[base][k]
+			cell := fmtRatio(v, ok)
+			if aok {
+				cell += " (" + fmtRatio(a, true) + ")"
+			}
+			row = append(row, cell)
+		}
+		p("| %s |", strings.Join(row, " | "))
+	}
+	p("")
+	if len(rep.Targets) > 0 {
+		p("## Targets")
+		p("")
+		p("| target | want | got | |")
+		p("|---|---|---|---|")
+		for _, t := range rep.Targets {
+			mark := "met"
+			if !t.Met {
+				mark = "**missed**"
+			}
+			p("| %s | ≥ %.1f× | %.2f× | %s |", t.Name, t.Want, t.Got, mark)
+		}
+		p("")
+	}
+	p("## Measurements (median of runs; spread = min–max of the per-core figure)")
+	p("")
+	p("| scenario | flows | system | handled/s | per core | SUT cores | offered/s | conns/s | trans/s | Gbit/s | latency p50 / p99 µs | spread per core |")
+	p("|---|---|---|---|---|---|---|---|---|---|---|---|")
+	for i := range rep.Records {
+		r := &rep.Records[i]
+		flows := "–"
+		if r.Flows > 0 {
+			flows = fmt.Sprint(r.Flows)
+		}
+		lat := "–"
+		if r.Latency != nil {
+			lat = fmt.Sprintf("%.0f / %.0f", r.Latency.P50, r.Latency.P99)
+		}
+		lo, hi := r.Spread()
+		gb := "–"
+		if r.Gbps > 0 {
+			gb = fmt.Sprintf("%.2f", r.Gbps)
+		}
+		note := ""
+		if r.Leaked > 0 {
+			note = fmt.Sprintf(" **%d leaked**", r.Leaked)
+		}
+		p("| %s | %s | %s | %s%s | %s | %.2f | %s | %s | %s | %s | %s | %s–%s (%d runs) |",
+			r.Scenario, flows, r.System, fmtRate(r.PPS), note, fmtRate(r.Primary()), r.CPU, fmtRate(r.OfferedPPS),
+			fmtRate(r.ConnsPerSec), fmtRate(r.TPS), gb, lat, fmtRate(lo), fmtRate(hi), len(r.Runs))
+	}
+	p("")
+	p("## How the measurement was isolated")
+	p("")
+	for _, n := range rep.Isolation {
+		p("- %s", n)
+	}
+	if len(rep.Errors) > 0 {
+		p("")
+		p("## Errors")
+		p("")
+		for _, e := range rep.Errors {
+			p("- %s", e)
+		}
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}

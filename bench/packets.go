@@ -1,0 +1,332 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"runtime"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/seed4c/moat/internal/netns"
+	"github.com/seed4c/moat/internal/packet"
+)
+
+// Scenarios.
+const (
+	ScIsolationCross   = "isolation_cross_tenant"   // tenant a's network toward addresses tenant b also uses, bypassing the service
+	ScIsolationUnknown = "isolation_unknown_tenant" // frames on an interface no tenant owns
+	ScNewFlows         = "new_flows"                // every frame a new flow: Maglev pick, conntrack insert
+	ScEstablished      = "established"              // conntrack hits over a set of flows
+	ScReply            = "reply"                    // backend -> client on tracked flows: reverse NAT
+	ScMixed            = "mixed_tenants"            // both tenants at once, with identical flows
+	ScEstablishedSweep = "established_sweep"        // established, against the number of flows
+	ScTCPConnections   = "tcp_connections"          // real TCP: connect, one exchange, close
+	ScTCPThroughput    = "tcp_throughput"           // real TCP: one bulk stream
+	ScTCPRR            = "tcp_request_response"     // real TCP: one connection, request/response in turn
+)
+
+// packetScenario is one packet-rate scenario.
+type packetScenario struct {
+	name  string
+	drop  bool // moat and nftables must drop every frame (plain forwards them)
+	flows int  // 0: a new flow on every frame
+}
+
+// traffic is what one generator sends.
+type traffic struct {
+	gen      *Generator
+	template []byte
+	ifname   string
+	flows    GenFlows
+}
+
+func (t traffic) configure() error { return t.gen.Configure(t.template, t.ifname, t.flows) }
+
+// frameTemplate builds a minimum-size TCP frame from src (host, eth0) to the gateway
+// interface gwIface.
+func (b *bencher) frameTemplate(src *netns.Host, gwIface string, saddr, daddr netip.Addr, sport, dport uint16, flags uint8) ([]byte, error) {
+	smac, err := mac(src, "eth0")
+	if err != nil {
+		return nil, err
+	}
+	dmac, err := mac(b.scene.Topo.GW, gwIface)
+	if err != nil {
+		return nil, err
+	}
+	f := packet.Frame{Src: smac, Dst: dmac, SrcIP: saddr, DstIP: daddr, Proto: 6, SrcPort: sport, DstPort: dport, TCPFlags: flags}.Build()
+	for len(f) < frameLen {
+		f = append(f, 0)
+	}
+	return f, nil
+}
+
+func (b *bencher) generator(h *netns.Host) (*Generator, error) {
+	if g, ok := b.gens[h]; ok {
+		return g, nil
+	}
+	g, err := NewGenerator(h)
+	if err != nil {
+		return nil, err
+	}
+	b.gens[h] = g
+	return g, nil
+}
+
+var clientBase = netip.MustParseAddr("10.0.0.2")
+
+// clientTraffic is tenant ti's clients toward the VIP: flows over 253 addresses and
+// up to 64000 ports each (16 million before a new-flow generator repeats itself).
+func (b *bencher) clientTraffic(ti int, flows int, flags uint8) (traffic, error) {
+	tn := b.scene.Topo.Tenants[ti]
+	g, err := b.generator(tn.Client)
+	if err != nil {
+		return traffic{}, err
+	}
+	tpl, err := b.frameTemplate(tn.Client, tn.ClientIface, clientBase, b.scene.Topo.Opts.VIP, 1024, b.scene.Topo.Opts.Port, flags)
+	if err != nil {
+		return traffic{}, err
+	}
+	ports := uint16(64000)
+	if flows > 0 && flows <= 64000*4 {
+		// Established sets: spread over addresses too, 256 ports each.
+		ports = 256
+	}
+	b.offset += 1 << 20 // new flows never meet an earlier run's
+	return traffic{gen: g, template: tpl, ifname: "eth0", flows: GenFlows{
+		Mode: genSource, Flows: uint32(flows), Offset: b.offset, AddrBase: clientBase, Addrs: 253, PortBase: 1024, Ports: ports,
+	}}, nil
+}
+
+// packetScenarios lists the packet-rate scenarios of a profile.
+func (p Profile) packetScenarios() []packetScenario {
+	return []packetScenario{
+		{name: ScIsolationCross, drop: true},
+		{name: ScIsolationUnknown, drop: true},
+		{name: ScNewFlows},
+		{name: ScEstablished, flows: p.Flows},
+		{name: ScReply, flows: p.Flows},
+		{name: ScMixed, flows: p.Flows},
+	}
+}
+
+// trafficFor prepares the generators of a scenario, priming flows where it needs them.
+func (b *bencher) trafficFor(ctx context.Context, sc packetScenario) ([]traffic, error) {
+	topo := b.scene.Topo
+	ta := topo.Tenants[0]
+	switch sc.name {
+	case ScIsolationCross:
+		// Toward a backend address directly (10.1.1.2:8080: tenant b has the same),
+		// from spread sources, as an established segment would look.
+		g, err := b.generator(ta.Client)
+		if err != nil {
+			return nil, err
+		}
+		be := ta.Backends[0]
+		tpl, err := b.frameTemplate(ta.Client, ta.ClientIface, clientBase, be.Addr, 1024, topo.Opts.BackendPort, packet.ACK)
+		if err != nil {
+			return nil, err
+		}
+		b.offset += 1 << 20
+		return []traffic{{gen: g, template: tpl, ifname: "eth0", flows: GenFlows{
+			Mode: genSource, Offset: b.offset, AddrBase: clientBase, Addrs: 253, PortBase: 1024, Ports: 64000}}}, nil
+	case ScIsolationUnknown:
+		g, err := b.generator(b.scene.Stranger)
+		if err != nil {
+			return nil, err
+		}
+		tpl, err := b.frameTemplate(b.scene.Stranger, strangerIface, clientBase, topo.Opts.VIP, 1024, topo.Opts.Port, packet.SYN)
+		if err != nil {
+			return nil, err
+		}
+		b.offset += 1 << 20
+		return []traffic{{gen: g, template: tpl, ifname: "eth0", flows: GenFlows{
+			Mode: genSource, Offset: b.offset, AddrBase: clientBase, Addrs: 253, PortBase: 1024, Ports: 64000}}}, nil
+	case ScNewFlows:
+		t, err := b.clientTraffic(0, 0, packet.SYN)
+		return []traffic{t}, err
+	case ScEstablished, ScEstablishedSweep:
+		t, err := b.clientTraffic(0, sc.flows, packet.ACK)
+		if err != nil {
+			return nil, err
+		}
+		return []traffic{t}, b.prime(ctx, []traffic{t}, nil)
+	case ScMixed:
+		var ts []traffic
+		for i := range topo.Tenants {
+			t, err := b.clientTraffic(i, sc.flows, packet.ACK)
+			if err != nil {
+				return nil, err
+			}
+			ts = append(ts, t)
+		}
+		for i := range ts {
+			ts[i].flows.Offset = ts[0].flows.Offset // the same flows in every tenant
+		}
+		return ts, b.prime(ctx, ts, nil)
+	case ScReply:
+		// Establish twice the flows, learn which of them the system balanced to the
+		// first backend, and answer those from it.
+		fwd, err := b.clientTraffic(0, 2*sc.flows, packet.ACK)
+		if err != nil {
+			return nil, err
+		}
+		be := ta.Backends[0]
+		sink := b.sinks[be.Host]
+		if err := b.prime(ctx, []traffic{fwd}, sink); err != nil {
+			return nil, err
+		}
+		learnt, err := sink.Learned()
+		if err != nil {
+			return nil, err
+		}
+		if len(learnt) == 0 {
+			return nil, fmt.Errorf("reply: no flow reached backend %s while priming", be.Name)
+		}
+		if len(learnt) > sc.flows {
+			learnt = learnt[:sc.flows]
+		}
+		g, err := b.generator(be.Host)
+		if err != nil {
+			return nil, err
+		}
+		if err := g.SetReplyFlows(learnt); err != nil {
+			return nil, err
+		}
+		tpl, err := b.frameTemplate(be.Host, be.GWIface, be.Addr, clientBase, topo.Opts.BackendPort, 1024, packet.ACK)
+		if err != nil {
+			return nil, err
+		}
+		return []traffic{{gen: g, template: tpl, ifname: "eth0", flows: GenFlows{Mode: genReply, Flows: uint32(len(learnt))}}}, nil
+	}
+	return nil, fmt.Errorf("unknown packet scenario %q", sc.name)
+}
+
+// prime sends the traffic once through every flow, plus a little, unmeasured; with a
+// sink, that sink learns the client ends it receives meanwhile.
+func (b *bencher) prime(ctx context.Context, ts []traffic, learn *Sink) error {
+	if learn != nil {
+		if err := learn.Learn(true); err != nil {
+			return err
+		}
+		defer learn.Learn(false)
+	}
+	_, err := b.runTraffic(ctx, ts, b.profile.Prime)
+	time.Sleep(20 * time.Millisecond)
+	return err
+}
+
+// runTraffic runs every traffic at once for d, each generator on its own thread
+// pinned to the load CPU, and returns the frames sent.
+func (b *bencher) runTraffic(ctx context.Context, ts []traffic, d time.Duration) (uint64, error) {
+	for _, t := range ts {
+		if err := t.configure(); err != nil {
+			return 0, err
+		}
+	}
+	var (
+		wg   sync.WaitGroup
+		mu   sync.Mutex
+		sent uint64
+		errs []error
+	)
+	for _, t := range ts {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			// The thread stays locked (and so is retired when the goroutine ends):
+			// its affinity and priority are the generator's alone.
+			runtime.LockOSThread()
+			var set unix.CPUSet
+			set.Set(loadCPU)
+			err := unix.SchedSetaffinity(0, &set)
+			if err == nil {
+				err = unix.SchedSetAttr(0, &unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_NORMAL, Nice: -20}, 0)
+			}
+			var n uint64
+			if err == nil {
+				n, err = t.gen.Run(ctx, d, 1<<16, nil)
+			}
+			mu.Lock()
+			sent += n
+			errs = append(errs, err)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	return sent, errors.Join(errs...)
+}
+
+// sinkTotal sums what every sink has received.
+func (b *bencher) sinkTotal() (uint64, error) {
+	var sum uint64
+	for _, s := range b.sinks {
+		p, _, err := s.Count()
+		if err != nil {
+			return 0, err
+		}
+		sum += p
+	}
+	return sum, nil
+}
+
+// measurePackets runs one packet scenario on one system and returns the sample.
+func (b *bencher) measurePackets(ctx context.Context, sys *sut, sc packetScenario) (Sample, error) {
+	if sys.name == SysNft {
+		if err := b.scene.FlushConntrack(); err != nil {
+			return Sample{}, err
+		}
+	}
+	ts, err := b.trafficFor(ctx, sc)
+	if err != nil {
+		return Sample{}, err
+	}
+	snap := func() (sinks, drops uint64, cpu int64, err error) {
+		if sinks, err = b.sinkTotal(); err != nil {
+			return
+		}
+		if drops, err = sys.drops(); err != nil {
+			return
+		}
+		cpu, _, err = sys.cpuTime()
+		return
+	}
+	s0, d0, c0, err := snap()
+	if err != nil {
+		return Sample{}, err
+	}
+	t0 := time.Now()
+	sent, err := b.runTraffic(ctx, ts, b.profile.Duration)
+	if err != nil {
+		return Sample{}, err
+	}
+	time.Sleep(30 * time.Millisecond) // let the queues drain
+	el := time.Since(t0).Seconds()
+	s1, d1, c1, err := snap()
+	if err != nil {
+		return Sample{}, err
+	}
+	delivered, dropped := float64(s1-s0), float64(d1-d0)
+	cpu := float64(c1-c0) / 1e9
+	smp := Sample{
+		Seconds:      el,
+		OfferedPPS:   float64(sent) / el,
+		DeliveredPPS: delivered / el,
+		CPU:          cpu / el,
+	}
+	handled := delivered
+	if sc.drop && sys.name != SysPlain {
+		handled = dropped
+		smp.Leaked = s1 - s0
+	} else {
+		smp.SUTDrops = d1 - d0
+	}
+	smp.PPS = handled / el
+	if cpu > 0 {
+		smp.PPSPerCore = handled / cpu
+	}
+	return smp, nil
+}

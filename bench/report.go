@@ -1,0 +1,272 @@
+package bench
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"sort"
+	"time"
+)
+
+// Kinds of scenario.
+const (
+	KindPackets = "packets" // live frames, packets per second
+	KindTCP     = "tcp"     // real TCP through the gateway
+)
+
+// Latency holds percentiles in microseconds.
+type Latency struct {
+	P50  float64 `json:"p50"`
+	P90  float64 `json:"p90"`
+	P99  float64 `json:"p99"`
+	P999 float64 `json:"p99_9"`
+}
+
+// Sample is one measurement of one scenario on one system.
+type Sample struct {
+	Seconds      float64  `json:"seconds"`
+	OfferedPPS   float64  `json:"offered_pps,omitempty"`   // frames the generator sent
+	PPS          float64  `json:"pps,omitempty"`           // frames the system handled (forwarded, or dropped where it must drop)
+	DeliveredPPS float64  `json:"delivered_pps,omitempty"` // frames that reached any far end
+	CPU          float64  `json:"cpu_cores"`               // busy cores of the system under test
+	PPSPerCore   float64  `json:"pps_per_core,omitempty"`
+	ConnsPerSec  float64  `json:"conns_per_sec,omitempty"`
+	ConnsPerCore float64  `json:"conns_per_core,omitempty"`
+	TPS          float64  `json:"transactions_per_sec,omitempty"`
+	TPSPerCore   float64  `json:"transactions_per_core,omitempty"`
+	Gbps         float64  `json:"gbps,omitempty"`
+	GbpsPerCore  float64  `json:"gbps_per_core,omitempty"`
+	Latency      *Latency `json:"latency_us,omitempty"`
+	Leaked       uint64   `json:"leaked,omitempty"`    // frames that crossed where the system had to drop them
+	SUTDrops     uint64   `json:"sut_drops,omitempty"` // frames the system dropped where it had to forward them
+}
+
+// Record is one scenario on one system: the median of its samples, and the samples.
+type Record struct {
+	Scenario string `json:"scenario"`
+	System   string `json:"system"`
+	Kind     string `json:"kind"`
+	Flows    int    `json:"flows,omitempty"`
+	Sample
+	Runs  []Sample `json:"runs"`
+	Notes []string `json:"notes,omitempty"`
+}
+
+// Primary is the figure ratios compare: work per busy core of the system under test.
+func (r *Record) Primary() float64 {
+	switch {
+	case r.PPSPerCore > 0:
+		return r.PPSPerCore
+	case r.ConnsPerCore > 0:
+		return r.ConnsPerCore
+	case r.TPSPerCore > 0:
+		return r.TPSPerCore
+	default:
+		return r.GbpsPerCore
+	}
+}
+
+// Absolute is the figure regardless of CPU: packets/s, connections/s or Gbit/s.
+func (r *Record) Absolute() float64 {
+	switch {
+	case r.PPS > 0:
+		return r.PPS
+	case r.ConnsPerSec > 0:
+		return r.ConnsPerSec
+	case r.TPS > 0:
+		return r.TPS
+	default:
+		return r.Gbps
+	}
+}
+
+// Machine describes where the run happened.
+type Machine struct {
+	Kernel    string `json:"kernel"`
+	CPU       string `json:"cpu"`
+	Cores     int    `json:"cores"`
+	MemoryGiB int    `json:"memory_gib"`
+	Go        string `json:"go"`
+	Commit    string `json:"commit,omitempty"`
+	Load      string `json:"loadavg_at_start"`
+}
+
+// Target is one of the issue's goals, checked against the run.
+type Target struct {
+	Name string  `json:"name"`
+	Want float64 `json:"want"`
+	Got  float64 `json:"got"`
+	Met  bool    `json:"met"`
+}
+
+// Report is a whole run.
+type Report struct {
+	Command   string    `json:"command"`
+	Profile   string    `json:"profile"`
+	Started   time.Time `json:"started"`
+	Seconds   float64   `json:"seconds"`
+	Machine   Machine   `json:"machine"`
+	Isolation []string  `json:"isolation"`
+	// Namespaces lists the network namespaces the run built (and removed).
+	Namespaces []string `json:"namespaces"`
+	Records    []Record `json:"records"`
+	// Ratios[baseline][scenario] = moat / baseline, per busy core of the system under
+	// test (packets/s, connections/s or Gbit/s per core).
+	Ratios map[string]map[string]float64 `json:"ratios"`
+	// RatiosAbsolute is the same without dividing by CPU.
+	RatiosAbsolute map[string]map[string]float64 `json:"ratios_absolute"`
+	Targets        []Target                      `json:"targets"`
+	Errors         []string                      `json:"errors,omitempty"`
+}
+
+// median of the values (0 for none).
+func median(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	s := append([]float64(nil), v...)
+	sort.Float64s(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// aggregate makes a record's summary the per-field median of its runs.
+func (r *Record) aggregate() {
+	pick := func(f func(*Sample) float64) float64 {
+		var v []float64
+		for i := range r.Runs {
+			v = append(v, f(&r.Runs[i]))
+		}
+		return median(v)
+	}
+	r.Seconds = pick(func(s *Sample) float64 { return s.Seconds })
+	r.OfferedPPS = pick(func(s *Sample) float64 { return s.OfferedPPS })
+	r.PPS = pick(func(s *Sample) float64 { return s.PPS })
+	r.DeliveredPPS = pick(func(s *Sample) float64 { return s.DeliveredPPS })
+	r.CPU = pick(func(s *Sample) float64 { return s.CPU })
+	r.PPSPerCore = pick(func(s *Sample) float64 { return s.PPSPerCore })
+	r.ConnsPerSec = pick(func(s *Sample) float64 { return s.ConnsPerSec })
+	r.ConnsPerCore = pick(func(s *Sample) float64 { return s.ConnsPerCore })
+	r.TPS = pick(func(s *Sample) float64 { return s.TPS })
+	r.TPSPerCore = pick(func(s *Sample) float64 { return s.TPSPerCore })
+	r.Gbps = pick(func(s *Sample) float64 { return s.Gbps })
+	r.GbpsPerCore = pick(func(s *Sample) float64 { return s.GbpsPerCore })
+	r.Leaked, r.SUTDrops = 0, 0
+	var lat []*Latency
+	for _, s := range r.Runs {
+		r.Leaked += s.Leaked
+		r.SUTDrops += s.SUTDrops
+		if s.Latency != nil {
+			lat = append(lat, s.Latency)
+		}
+	}
+	r.Latency = nil
+	if len(lat) > 0 {
+		pl := func(f func(*Latency) float64) float64 {
+			var v []float64
+			for _, l := range lat {
+				v = append(v, f(l))
+			}
+			return median(v)
+		}
+		r.Latency = &Latency{
+			P50: pl(func(l *Latency) float64 { return l.P50 }), P90: pl(func(l *Latency) float64 { return l.P90 }),
+			P99: pl(func(l *Latency) float64 { return l.P99 }), P999: pl(func(l *Latency) float64 { return l.P999 }),
+		}
+	}
+}
+
+// Spread is the smallest and largest primary figure over the record's runs.
+func (r *Record) Spread() (lo, hi float64) {
+	lo = math.Inf(1)
+	for _, s := range r.Runs {
+		rr := Record{Sample: s}
+		v := rr.Primary()
+		lo, hi = math.Min(lo, v), math.Max(hi, v)
+	}
+	if math.IsInf(lo, 1) {
+		lo = 0
+	}
+	return lo, hi
+}
+
+// ratioKey names a record in the ratio tables: its scenario, with the flow count for
+// sweeps.
+func ratioKey(r *Record) string {
+	if r.Scenario == ScEstablishedSweep {
+		return fmt.Sprintf("%s_%d", r.Scenario, r.Flows)
+	}
+	return r.Scenario
+}
+
+// ComputeRatios fills Ratios and RatiosAbsolute: moat against every other system, per
+// scenario both measured.
+func (rep *Report) ComputeRatios() {
+	rep.Ratios = map[string]map[string]float64{}
+	rep.RatiosAbsolute = map[string]map[string]float64{}
+	moat := map[string]*Record{}
+	for i := range rep.Records {
+		if r := &rep.Records[i]; r.System == SysMoat {
+			moat[ratioKey(r)] = r
+		}
+	}
+	for i := range rep.Records {
+		r := &rep.Records[i]
+		m, ok := moat[ratioKey(r)]
+		if r.System == SysMoat || !ok {
+			continue
+		}
+		if b := r.Primary(); b > 0 {
+			if rep.Ratios[r.System] == nil {
+				rep.Ratios[r.System] = map[string]float64{}
+			}
+			rep.Ratios[r.System][ratioKey(r)] = m.Primary() / b
+		}
+		if b := r.Absolute(); b > 0 {
+			if rep.RatiosAbsolute[r.System] == nil {
+				rep.RatiosAbsolute[r.System] = map[string]float64{}
+			}
+			rep.RatiosAbsolute[r.System][ratioKey(r)] = m.Absolute() / b
+		}
+	}
+}
+
+// CheckTargets compares the ratios with the issue's goals: moat at least 10x nftables
+// per core for isolation and load balancing, at least 0.5x plain XDP forwarding.
+func (rep *Report) CheckTargets() {
+	rep.Targets = nil
+	add := func(name, base, sc string, want float64) {
+		got, ok := rep.Ratios[base][sc]
+		if !ok {
+			return
+		}
+		rep.Targets = append(rep.Targets, Target{Name: name, Want: want, Got: got, Met: got >= want})
+	}
+	for _, sc := range []string{ScIsolationCross, ScIsolationUnknown, ScNewFlows, ScEstablished, ScReply, ScMixed} {
+		add(fmt.Sprintf("moat / nftables per core, %s", sc), SysNft, sc, 10)
+	}
+	for _, sc := range []string{ScNewFlows, ScEstablished, ScReply, ScMixed} {
+		add(fmt.Sprintf("moat / plain XDP forwarding per core, %s", sc), SysPlain, sc, 0.5)
+	}
+}
+
+// WriteJSON writes the report, indented.
+func (rep *Report) WriteJSON(w io.Writer) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(rep)
+}
+
+// Find returns the record of a scenario (and flow count, for sweeps) on a system.
+func (rep *Report) Find(scenario, system string, flows int) *Record {
+	for i := range rep.Records {
+		r := &rep.Records[i]
+		if r.Scenario == scenario && r.System == system && (flows == 0 || r.Flows == flows) {
+			return r
+		}
+	}
+	return nil
+}

@@ -1,0 +1,222 @@
+package bench
+
+import (
+	"bytes"
+	"encoding/json"
+	"encoding/xml"
+	"fmt"
+	"io"
+	"math"
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/seed4c/moat/internal/topology"
+)
+
+func sampleReport() *Report {
+	rep := &Report{Command: "moat bench --profile quick", Profile: "quick", Machine: Machine{Kernel: "Linux 6.18", CPU: "test", Cores: 2}}
+	add := func(sc, sys string, flows int, perCore ...float64) {
+		r := Record{Scenario: sc, System: sys, Kind: KindPackets, Flows: flows}
+		for _, v := range perCore {
+			r.Runs = append(r.Runs, Sample{PPS: v / 2, PPSPerCore: v, CPU: 0.5, Seconds: 1})
+		}
+		r.aggregate()
+		rep.Records = append(rep.Records, r)
+	}
+	add(ScEstablished, SysMoat, 4096, 3e6, 2e6, 4e6)
+	add(ScEstablished, SysPlain, 4096, 4e6, 4e6, 5e6)
+	add(ScEstablished, SysNft, 4096, 2e5, 3e5, 1e5)
+	add(ScNewFlows, SysMoat, 0, 5e5)
+	add(ScNewFlows, SysNft, 0, 1e5)
+	add(ScEstablishedSweep, SysMoat, 64, 3e6)
+	add(ScEstablishedSweep, SysNft, 64, 3e5)
+	add(ScEstablishedSweep, SysMoat, 65536, 2e6)
+	tcp := Record{Scenario: ScTCPConnections, System: SysMoat, Kind: KindTCP, Runs: []Sample{{ConnsPerSec: 1000, ConnsPerCore: 5000, Latency: &Latency{P50: 100, P90: 150, P99: 300, P999: 900}}}}
+	tcp.aggregate()
+	rep.Records = append(rep.Records, tcp)
+	hp := Record{Scenario: ScTCPConnections, System: SysHAProxy, Kind: KindTCP, Runs: []Sample{{ConnsPerSec: 500, ConnsPerCore: 1000, Latency: &Latency{P50: 200, P90: 250, P99: 600, P999: 1900}}}}
+	hp.aggregate()
+	rep.Records = append(rep.Records, hp)
+	rep.ComputeRatios()
+	rep.CheckTargets()
+	rep.SortRecords()
+	return rep
+}
+
+func near(a, b float64) bool { return math.Abs(a-b) <= 1e-9*math.Max(1, math.Abs(b)) }
+
+func TestMedian(t *testing.T) {
+	for _, c := range []struct {
+		in   []float64
+		want float64
+	}{{nil, 0}, {[]float64{3}, 3}, {[]float64{3, 1, 2}, 2}, {[]float64{4, 1, 3, 2}, 2.5}} {
+		if got := median(c.in); got != c.want {
+			t.Errorf("median(%v) = %v, want %v", c.in, got, c.want)
+		}
+	}
+}
+
+func TestRatios(t *testing.T) {
+	rep := sampleReport()
+	for _, c := range []struct {
+		base, sc string
+		want     float64
+	}{
+		{SysPlain, ScEstablished, 3e6 / 4e6},
+		{SysNft, ScEstablished, 3e6 / 2e5},
+		{SysNft, ScNewFlows, 5},
+		{SysNft, ScEstablishedSweep + "_64", 10},
+		{SysHAProxy, ScTCPConnections, 5},
+	} {
+		if got := rep.Ratios[c.base][c.sc]; !near(got, c.want) {
+			t.Errorf("ratios.%s.%s = %v, want %v", c.base, c.sc, got, c.want)
+		}
+	}
+	if got := rep.RatiosAbsolute[SysHAProxy][ScTCPConnections]; !near(got, 2) {
+		t.Errorf("absolute ratio = %v, want 2", got)
+	}
+	if _, ok := rep.Ratios[SysNft][ScEstablishedSweep+"_65536"]; ok {
+		t.Error("a ratio without a baseline measurement")
+	}
+	var met, missed int
+	for _, tg := range rep.Targets {
+		if tg.Met {
+			met++
+		} else {
+			missed++
+		}
+	}
+	// nftables established 15x and new flows 5x; plain established 0.75x.
+	if met != 2 || missed != 1 {
+		t.Errorf("targets %+v: want 2 met, 1 missed", rep.Targets)
+	}
+	lo, hi := rep.Find(ScEstablished, SysMoat, 0).Spread()
+	if lo != 2e6 || hi != 4e6 {
+		t.Errorf("spread %v-%v, want 2e6-4e6", lo, hi)
+	}
+}
+
+func TestJSONShape(t *testing.T) {
+	var buf bytes.Buffer
+	if err := sampleReport().WriteJSON(&buf); err != nil {
+		t.Fatal(err)
+	}
+	var doc struct {
+		Records []map[string]any          `json:"records"`
+		Ratios  map[string]map[string]any `json:"ratios"`
+	}
+	if err := json.Unmarshal(buf.Bytes(), &doc); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := doc.Ratios["nftables"]["established"]; !ok {
+		t.Errorf("no ratios.nftables.established in %s", buf.String())
+	}
+	for _, r := range doc.Records {
+		for _, k := range []string{"scenario", "system", "cpu_cores", "runs"} {
+			if _, ok := r[k]; !ok {
+				t.Errorf("record without %q: %v", k, r)
+			}
+		}
+	}
+}
+
+func TestMarkdown(t *testing.T) {
+	var buf bytes.Buffer
+	if err := sampleReport().WriteMarkdown(&buf); err != nil {
+		t.Fatal(err)
+	}
+	md := buf.String()
+	for _, want := range []string{"| scenario | plain | nftables | haproxy |", "| established | 0.75× (0.75×) | 15× (15×) | – |",
+		"**missed**", "moat bench --profile quick"} {
+		if !strings.Contains(md, want) {
+			t.Errorf("markdown lacks %q:\n%s", want, md)
+		}
+	}
+}
+
+func wellFormed(t *testing.T, name string, write func(io.Writer) error) string {
+	t.Helper()
+	var buf bytes.Buffer
+	if err := write(&buf); err != nil {
+		t.Fatal(err)
+	}
+	d := xml.NewDecoder(bytes.NewReader(buf.Bytes()))
+	for {
+		_, err := d.Token()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatalf("%s is not well-formed XML: %v\n%s", name, err, buf.String())
+		}
+	}
+	return buf.String()
+}
+
+func TestSVG(t *testing.T) {
+	rep := sampleReport()
+	flows := wellFormed(t, "flows.svg", rep.WriteFlowsSVG)
+	if n := strings.Count(flows, "<polyline"); n != 2 {
+		t.Errorf("flows.svg has %d lines, want 2 (moat, nftables)", n)
+	}
+	lat := wellFormed(t, "latency.svg", rep.WriteLatencySVG)
+	if n := strings.Count(lat, "<rect x="); n != 2*4+2 { // 2 systems x 4 percentiles + legend
+		t.Errorf("latency.svg has %d rects, want 10", n)
+	}
+	empty := &Report{}
+	wellFormed(t, "empty flows.svg", empty.WriteFlowsSVG)
+	wellFormed(t, "empty latency.svg", empty.WriteLatencySVG)
+}
+
+func TestNftCounters(t *testing.T) {
+	js := `{"nftables": [{"metainfo": {}}, {"table": {"name": "moatbench"}},
+	  {"rule": {"chain": "client_a", "expr": [{"counter": {"packets": 7, "bytes": 420}}, {"drop": null}]}},
+	  {"rule": {"chain": "pre_raw", "expr": [{"match": {}}, {"counter": {"packets": 5, "bytes": 300}}, {"drop": null}]}},
+	  {"rule": {"chain": "lb_a", "expr": [{"dnat": {}}]}}]}`
+	n, err := sumNftCounters([]byte(js))
+	if err != nil || n != 12 {
+		t.Fatalf("sum = %d, %v; want 12", n, err)
+	}
+}
+
+func TestBarAndRates(t *testing.T) {
+	if got := bar(3, 10, 10); got != "[###.......]" {
+		t.Errorf("bar = %q", got)
+	}
+	if got := bar(12, 10, 4); got != "[####]" {
+		t.Errorf("bar past the end = %q", got)
+	}
+	if got := fmtRate(2.5e6); got != "2.50 M" {
+		t.Errorf("fmtRate = %q", got)
+	}
+	if got := niceMax(3.2e6); got != 5e6 {
+		t.Errorf("niceMax = %v", got)
+	}
+}
+
+func TestRuleset(t *testing.T) {
+	// The ruleset is text for nft; its shape is checked here, its syntax by the
+	// privileged smoke test that loads it.
+	s := nftRuleset(sceneTopologyForText())
+	for _, want := range []string{"ct zone set 1", "ct zone set 2", "priority raw; policy drop;", "dnat to jhash ip saddr . tcp sport mod 3",
+		`"ca" . "ba1"`, `"bb3" . "cb"`} {
+		if !strings.Contains(s, want) {
+			t.Errorf("ruleset lacks %q:\n%s", want, s)
+		}
+	}
+}
+
+// sceneTopologyForText is the scene's topology as data only (no namespaces).
+func sceneTopologyForText() *topology.Topology {
+	t := &topology.Topology{Opts: topology.Options{VIP: netip.MustParseAddr("10.100.0.1"), Port: 80, BackendPort: 8080}}
+	for _, name := range []string{"a", "b"} {
+		tn := &topology.Tenant{Name: name, ClientIface: "c" + name}
+		for n := 1; n <= 3; n++ {
+			tn.Backends = append(tn.Backends, &topology.Backend{
+				Name: fmt.Sprintf("%s-%d", name, n), Addr: netip.AddrFrom4([4]byte{10, 1, byte(n), 2}), GWIface: fmt.Sprintf("b%s%d", name, n)})
+		}
+		t.Tenants = append(t.Tenants, tn)
+	}
+	return t
+}

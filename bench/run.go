@@ -1,0 +1,488 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"runtime"
+	"runtime/debug"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/seed4c/moat/dataplane"
+	"github.com/seed4c/moat/internal/netns"
+)
+
+// Profile sizes a run.
+type Profile struct {
+	Name        string
+	Duration    time.Duration // one packet-rate measurement
+	Prime       time.Duration // unmeasured traffic that establishes flows first
+	Reps        int           // measurements of each scenario on each system (interleaved)
+	Flows       int           // flows of the established, reply and mixed scenarios
+	SweepFlows  []int         // established against the number of flows
+	TCPDuration time.Duration
+	TCPReps     int
+	Conns       int // concurrent connecting clients
+}
+
+// Profiles: quick is `make bench` (under 5 minutes), full is long, smoke is the tests'.
+var Profiles = map[string]Profile{
+	"quick": {Name: "quick", Duration: 1500 * time.Millisecond, Prime: 300 * time.Millisecond, Reps: 3, Flows: 4096,
+		SweepFlows: []int{1, 64, 4096, 65536}, TCPDuration: 2 * time.Second, TCPReps: 2, Conns: 16},
+	"full": {Name: "full", Duration: 5 * time.Second, Prime: 500 * time.Millisecond, Reps: 5, Flows: 4096,
+		SweepFlows: []int{1, 16, 256, 4096, 16384, 65536}, TCPDuration: 5 * time.Second, TCPReps: 3, Conns: 32},
+	"smoke": {Name: "smoke", Duration: 150 * time.Millisecond, Prime: 100 * time.Millisecond, Reps: 1, Flows: 256,
+		SweepFlows: []int{64}, TCPDuration: 300 * time.Millisecond, TCPReps: 1, Conns: 4},
+}
+
+// Options configure a run.
+type Options struct {
+	Profile  Profile
+	Systems  []string // default: all
+	Instance string   // fast path instance; default "bench"
+	Command  string   // recorded in the report
+	Progress io.Writer
+	Logger   *slog.Logger
+}
+
+// AllSystems lists the systems in the order they are measured.
+var AllSystems = []string{SysMoat, SysPlain, SysNft, SysHAProxy}
+
+// bencher is one run in progress.
+type bencher struct {
+	profile Profile
+	opts    Options
+	scene   *Scene
+	gens    map[*netns.Host]*Generator
+	sinks   map[*netns.Host]*Sink
+	offset  uint64
+	rep     *Report
+	prog    *progress
+	tmp     string
+}
+
+func (o *Options) wants(system string) bool {
+	if len(o.Systems) == 0 {
+		return true
+	}
+	for _, s := range o.Systems {
+		if s == system {
+			return true
+		}
+	}
+	return false
+}
+
+// Run measures moat and its baselines on a scene it builds and always removes, and
+// returns the report. Errors of single measurements are recorded in the report;
+// errors that stop the run are returned with the report so far.
+func Run(ctx context.Context, o Options) (rep *Report, err error) {
+	if o.Instance == "" {
+		o.Instance = "bench"
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	}
+	if o.Progress == nil {
+		o.Progress = io.Discard
+	}
+	if runtime.NumCPU() < 2 {
+		return nil, errors.New("moat bench needs two CPUs: one for the load, one for the system under test")
+	}
+	b := &bencher{profile: o.Profile, opts: o, gens: map[*netns.Host]*Generator{}, sinks: map[*netns.Host]*Sink{}}
+	b.rep = &Report{Command: o.Command, Profile: o.Profile.Name, Started: time.Now().UTC(), Machine: DescribeMachine(), Isolation: isolationNotes()}
+	rep = b.rep
+	if b.tmp, err = os.MkdirTemp("", "moat-bench-"); err != nil {
+		return rep, err
+	}
+	defer os.RemoveAll(b.tmp)
+	if o.wants(SysHAProxy) {
+		if err := ensureHAProxy(func(s string) { fmt.Fprintln(o.Progress, s) }); err != nil {
+			b.fail(fmt.Errorf("HAProxy baseline skipped: %w", err))
+			o.Systems = without(systemsOf(o), SysHAProxy)
+			b.opts = o
+		}
+	}
+	b.prog = newProgress(o.Progress, b.steps())
+	defer b.prog.finish()
+
+	b.prog.note("building the scene")
+	if b.scene, err = NewScene(o.Instance, o.Logger); err != nil {
+		return rep, err
+	}
+	rep.Namespaces = append([]string{b.scene.Topo.GW.Name}, hostNames(b.scene.Peers())...)
+	defer func() {
+		err = errors.Join(err, b.close())
+		rep.Seconds = time.Since(rep.Started).Seconds()
+	}()
+	if err := b.packetPhase(ctx); err != nil {
+		return rep, err
+	}
+	if err := b.tcpPhase(ctx); err != nil {
+		return rep, err
+	}
+	rep.ComputeRatios()
+	rep.CheckTargets()
+	return rep, ctx.Err()
+}
+
+func systemsOf(o Options) []string {
+	if len(o.Systems) == 0 {
+		return AllSystems
+	}
+	return o.Systems
+}
+
+func without(l []string, v string) []string {
+	var out []string
+	for _, x := range l {
+		if x != v {
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
+func (b *bencher) steps() int {
+	n := 0
+	for _, s := range systemsOf(b.opts) {
+		if s != SysHAProxy {
+			n += b.profile.Reps*len(b.profile.packetScenarios()) + len(b.profile.SweepFlows)
+		}
+		n += b.profile.TCPReps * len(tcpScenarios(s))
+	}
+	return n
+}
+
+func tcpScenarios(system string) []string {
+	if system == SysHAProxy {
+		return []string{ScTCPConnections, ScTCPThroughput, ScTCPRR}
+	}
+	return []string{ScTCPConnections, ScTCPThroughput, ScTCPRR}
+}
+
+func (b *bencher) fail(err error) {
+	b.rep.Errors = append(b.rep.Errors, err.Error())
+	if b.prog != nil {
+		b.prog.note("error: " + err.Error())
+	}
+}
+
+// record adds a sample to its record, creating the record.
+func (b *bencher) record(scenario, system, kind string, flows int, s Sample) {
+	for i := range b.rep.Records {
+		r := &b.rep.Records[i]
+		if r.Scenario == scenario && r.System == system && r.Flows == flows {
+			r.Runs = append(r.Runs, s)
+			r.aggregate()
+			return
+		}
+	}
+	r := Record{Scenario: scenario, System: system, Kind: kind, Flows: flows, Runs: []Sample{s}}
+	r.aggregate()
+	b.rep.Records = append(b.rep.Records, r)
+}
+
+// setup puts a system on the scene for a phase.
+func (b *bencher) setup(system, kind string) (*sut, error) {
+	switch system {
+	case SysMoat:
+		return b.scene.setupMoat(rtPrio)
+	case SysPlain:
+		return b.scene.setupPlain(rtPrio)
+	case SysNft:
+		if kind == KindPackets {
+			return b.scene.setupNftPackets()
+		}
+		return b.scene.setupNftTCP()
+	case SysHAProxy:
+		return b.scene.setupHAProxy(b.tmp)
+	}
+	return nil, fmt.Errorf("unknown system %q", system)
+}
+
+// packetPhase: sinks on every far end, then for each repetition every system in turn,
+// every scenario; then the flow sweep.
+func (b *bencher) packetPhase(ctx context.Context) error {
+	var systems []string
+	for _, s := range systemsOf(b.opts) {
+		if s != SysHAProxy {
+			systems = append(systems, s)
+		}
+	}
+	if len(systems) == 0 {
+		return nil
+	}
+	for _, h := range b.scene.Peers() {
+		s, err := AttachSink(h, "eth0")
+		if err != nil {
+			return err
+		}
+		b.sinks[h] = s
+		if _, err := threadNAPI(h, loadCPU, rtPrio, "eth0"); err != nil {
+			return err
+		}
+	}
+	scs := b.profile.packetScenarios()
+	for rep := 0; rep < b.profile.Reps; rep++ {
+		for _, system := range systems {
+			if err := b.withSystem(system, KindPackets, func(sys *sut) error {
+				for _, sc := range scs {
+					b.prog.step(fmt.Sprintf("%-8s %-25s run %d/%d", system, sc.name, rep+1, b.profile.Reps))
+					s, err := b.measurePackets(ctx, sys, sc)
+					if err != nil {
+						if ctx.Err() != nil {
+							return ctx.Err()
+						}
+						b.fail(fmt.Errorf("%s %s: %w", system, sc.name, err))
+						continue
+					}
+					if s.Leaked > 0 {
+						b.fail(fmt.Errorf("%s %s: ISOLATION VIOLATED: %d frames crossed", system, sc.name, s.Leaked))
+					}
+					b.record(sc.name, system, KindPackets, sc.flows, s)
+				}
+				return nil
+			}); err != nil {
+				return err
+			}
+		}
+	}
+	for _, system := range systems {
+		if err := b.withSystem(system, KindPackets, func(sys *sut) error {
+			for _, n := range b.profile.SweepFlows {
+				b.prog.step(fmt.Sprintf("%-8s %-25s %d flows", system, ScEstablishedSweep, n))
+				s, err := b.measurePackets(ctx, sys, packetScenario{name: ScEstablishedSweep, flows: n})
+				if err != nil {
+					if ctx.Err() != nil {
+						return ctx.Err()
+					}
+					b.fail(fmt.Errorf("%s %s %d flows: %w", system, ScEstablishedSweep, n, err))
+					continue
+				}
+				b.record(ScEstablishedSweep, system, KindPackets, n, s)
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+	}
+	var errs []error
+	for h, s := range b.sinks {
+		errs = append(errs, s.Close())
+		delete(b.sinks, h)
+	}
+	return errors.Join(errs...)
+}
+
+// withSystem sets a system up, runs f, and takes it down again.
+func (b *bencher) withSystem(system, kind string, f func(*sut) error) error {
+	sys, err := b.setup(system, kind)
+	if err != nil {
+		b.fail(fmt.Errorf("set up %s: %w", system, err))
+		return nil
+	}
+	ferr := f(sys)
+	return errors.Join(ferr, sys.close())
+}
+
+// tcpPhase: count-and-pass programs on the far ends, servers on the backends, the
+// whole bench process on the load core; each system in turn.
+func (b *bencher) tcpPhase(ctx context.Context) error {
+	var (
+		cps     []*dataplane.CountPass
+		servers []*tcpServer
+	)
+	defer func() {
+		for _, c := range cps {
+			c.Close()
+		}
+		for _, s := range servers {
+			s.close()
+		}
+	}()
+	for _, h := range b.scene.Peers() {
+		err := h.Do(func() error {
+			l, err := h.Link("eth0")
+			if err != nil {
+				return err
+			}
+			c, err := dataplane.AttachCountPass(l.Attrs().Index)
+			if err == nil {
+				cps = append(cps, c)
+			}
+			return err
+		})
+		if err != nil {
+			return err
+		}
+		if _, err := threadNAPI(h, loadCPU, 0, "eth0"); err != nil {
+			return err
+		}
+	}
+	for _, tn := range b.scene.Topo.Tenants {
+		for _, be := range tn.Backends {
+			s, err := startTCPServer(be.Host, fmt.Sprintf(":%d", b.scene.Topo.Opts.BackendPort))
+			if err != nil {
+				return err
+			}
+			servers = append(servers, s)
+		}
+	}
+	restore, err := pinProcess(loadCPU)
+	if err != nil {
+		return err
+	}
+	defer restore()
+	for rep := 0; rep < b.profile.TCPReps; rep++ {
+		for _, system := range systemsOf(b.opts) {
+			if err := b.withSystem(system, KindTCP, func(sys *sut) error {
+				for _, sc := range tcpScenarios(system) {
+					b.prog.step(fmt.Sprintf("%-8s %-25s run %d/%d", system, sc, rep+1, b.profile.TCPReps))
+					s, err := b.measureTCP(ctx, sys, sc)
+					if err != nil {
+						if ctx.Err() != nil {
+							return ctx.Err()
+						}
+						b.fail(fmt.Errorf("%s %s: %w", system, sc, err))
+						continue
+					}
+					b.record(sc, system, KindTCP, 0, s)
+				}
+				return nil
+			}); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// pinProcess binds every thread of this process to cpu (threads made later inherit
+// it) and returns the function that lets them run anywhere again.
+func pinProcess(cpu int) (func(), error) {
+	var one, all unix.CPUSet
+	one.Set(cpu)
+	for c := 0; c < runtime.NumCPU(); c++ {
+		all.Set(c)
+	}
+	apply := func(set *unix.CPUSet) error {
+		ents, err := os.ReadDir("/proc/self/task")
+		if err != nil {
+			return err
+		}
+		for _, e := range ents {
+			var tid int
+			if _, err := fmt.Sscanf(e.Name(), "%d", &tid); err == nil {
+				_ = unix.SchedSetaffinity(tid, set) // a thread may have exited meanwhile
+			}
+		}
+		return nil
+	}
+	if err := apply(&one); err != nil {
+		return nil, err
+	}
+	return func() { _ = apply(&all) }, nil
+}
+
+func (b *bencher) close() error {
+	var errs []error
+	for h, s := range b.sinks {
+		errs = append(errs, s.Close())
+		delete(b.sinks, h)
+	}
+	for h, g := range b.gens {
+		errs = append(errs, g.Close())
+		delete(b.gens, h)
+	}
+	if b.scene != nil {
+		errs = append(errs, b.scene.Close())
+		b.scene = nil
+	}
+	return errors.Join(errs...)
+}
+
+// isolationNotes says how the measurement is isolated, for the report.
+func isolationNotes() []string {
+	return []string{
+		fmt.Sprintf("CPU %d runs the load: the live-frames generators (one thread each, nice -20), the sinks' NAPI threads (SCHED_FIFO %d), TCP clients and servers (the whole bench process is pinned there for TCP)", loadCPU, rtPrio),
+		fmt.Sprintf("CPU %d runs the system under test: moat's and plain forwarding's XDP in the gateway interfaces' threaded NAPI, nftables in the CPUMAP kthread that builds skbs and runs the stack, HAProxy and the gateway's NAPI threads; all SCHED_FIFO %d so that other work on the machine does not preempt them", sutCPU, rtPrio),
+		"CPU of the system under test = run time of exactly those threads (/proc/<tid>/schedstat) over the measurement window; per-core figures divide the work done by that time",
+		"packets/s: frames the system forwarded (counted by the sinks behind the gateway) or, in isolation scenarios, dropped (counted by the system itself); frames delivered where they must be dropped are reported as leaked",
+		"frames: 60 bytes (64 on a wire), TCP, checksums correct; flows vary by source address and port on every frame; offloads and GRO off on every veth end",
+		"nftables: conntrack zones per tenant, drops in raw prerouting before conntrack, DNAT by jhash, forward filter by interface pairs; tcp_be_liberal=1 and nf_conntrack_checksum=0 (a NIC would have verified checksums)",
+	}
+}
+
+// DescribeMachine records the kernel, CPU, cores, memory and build.
+func DescribeMachine() Machine {
+	m := Machine{Cores: runtime.NumCPU(), Go: runtime.Version()}
+	var u unix.Utsname
+	if unix.Uname(&u) == nil {
+		m.Kernel = unix.ByteSliceToString(u.Sysname[:]) + " " + unix.ByteSliceToString(u.Release[:]) + " " + unix.ByteSliceToString(u.Machine[:])
+	}
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if k, v, ok := strings.Cut(l, ":"); ok && strings.TrimSpace(k) == "model name" {
+				m.CPU = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
+		var kb int
+		if _, err := fmt.Sscanf(string(b), "MemTotal: %d kB", &kb); err == nil {
+			m.MemoryGiB = (kb + 1<<19) >> 20
+		}
+	}
+	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
+		m.Load = strings.TrimSpace(string(b))
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, s := range bi.Settings {
+			if s.Key == "vcs.revision" && len(s.Value) >= 12 {
+				m.Commit = s.Value[:12]
+			}
+		}
+	}
+	return m
+}
+
+// WriteFiles writes the report into dir: report.json, report.md and the SVG plots.
+func WriteFiles(rep *Report, dir string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	write := func(name string, f func(io.Writer) error) error {
+		fh, err := os.Create(filepath.Join(dir, name))
+		if err != nil {
+			return err
+		}
+		if err := f(fh); err != nil {
+			fh.Close()
+			return fmt.Errorf("write %s: %w", name, err)
+		}
+		return fh.Close()
+	}
+	return errors.Join(
+		write("report.json", rep.WriteJSON),
+		write("report.md", rep.WriteMarkdown),
+		write("flows.svg", rep.WriteFlowsSVG),
+		write("latency.svg", rep.WriteLatencySVG),
+	)
+}
+
+func hostNames(hs []*netns.Host) []string {
+	var out []string
+	for _, h := range hs {
+		out = append(out, h.Name)
+	}
+	return out
+}

@@ -1,0 +1,93 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/seed4c/moat/dataplane"
+	"github.com/seed4c/moat/internal/netns"
+)
+
+// TestPrivilegedSmoke runs the smoke profile end to end: every topology built and
+// removed, every scenario on every system measured once (HAProxy when installed: the
+// harness installs it itself outside tests), each measurement non-zero and sane, no
+// isolation leak, and nothing left behind. It asserts no speed.
+func TestPrivilegedSmoke(t *testing.T) {
+	netns.RequireRoot(t)
+	systems := []string{SysMoat, SysPlain, SysNft}
+	if _, err := exec.LookPath("haproxy"); err == nil {
+		systems = append(systems, SysHAProxy)
+	} else {
+		t.Log("haproxy not installed: HAProxy baseline not exercised")
+	}
+	instance := netns.UniqueName("bsmoke")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	rep, err := Run(ctx, Options{Profile: Profiles["smoke"], Systems: systems, Instance: instance, Command: t.Name()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range rep.Errors {
+		t.Errorf("run error: %s", e)
+	}
+	want := map[string]bool{}
+	for _, s := range systems {
+		if s != SysHAProxy {
+			for _, sc := range Profiles["smoke"].packetScenarios() {
+				want[s+" "+sc.name] = true
+			}
+			want[s+" "+ScEstablishedSweep] = true
+		}
+		for _, sc := range tcpScenarios(s) {
+			want[s+" "+sc] = true
+		}
+	}
+	for i := range rep.Records {
+		r := &rep.Records[i]
+		delete(want, r.System+" "+r.Scenario)
+		if r.Primary() <= 0 || r.Absolute() <= 0 || r.CPU <= 0 {
+			t.Errorf("%s %s: no measurement: %+v", r.System, r.Scenario, r.Sample)
+		}
+		if r.CPU > 1.05 {
+			t.Errorf("%s %s: system under test used %.2f cores of its one", r.System, r.Scenario, r.CPU)
+		}
+		if r.Leaked > 0 {
+			t.Errorf("%s %s: %d frames crossed an isolation boundary", r.System, r.Scenario, r.Leaked)
+		}
+		if r.Kind == KindPackets && r.PPS > r.OfferedPPS*1.01 {
+			t.Errorf("%s %s: handled %.0f/s of %.0f/s offered", r.System, r.Scenario, r.PPS, r.OfferedPPS)
+		}
+	}
+	for k := range want {
+		t.Errorf("no record for %s", k)
+	}
+	if len(rep.Namespaces) == 0 {
+		t.Error("report lists no namespaces")
+	}
+	for _, n := range rep.Namespaces {
+		if _, err := os.Stat(filepath.Join("/var/run/netns", n)); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("namespace %s left behind", n)
+		}
+	}
+	if _, err := os.Stat(dataplane.DefaultOptions(instance).PinDir()); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("pins %s left behind", dataplane.DefaultOptions(instance).PinDir())
+	}
+	rep.ComputeRatios()
+	if len(rep.Ratios[SysNft]) == 0 || len(rep.Ratios[SysPlain]) == 0 {
+		t.Errorf("ratios %v: want nftables and plain", rep.Ratios)
+	}
+	dir := t.TempDir()
+	if err := WriteFiles(rep, dir); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"report.json", "report.md", "flows.svg", "latency.svg"} {
+		if st, err := os.Stat(filepath.Join(dir, f)); err != nil || st.Size() == 0 {
+			t.Errorf("%s not written: %v", f, err)
+		}
+	}
+}

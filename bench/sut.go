@@ -1,0 +1,226 @@
+package bench
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/seed4c/moat/dataplane"
+	"github.com/seed4c/moat/internal/netns"
+)
+
+// Systems compared.
+const (
+	SysMoat    = "moat"
+	SysPlain   = "plain"    // plain XDP forwarding, no policy: the ceiling
+	SysNft     = "nftables" // the same isolation and balancing in nftables + conntrack
+	SysHAProxy = "haproxy"  // HAProxy in TCP mode (connections)
+)
+
+// sut is one system set up on the scene.
+type sut struct {
+	name    string
+	threads []int                  // the kernel threads (or processes) doing its work
+	drops   func() (uint64, error) // its own count of dropped frames
+	close   func() error           // takes it off the scene
+	extra   func() ([]int, error)  // more threads to account, looked up per measurement
+}
+
+// cpuTime sums the run time of the system's threads, in nanoseconds.
+func (s *sut) cpuTime() (int64, []int, error) {
+	tids := append([]int(nil), s.threads...)
+	if s.extra != nil {
+		more, err := s.extra()
+		if err != nil {
+			return 0, nil, err
+		}
+		tids = append(tids, more...)
+	}
+	var sum int64
+	for _, t := range tids {
+		ns, err := threadCPUTime(t)
+		if err != nil {
+			return 0, nil, fmt.Errorf("CPU time of thread %d: %w", t, err)
+		}
+		sum += ns
+	}
+	return sum, tids, nil
+}
+
+// threadNAPI makes the NAPI of ifnames of h threaded and pins the threads to cpu at
+// SCHED_FIFO prio (0: normal); it returns them.
+func threadNAPI(h *netns.Host, cpu, prio int, ifnames ...string) ([]int, error) {
+	if err := setThreaded(h, true, ifnames...); err != nil {
+		return nil, err
+	}
+	var all []int
+	for _, n := range ifnames {
+		tids, err := napiThreads(h, n)
+		if err != nil {
+			return nil, err
+		}
+		for _, t := range tids {
+			if err := pinThread(t, cpu, prio); err != nil {
+				return nil, err
+			}
+		}
+		all = append(all, tids...)
+	}
+	return all, nil
+}
+
+// setupMoat attaches moat to the gateway, its NAPI threads on the SUT core.
+func (s *Scene) setupMoat(gwPrio int) (*sut, error) {
+	if err := s.AttachMoat(); err != nil {
+		return nil, err
+	}
+	tids, err := threadNAPI(s.Topo.GW, sutCPU, gwPrio, s.GatewayIfaces()...)
+	if err != nil {
+		return nil, errors.Join(err, s.DetachMoat())
+	}
+	dp := s.Moat()
+	return &sut{
+		name:    SysMoat,
+		threads: tids,
+		drops: func() (uint64, error) {
+			c, err := dp.Counters()
+			if err != nil {
+				return 0, err
+			}
+			return c.Drops().Packets, nil
+		},
+		close: s.DetachMoat,
+	}, nil
+}
+
+// setupPlain attaches the plain forwarder, its NAPI threads on the SUT core.
+func (s *Scene) setupPlain(gwPrio int) (*sut, error) {
+	f, err := AttachForwarder(s.Topo.GW, s.GatewayIfaces())
+	if err != nil {
+		return nil, err
+	}
+	tids, err := threadNAPI(s.Topo.GW, sutCPU, gwPrio, s.GatewayIfaces()...)
+	if err != nil {
+		return nil, errors.Join(err, f.Close())
+	}
+	return &sut{name: SysPlain, threads: tids, drops: func() (uint64, error) { return 0, nil }, close: f.Close}, nil
+}
+
+// setupNftPackets loads the nftables baseline and feeds it live frames through a
+// CPUMAP: the gateway interfaces' NAPI (the "NIC") runs on the load core, the CPUMAP
+// kthread that builds skbs and runs the whole stack on the SUT core.
+func (s *Scene) setupNftPackets() (*sut, error) {
+	if err := s.LoadNftables(); err != nil {
+		return nil, err
+	}
+	before, _ := kthreads("cpumap/")
+	r, err := AttachCPURedirector(s.Topo.GW, s.GatewayIfaces(), sutCPU, 2048)
+	if err != nil {
+		return nil, errors.Join(err, s.UnloadNftables())
+	}
+	undo := func() error { return errors.Join(r.Close(), s.UnloadNftables()) }
+	if _, err := threadNAPI(s.Topo.GW, loadCPU, rtPrio, s.GatewayIfaces()...); err != nil {
+		return nil, errors.Join(err, undo())
+	}
+	var tid int
+	for deadline := time.Now().Add(2 * time.Second); tid == 0 && time.Now().Before(deadline); {
+		after, _ := kthreads(fmt.Sprintf("cpumap/%d/", sutCPU))
+		for _, t := range after {
+			if !contains(before, t) {
+				tid = t
+			}
+		}
+		if tid == 0 {
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	if tid == 0 {
+		return nil, errors.Join(fmt.Errorf("no CPUMAP kthread for CPU %d appeared", sutCPU), undo())
+	}
+	if err := pinThread(tid, sutCPU, rtPrio); err != nil {
+		return nil, errors.Join(err, undo())
+	}
+	return &sut{name: SysNft, threads: []int{tid}, drops: s.NftDrops, close: undo}, nil
+}
+
+// setupNftTCP loads the nftables baseline for real TCP: frames reach the stack
+// through the gateway interfaces' own NAPI (a count-and-pass XDP program gives a veth
+// one), threaded on the SUT core.
+func (s *Scene) setupNftTCP() (*sut, error) {
+	if err := s.LoadNftables(); err != nil {
+		return nil, err
+	}
+	pass, tids, err := s.passOnGateway()
+	if err != nil {
+		return nil, errors.Join(err, s.UnloadNftables())
+	}
+	return &sut{name: SysNft, threads: tids, drops: s.NftDrops, close: func() error { return errors.Join(pass(), s.UnloadNftables()) }}, nil
+}
+
+// passOnGateway attaches count-and-pass programs to every gateway interface (NAPI, so
+// the stack's receive work runs in threads on the SUT core).
+func (s *Scene) passOnGateway() (func() error, []int, error) {
+	var cps []*dataplane.CountPass
+	undo := func() error {
+		var errs []error
+		for _, c := range cps {
+			errs = append(errs, c.Close())
+		}
+		return errors.Join(errs...)
+	}
+	gw := s.Topo.GW
+	err := gw.Do(func() error {
+		for _, n := range s.GatewayIfaces() {
+			l, err := gw.Link(n)
+			if err != nil {
+				return err
+			}
+			c, err := dataplane.AttachCountPass(l.Attrs().Index)
+			if err != nil {
+				return err
+			}
+			cps = append(cps, c)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, nil, errors.Join(err, undo())
+	}
+	tids, err := threadNAPI(gw, sutCPU, rtPrio, s.GatewayIfaces()...)
+	if err != nil {
+		return nil, nil, errors.Join(err, undo())
+	}
+	return undo, tids, nil
+}
+
+// kthreads lists the pids whose name starts with prefix.
+func kthreads(prefix string) ([]int, error) {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil, err
+	}
+	var out []int
+	for _, e := range ents {
+		var pid int
+		if _, err := fmt.Sscanf(e.Name(), "%d", &pid); err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "comm"))
+		if err == nil && strings.HasPrefix(string(b), prefix) {
+			out = append(out, pid)
+		}
+	}
+	return out, nil
+}
+
+func contains(s []int, v int) bool {
+	for _, x := range s {
+		if x == v {
+			return true
+		}
+	}
+	return false
+}

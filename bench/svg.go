@@ -1,0 +1,185 @@
+package bench
+
+import (
+	"fmt"
+	"html"
+	"io"
+	"math"
+	"sort"
+	"strings"
+)
+
+var systemColor = map[string]string{SysMoat: "#1f77b4", SysPlain: "#2ca02c", SysNft: "#d62728", SysHAProxy: "#9467bd"}
+
+func colorOf(system string) string {
+	if c, ok := systemColor[system]; ok {
+		return c
+	}
+	return "#7f7f7f"
+}
+
+// svgFrame opens an SVG document with a title and a plot area.
+type svgPlot struct {
+	b                     strings.Builder
+	w, h                  float64
+	left, right, top, bot float64
+}
+
+func newPlot(title string) *svgPlot {
+	p := &svgPlot{w: 720, h: 420, left: 80, right: 160, top: 40, bot: 60}
+	fmt.Fprintf(&p.b, `<svg xmlns="http://www.w3.org/2000/svg" width="%.0f" height="%.0f" viewBox="0 0 %.0f %.0f" font-family="sans-serif" font-size="12">`+"\n", p.w, p.h, p.w, p.h)
+	fmt.Fprintf(&p.b, `<rect width="100%%" height="100%%" fill="white"/>`+"\n")
+	fmt.Fprintf(&p.b, `<text x="%.0f" y="22" font-size="15" font-weight="bold">%s</text>`+"\n", p.left, html.EscapeString(title))
+	return p
+}
+
+func (p *svgPlot) pw() float64 { return p.w - p.left - p.right }
+func (p *svgPlot) ph() float64 { return p.h - p.top - p.bot }
+
+func (p *svgPlot) axes(xlabel, ylabel string) {
+	x0, y0 := p.left, p.h-p.bot
+	fmt.Fprintf(&p.b, `<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="black"/>`+"\n", x0, y0, x0+p.pw(), y0)
+	fmt.Fprintf(&p.b, `<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="black"/>`+"\n", x0, y0, x0, p.top)
+	fmt.Fprintf(&p.b, `<text x="%.1f" y="%.1f" text-anchor="middle">%s</text>`+"\n", x0+p.pw()/2, p.h-15, html.EscapeString(xlabel))
+	fmt.Fprintf(&p.b, `<text x="18" y="%.1f" text-anchor="middle" transform="rotate(-90 18 %.1f)">%s</text>`+"\n", p.top+p.ph()/2, p.top+p.ph()/2, html.EscapeString(ylabel))
+}
+
+// yTicks draws horizontal grid lines for 0..ymax.
+func (p *svgPlot) yTicks(ymax float64, unit func(float64) string) {
+	for i := 0; i <= 5; i++ {
+		v := ymax * float64(i) / 5
+		y := p.h - p.bot - p.ph()*float64(i)/5
+		fmt.Fprintf(&p.b, `<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="#ddd"/>`+"\n", p.left, y, p.left+p.pw(), y)
+		fmt.Fprintf(&p.b, `<text x="%.1f" y="%.1f" text-anchor="end">%s</text>`+"\n", p.left-6, y+4, unit(v))
+	}
+}
+
+func (p *svgPlot) legend(i int, label, color string) {
+	x, y := p.w-p.right+15, p.top+20*float64(i)+10
+	fmt.Fprintf(&p.b, `<rect x="%.1f" y="%.1f" width="14" height="10" fill="%s"/>`+"\n", x, y-9, color)
+	fmt.Fprintf(&p.b, `<text x="%.1f" y="%.1f">%s</text>`+"\n", x+20, y, html.EscapeString(label))
+}
+
+func (p *svgPlot) end(w io.Writer) error {
+	p.b.WriteString("</svg>\n")
+	_, err := io.WriteString(w, p.b.String())
+	return err
+}
+
+// niceMax rounds v up to 1, 2 or 5 times a power of ten.
+func niceMax(v float64) float64 {
+	if v <= 0 {
+		return 1
+	}
+	e := math.Pow(10, math.Floor(math.Log10(v)))
+	for _, m := range []float64{1, 2, 5, 10} {
+		if m*e >= v {
+			return m * e
+		}
+	}
+	return 10 * e
+}
+
+func mpps(v float64) string { return fmt.Sprintf("%.2g", v/1e6) }
+
+// WriteFlowsSVG plots the established-flows rate per busy core against the number of
+// flows (log scale), one line per system.
+func (rep *Report) WriteFlowsSVG(w io.Writer) error {
+	p := newPlot("Established flows: packets/s per busy core vs number of flows")
+	series := map[string][][2]float64{}
+	var xs []float64
+	ymax := 0.0
+	for i := range rep.Records {
+		r := &rep.Records[i]
+		if r.Scenario != ScEstablishedSweep || r.Flows <= 0 {
+			continue
+		}
+		series[r.System] = append(series[r.System], [2]float64{float64(r.Flows), r.PPSPerCore})
+		xs = append(xs, float64(r.Flows))
+		ymax = math.Max(ymax, r.PPSPerCore)
+	}
+	p.axes("flows (log scale)", "Mpps per busy core of the system under test")
+	ymax = niceMax(ymax)
+	p.yTicks(ymax, mpps)
+	if len(xs) == 0 {
+		return p.end(w)
+	}
+	sort.Float64s(xs)
+	lx0, lx1 := math.Log10(xs[0]), math.Log10(xs[len(xs)-1])
+	if lx1 == lx0 {
+		lx1 = lx0 + 1
+	}
+	px := func(x float64) float64 { return p.left + (math.Log10(x)-lx0)/(lx1-lx0)*p.pw() }
+	py := func(y float64) float64 { return p.h - p.bot - y/ymax*p.ph() }
+	seen := map[float64]bool{}
+	for _, x := range xs {
+		if seen[x] {
+			continue
+		}
+		seen[x] = true
+		fmt.Fprintf(&p.b, `<text x="%.1f" y="%.1f" text-anchor="middle">%g</text>`+"\n", px(x), p.h-p.bot+16, x)
+	}
+	n := 0
+	for _, sys := range AllSystems {
+		pts := series[sys]
+		if len(pts) == 0 {
+			continue
+		}
+		sort.Slice(pts, func(i, j int) bool { return pts[i][0] < pts[j][0] })
+		var path []string
+		for _, pt := range pts {
+			path = append(path, fmt.Sprintf("%.1f,%.1f", px(pt[0]), py(pt[1])))
+		}
+		fmt.Fprintf(&p.b, `<polyline fill="none" stroke="%s" stroke-width="2" points="%s"/>`+"\n", colorOf(sys), strings.Join(path, " "))
+		for _, pt := range pts {
+			fmt.Fprintf(&p.b, `<circle cx="%.1f" cy="%.1f" r="3" fill="%s"><title>%s %g flows: %s pps/core</title></circle>`+"\n",
+				px(pt[0]), py(pt[1]), colorOf(sys), sys, pt[0], fmtRate(pt[1]))
+		}
+		p.legend(n, sys, colorOf(sys))
+		n++
+	}
+	return p.end(w)
+}
+
+// WriteLatencySVG plots connection latency percentiles (connect, one exchange, close)
+// per system as grouped bars.
+func (rep *Report) WriteLatencySVG(w io.Writer) error {
+	p := newPlot("TCP connection latency (connect + 1 exchange + close) percentiles")
+	type row struct {
+		sys string
+		l   Latency
+	}
+	var rows []row
+	ymax := 0.0
+	for _, sys := range AllSystems {
+		r := rep.Find(ScTCPConnections, sys, 0)
+		if r == nil || r.Latency == nil {
+			continue
+		}
+		rows = append(rows, row{sys, *r.Latency})
+		ymax = math.Max(ymax, r.Latency.P999)
+	}
+	p.axes("percentile", "microseconds")
+	ymax = niceMax(ymax)
+	p.yTicks(ymax, func(v float64) string { return fmt.Sprintf("%.0f", v) })
+	names := []string{"p50", "p90", "p99", "p99.9"}
+	if len(rows) == 0 {
+		return p.end(w)
+	}
+	group := p.pw() / float64(len(names))
+	bw := group * 0.8 / float64(len(rows))
+	for gi, name := range names {
+		gx := p.left + group*float64(gi) + group*0.1
+		fmt.Fprintf(&p.b, `<text x="%.1f" y="%.1f" text-anchor="middle">%s</text>`+"\n", gx+group*0.4, p.h-p.bot+16, name)
+		for ri, r := range rows {
+			v := []float64{r.l.P50, r.l.P90, r.l.P99, r.l.P999}[gi]
+			hgt := v / ymax * p.ph()
+			fmt.Fprintf(&p.b, `<rect x="%.1f" y="%.1f" width="%.1f" height="%.1f" fill="%s"><title>%s %s: %.0f µs</title></rect>`+"\n",
+				gx+bw*float64(ri), p.h-p.bot-hgt, bw*0.9, hgt, colorOf(r.sys), r.sys, name, v)
+		}
+	}
+	for i, r := range rows {
+		p.legend(i, r.sys, colorOf(r.sys))
+	}
+	return p.end(w)
+}

@@ -1,0 +1,349 @@
+package bench
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+
+	"github.com/seed4c/moat/internal/netns"
+)
+
+// frameLen is the generator's frame: Ethernet, IPv4 and TCP headers, padded to the
+// Ethernet minimum (64 bytes on a wire with the FCS), the classic packet-rate frame.
+const frameLen = 60
+
+// Generator modes (enum gen_mode in bpf/bench/gen.c).
+const (
+	genSource uint32 = 0 // vary the source (address, port)
+	genReply  uint32 = 1 // vary the destination over learnt client ends
+)
+
+// GenFlows says which flows a generator's frames belong to.
+type GenFlows struct {
+	Mode     uint32
+	Flows    uint32 // cycle over this many flows; 0: a new flow on every frame
+	Offset   uint64 // flow index of the first frame
+	AddrBase netip.Addr
+	Addrs    uint32
+	PortBase uint16
+	Ports    uint16
+}
+
+// Generator is the live-frames traffic generator (bpf/bench/gen.c), one instance per
+// namespace it sends from.
+type Generator struct {
+	objs genObjects
+	host *netns.Host
+}
+
+// NewGenerator loads a generator.
+func NewGenerator(host *netns.Host) (*Generator, error) {
+	g := &Generator{host: host}
+	if err := loadGenObjects(&g.objs, nil); err != nil {
+		return nil, fmt.Errorf("load generator: %w", err)
+	}
+	return g, nil
+}
+
+// Configure sets the template frame, the interface of the generator's host the frames
+// leave through, and the flows.
+func (g *Generator) Configure(template []byte, ifname string, f GenFlows) error {
+	if len(template) > frameLen {
+		return fmt.Errorf("generator template of %d bytes, at most %d", len(template), frameLen)
+	}
+	l, err := g.host.Link(ifname)
+	if err != nil {
+		return err
+	}
+	var c genGenConfig
+	copy(c.Frame[:], template)
+	c.Ifindex = uint32(l.Attrs().Index)
+	c.Mode, c.Flows, c.Offset = f.Mode, f.Flows, f.Offset
+	if f.AddrBase.IsValid() {
+		a := f.AddrBase.As4()
+		c.AddrBase = binary.BigEndian.Uint32(a[:])
+	}
+	c.Addrs, c.PortBase, c.Ports = f.Addrs, f.PortBase, f.Ports
+	if err := g.objs.GenCfg.Put(uint32(0), &c); err != nil {
+		return fmt.Errorf("configure generator: %w", err)
+	}
+	return g.resetSeq()
+}
+
+func (g *Generator) resetSeq() error {
+	zero := make([]uint64, ebpf.MustPossibleCPU())
+	return g.objs.GenSeq.Put(uint32(0), zero)
+}
+
+// SetReplyFlows gives a GEN_REPLY generator the client ends to answer.
+func (g *Generator) SetReplyFlows(flows []Flow) error {
+	if len(flows) > int(g.objs.ReplyFlows.MaxEntries()) {
+		flows = flows[:g.objs.ReplyFlows.MaxEntries()]
+	}
+	for i, f := range flows {
+		a := f.Addr.As4()
+		v := genFlow{Addr: binary.NativeEndian.Uint32(a[:]), Port: netOrder16(f.Port)}
+		if err := g.objs.ReplyFlows.Put(uint32(i), &v); err != nil {
+			return fmt.Errorf("reply flow %d: %w", i, err)
+		}
+	}
+	return nil
+}
+
+// Run sends frames from the generator's host until ctx ends or d has passed, in
+// syscalls of chunk frames; it returns the frames the program ran on. It locks the
+// calling goroutine's thread in the host's namespace for the whole run: pin that
+// thread before calling (the generator runs on the calling CPU).
+func (g *Generator) Run(ctx context.Context, d time.Duration, chunk uint32, tick func(sent uint64)) (uint64, error) {
+	frame := make([]byte, frameLen)
+	var sent uint64
+	err := g.host.Do(func() error {
+		end := time.Now().Add(d)
+		for ctx.Err() == nil && time.Now().Before(end) {
+			// Live frames mode reports no verdict: what arrived is counted downstream.
+			_, err := g.objs.XdpGen.Run(&ebpf.RunOptions{
+				Data:      frame,
+				Repeat:    chunk,
+				Flags:     unix.BPF_F_TEST_XDP_LIVE_FRAMES,
+				BatchSize: 256,
+			})
+			if err != nil {
+				return fmt.Errorf("live frames: %w", err)
+			}
+			sent += uint64(chunk)
+			if tick != nil {
+				tick(sent)
+			}
+		}
+		return nil
+	})
+	return sent, err
+}
+
+// Close unloads the generator.
+func (g *Generator) Close() error { return g.objs.Close() }
+
+// Flow is a flow's client end.
+type Flow struct {
+	Addr netip.Addr
+	Port uint16
+}
+
+// Sink is the count-and-drop program on a peer host's interface (bpf/bench/sink.c).
+type Sink struct {
+	objs sinkObjects
+	link link.Link
+}
+
+// AttachSink loads a sink and attaches it in native mode to ifname of host.
+func AttachSink(host *netns.Host, ifname string) (*Sink, error) {
+	s := &Sink{}
+	if err := loadSinkObjects(&s.objs, nil); err != nil {
+		return nil, fmt.Errorf("load sink: %w", err)
+	}
+	err := host.Do(func() error {
+		l, err := host.Link(ifname)
+		if err == nil {
+			s.link, err = link.AttachXDP(link.XDPOptions{Program: s.objs.XdpSink, Interface: l.Attrs().Index, Flags: link.XDPDriverMode})
+		}
+		return err
+	})
+	if err != nil {
+		s.objs.Close()
+		return nil, fmt.Errorf("attach sink to %s in %s: %w", ifname, host.Name, err)
+	}
+	return s, nil
+}
+
+// Count returns the packets and bytes the sink has dropped.
+func (s *Sink) Count() (packets, bytes uint64, err error) {
+	return sumCounters(s.objs.SinkStats, func(c sinkCounter) (uint64, uint64) { return c.Packets, c.Bytes })
+}
+
+// Learn switches the recording of client ends on or off; switching it on forgets
+// what was learnt before.
+func (s *Sink) Learn(on bool) error {
+	v := uint32(0)
+	if on {
+		v = 1
+		var k sinkFlow
+		var keys []sinkFlow
+		it := s.objs.Learned.Iterate()
+		var b uint8
+		for it.Next(&k, &b) {
+			keys = append(keys, k)
+		}
+		for _, k := range keys {
+			_ = s.objs.Learned.Delete(&k)
+		}
+	}
+	return s.objs.SinkLearn.Put(uint32(0), v)
+}
+
+// Learned returns the client ends recorded while learning.
+func (s *Sink) Learned() ([]Flow, error) {
+	var out []Flow
+	var k sinkFlow
+	var b uint8
+	it := s.objs.Learned.Iterate()
+	for it.Next(&k, &b) {
+		var a [4]byte
+		binary.NativeEndian.PutUint32(a[:], k.Addr)
+		out = append(out, Flow{Addr: netip.AddrFrom4(a), Port: netOrder16(k.Port)})
+	}
+	return out, it.Err()
+}
+
+// Close detaches and unloads the sink.
+func (s *Sink) Close() error {
+	return errors.Join(s.link.Close(), s.objs.Close())
+}
+
+func sumCounters[V any](m *ebpf.Map, f func(V) (uint64, uint64)) (uint64, uint64, error) {
+	var per []V
+	if err := m.Lookup(uint32(0), &per); err != nil {
+		return 0, 0, fmt.Errorf("read %s: %w", m, err)
+	}
+	var p, b uint64
+	for _, v := range per {
+		pp, bb := f(v)
+		p, b = p+pp, b+bb
+	}
+	return p, b, nil
+}
+
+// progOnIfaces is one loaded program attached to several interfaces of one host.
+type progOnIfaces struct {
+	links []link.Link
+}
+
+func (p *progOnIfaces) attach(host *netns.Host, prog *ebpf.Program, ifnames []string) error {
+	for _, n := range ifnames {
+		l, err := host.Link(n)
+		if err != nil {
+			return err
+		}
+		var xl link.Link
+		err = host.Do(func() (err error) {
+			xl, err = link.AttachXDP(link.XDPOptions{Program: prog, Interface: l.Attrs().Index, Flags: link.XDPDriverMode})
+			return err
+		})
+		if err != nil {
+			return fmt.Errorf("attach %s to %s in %s: %w", prog, n, host.Name, err)
+		}
+		p.links = append(p.links, xl)
+	}
+	return nil
+}
+
+func (p *progOnIfaces) close() error {
+	var errs []error
+	for _, l := range p.links {
+		errs = append(errs, l.Close())
+	}
+	p.links = nil
+	return errors.Join(errs...)
+}
+
+// Forwarder is the ceiling: plain XDP forwarding by FIB, no policy (bpf/bench/fwd.c),
+// on every gateway interface.
+type Forwarder struct {
+	objs fwdObjects
+	progOnIfaces
+}
+
+// AttachForwarder loads the forwarder, lets it redirect to every interface of ifnames
+// and attaches it to each of them.
+func AttachForwarder(gw *netns.Host, ifnames []string) (*Forwarder, error) {
+	f := &Forwarder{}
+	if err := loadFwdObjects(&f.objs, nil); err != nil {
+		return nil, fmt.Errorf("load forwarder: %w", err)
+	}
+	err := gw.Do(func() error {
+		for _, n := range ifnames {
+			l, err := gw.Link(n)
+			if err != nil {
+				return err
+			}
+			idx := uint32(l.Attrs().Index)
+			if err := f.objs.FwdPorts.Put(idx, idx); err != nil {
+				return fmt.Errorf("forwarder port %s: %w", n, err)
+			}
+		}
+		return nil
+	})
+	if err == nil {
+		err = f.attach(gw, f.objs.XdpFwd, ifnames)
+	}
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
+}
+
+// Forwarded returns the packets the forwarder redirected.
+func (f *Forwarder) Forwarded() (uint64, error) {
+	p, _, err := sumCounters(f.objs.FwdStats, func(c fwdCounter) (uint64, uint64) { return c.Packets, c.Bytes })
+	return p, err
+}
+
+// Close detaches and unloads the forwarder.
+func (f *Forwarder) Close() error { return errors.Join(f.close(), f.objs.Close()) }
+
+// CPURedirector hands every frame of some interfaces to a CPUMAP entry: the receive
+// side of the kernel-stack baseline (bpf/bench/cpumap.c).
+type CPURedirector struct {
+	objs cpumapObjects
+	progOnIfaces
+}
+
+// AttachCPURedirector loads the redirector toward cpu (queue of qsize frames) and
+// attaches it to ifnames of host.
+func AttachCPURedirector(host *netns.Host, ifnames []string, cpu int, qsize uint32) (*CPURedirector, error) {
+	spec, err := loadCpumap()
+	if err != nil {
+		return nil, fmt.Errorf("load CPUMAP redirector: %w", err)
+	}
+	if err := spec.Variables["target_cpu"].Set(uint32(cpu)); err != nil {
+		return nil, err
+	}
+	r := &CPURedirector{}
+	if err := spec.LoadAndAssign(&r.objs, nil); err != nil {
+		return nil, fmt.Errorf("load CPUMAP redirector: %w", err)
+	}
+	val := cpumapBpfCpumapVal{Qsize: qsize}
+	if err := r.objs.Cpus.Put(uint32(cpu), &val); err != nil {
+		r.objs.Close()
+		return nil, fmt.Errorf("CPUMAP entry for CPU %d: %w", cpu, err)
+	}
+	if err := r.attach(host, r.objs.XdpToCpu, ifnames); err != nil {
+		r.Close()
+		return nil, err
+	}
+	return r, nil
+}
+
+// Redirected returns the frames the redirector handed to the CPUMAP.
+func (r *CPURedirector) Redirected() (uint64, error) {
+	p, _, err := sumCounters(r.objs.CpumapStats, func(c cpumapCounter) (uint64, uint64) { return c.Packets, c.Bytes })
+	return p, err
+}
+
+// Close detaches and unloads the redirector; the CPUMAP's kthread goes with the map.
+func (r *CPURedirector) Close() error { return errors.Join(r.close(), r.objs.Close()) }
+
+// netOrder16 swaps between a port's value and its network-order bytes read natively
+// (the same swap both ways).
+func netOrder16(v uint16) uint16 {
+	var b [2]byte
+	binary.BigEndian.PutUint16(b[:], v)
+	return binary.NativeEndian.Uint16(b[:])
+}

@@ -1,0 +1,41 @@
+//go:build ignore
+
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* The kernel-stack baseline's receive side: live frames that a veth passed to the
+ * stack would stall the generator, so every frame is redirected into a CPUMAP whose
+ * kthread on target_cpu builds an skb and runs the stack (nftables, conntrack,
+ * routing), as a NIC driver would on that core. */
+
+#include "bench.h"
+
+volatile const __u32 target_cpu = 1;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_CPUMAP);
+	__uint(max_entries, 64);
+	__type(key, __u32);
+	__type(value, struct bpf_cpumap_val);
+} cpus SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct counter);
+} cpumap_stats SEC(".maps");
+
+SEC("xdp")
+int xdp_to_cpu(struct xdp_md *ctx)
+{
+	struct counter *n;
+	__u32 k = 0;
+
+	n = bpf_map_lookup_elem(&cpumap_stats, &k);
+	if (n) {
+		n->packets++;
+		n->bytes += ctx->data_end - ctx->data;
+	}
+	return bpf_redirect_map(&cpus, target_cpu, XDP_DROP);
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";

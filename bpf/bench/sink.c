@@ -1,0 +1,68 @@
+//go:build ignore
+
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* The sink: the far end of every gateway veth. It counts and drops what the system
+ * under test delivers; while learning, it also records the client end (source address
+ * and port) of each TCP frame, so that a reply generator can answer exactly the flows
+ * the system balanced to this backend. */
+
+#include "bench.h"
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct counter);
+} sink_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} sink_learn SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 131072);
+	__type(key, struct flow);
+	__type(value, __u8);
+} learned SEC(".maps");
+
+SEC("xdp")
+int xdp_sink(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct counter *n;
+	__u32 k = 0, *learn;
+
+	struct ethhdr *eth = data;
+
+	/* Count IPv4 only: the kernel's own IPv6 chatter (router and neighbour
+	 * solicitations) is not traffic under test. */
+	if ((void *)(eth + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP))
+		return XDP_DROP;
+	n = bpf_map_lookup_elem(&sink_stats, &k);
+	if (n) {
+		n->packets++;
+		n->bytes += data_end - data;
+	}
+	learn = bpf_map_lookup_elem(&sink_learn, &k);
+	if (learn && *learn) {
+		struct iphdr *ip = (void *)(eth + 1);
+		struct tcphdr *tcp = (void *)(ip + 1);
+		struct flow f = {};
+		__u8 one = 1;
+
+		if ((void *)(tcp + 1) <= data_end && eth->h_proto == bpf_htons(ETH_P_IP) &&
+		    ip->ihl == 5 && ip->protocol == IPPROTO_TCP) {
+			f.addr = ip->saddr;
+			f.port = tcp->source;
+			bpf_map_update_elem(&learned, &f, &one, BPF_ANY);
+		}
+	}
+	return XDP_DROP;
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
