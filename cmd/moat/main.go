@@ -33,7 +33,7 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(demoCmd(), dataplaneCmd(), agentCmd(), benchCmd())
+	root.AddCommand(demoCmd(), dataplaneCmd(), agentCmd(), benchCmd(), ctlCmd())
 	if err := root.ExecuteContext(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "moat:", err)
 		os.Exit(1)

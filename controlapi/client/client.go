@@ -158,6 +158,9 @@ func (c *Client) do(ctx context.Context, method, path string, ifMatch uint64, bo
 		}
 		rd = bytes.NewReader(raw)
 	}
+	if strings.Contains(path, "//") || strings.HasSuffix(strings.SplitN(path, "?", 2)[0], "/") {
+		return 0, fmt.Errorf("%s %s: an empty name", method, path)
+	}
 	req, err := http.NewRequestWithContext(ctx, method, c.base+path, rd)
 	if err != nil {
 		return 0, err
