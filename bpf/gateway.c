@@ -8,6 +8,7 @@
  *     yes: conntrack (its backend still usable?) -> policy -> else Maglev pick of an
  *          admitted backend -> DNAT -> route -> out
  *     no:  reply conntrack entry? -> backend still usable? -> reverse NAT -> route -> out
+ *          else one of the gateway's own services (host.h)? -> the kernel stack
  *   anything else is dropped with a reason.
  * An established flow reuses the route, egress and policy checks its conntrack entry
  * made under the current configuration generation (lib/route.h). */
@@ -23,6 +24,7 @@
 #include "lib/nat.h"
 #include "lib/vlan.h"
 #include "lib/fib.h"
+#include "lib/host.h"
 #include "lib/counters.h"
 #include "lib/events.h"
 
@@ -184,8 +186,9 @@ static __always_inline int to_backend(struct xdp_md *ctx, struct pkt *p, struct 
 	return transmit(ctx, p, tenant_id, r, &rt);
 }
 
-/* to_client handles a packet that is not for a service: only a backend's reply on a
- * tracked flow goes on, source rewritten back to the service. */
+/* to_client handles a packet that is not for a service: a backend's reply on a tracked
+ * flow goes on, source rewritten back to the service; a packet for one of the
+ * gateway's own services goes to the stack; nothing else goes anywhere. */
 static __always_inline int to_client(struct xdp_md *ctx, struct pkt *p, struct attachment *att)
 {
 	__u32 tenant_id = att->tenant_id, backend_id, service_id;
@@ -204,8 +207,11 @@ static __always_inline int to_client(struct xdp_md *ctx, struct pkt *p, struct a
 
 	ct_key_of(&k, tenant_id, p, CT_DIR_REPLY);
 	e = ct_lookup(&k, p, now);
-	if (!e)
+	if (!e) {
+		if (!p->tagged && host_service(p->ifindex, p->daddr, p->dport, p->l4proto))
+			return pass(p, tenant_id, PASS_HOST_SERVICE);
 		return drop(p, tenant_id, DROP_NO_SERVICE);
+	}
 	backend_id = e->backend_id;
 	service_id = e->service_id;
 	b = backend_lookup(backend_id);

@@ -92,3 +92,13 @@ func BenchmarkFastPath(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkReadCounters: what a status request or a Prometheus scrape costs.
+func BenchmarkReadCounters(b *testing.B) {
+	_, dp, _ := smallEnv(b, DefaultConfig())
+	for b.Loop() {
+		if _, err := dp.Counters(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

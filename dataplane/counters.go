@@ -185,21 +185,31 @@ func readCounters(m *gatewayMaps) (Counters, error) {
 	return c, errors.Join(errs...)
 }
 
-// sumPerCPU walks a per-CPU array in one batch-free pass, calling f for every index.
-// Per-CPU arrays have every index; f decides what is worth keeping.
+// sumPerCPU calls f for every index of a per-CPU array with its per-CPU values, reading
+// the array in batches (one system call per few thousand entries, not per entry:
+// the backend array alone has 65536). Per-CPU arrays have every index; f decides what
+// is worth keeping.
 func sumPerCPU[V any](m *ebpf.Map, f func(id uint32, v []V)) error {
-	var (
-		id  uint32
-		val []V
-	)
-	it := m.Iterate()
-	for it.Next(&id, &val) {
-		f(id, val)
+	ncpu, err := ebpf.PossibleCPU()
+	if err != nil {
+		return err
 	}
-	if err := it.Err(); err != nil {
-		return fmt.Errorf("iterate %s: %w", m.String(), err)
+	const batch = 4096
+	keys := make([]uint32, batch)
+	vals := make([]V, batch*ncpu)
+	var cursor ebpf.MapBatchCursor
+	for {
+		n, err := m.BatchLookup(&cursor, keys, vals, nil)
+		for i := range n {
+			f(keys[i], vals[i*ncpu:(i+1)*ncpu])
+		}
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("read %s: %w", m.String(), err)
+		}
 	}
-	return nil
 }
 
 // ConntrackEntries reads the whole connection tracking map (for tests and status; it

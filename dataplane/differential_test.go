@@ -197,6 +197,16 @@ var diffTargets = []target{
 	{ap("10.100.0.3"), 80, 6}, {ap("10.100.0.9"), 443, 6}, {ap("10.103.0.1"), 80, 6},
 	{ap("10.108.0.1"), 80, 6}, {ap("10.100.0.1"), 81, 6}, {ap("10.100.0.1"), 80, 17},
 	{ap("10.1.0.1"), 8080, 6}, {ap("10.2.0.9"), 443, 6}, {ap("10.4.0.1"), 80, 6}, // backends, directly
+	{ap("10.1.0.254"), 9444, 6}, {ap("10.1.0.254"), 9444, 17}, {ap("10.1.0.254"), 9443, 6}, // the gateway itself
+}
+
+// diffHostServices: the gateway's verifier port on b1 and on the trunk t (where only
+// untagged frames may reach it).
+func diffHostServices(env *gwEnv) []HostService {
+	return []HostService{
+		{Ifindex: env.ifindex["b1"], Addr: ap("10.1.0.254"), Port: 9444, Proto: 6},
+		{Ifindex: env.ifindex["t"], Addr: ap("10.1.0.254"), Port: 9444, Proto: 6},
+	}
 }
 
 // gen produces the test's frames: valid flows and replies, cross-tenant probes,
@@ -421,6 +431,10 @@ func TestPrivilegedDifferential(t *testing.T) {
 					return fmt.Errorf("apply phase: %w", err)
 				}
 				model.Load(c)
+				if err := dp.Writer().SetHostServices(diffHostServices(env)); err != nil {
+					return err
+				}
+				model.SetHostServices(diffHostServices(env))
 				g.compiled = c
 				for _, a := range c.Attachments {
 					owner[attachKey{a.Ifindex, a.VLAN}] = a.TenantID
@@ -459,7 +473,7 @@ func TestPrivilegedDifferential(t *testing.T) {
 		DropUnsupportedL3, DropTruncatedL3, DropBadIPVersion, DropBadIHL, DropBadIPLen, DropBadIPCsum, DropFragment,
 		DropTTLExceeded, DropICMPUnsupported, DropUnsupportedL4, DropTruncatedL4, DropBadTCPHdr, DropBadUDPLen,
 		DropNoService, DropPolicyDenied, DropBackendUnavailable, DropBackendEvicted, DropReplyWrongIface,
-		DropFIBUnreachable, DropFIBFragNeeded, DropFIBFwdDisabled, DropEgressNotAttached, PassARP, PassNoNeigh} {
+		DropFIBUnreachable, DropFIBFragNeeded, DropFIBFwdDisabled, DropEgressNotAttached, PassARP, PassNoNeigh, PassHostService} {
 		if reasons[r] == 0 && n >= 100000 {
 			t.Errorf("no frame ended with %s: the generator lost coverage", r)
 		}

@@ -137,6 +137,15 @@ type gatewayFlowEvent struct {
 	_         [4]byte
 }
 
+type gatewayHostServiceKey struct {
+	_       structs.HostLayout
+	Ifindex uint32
+	Addr    uint32
+	Port    uint16
+	Proto   uint8
+	Pad     uint8
+}
+
 type gatewayPolicyKey struct {
 	_         structs.HostLayout
 	Prefixlen uint32
@@ -186,7 +195,8 @@ const (
 	gatewayReasonDROP_ADJUST_FAILED       gatewayReason = 30
 	gatewayReasonPASS_ARP                 gatewayReason = 31
 	gatewayReasonPASS_NO_NEIGH            gatewayReason = 32
-	gatewayReasonREASON_MAX               gatewayReason = 33
+	gatewayReasonPASS_HOST_SERVICE        gatewayReason = 33
+	gatewayReasonREASON_MAX               gatewayReason = 34
 )
 
 type gatewayService struct {
@@ -244,6 +254,7 @@ const (
 	gatewayMapEventStats               = "event_stats"
 	gatewayMapEvents                   = "events"
 	gatewayMapFloorStats               = "floor_stats"
+	gatewayMapHostServices             = "host_services"
 	gatewayMapMaglevTables             = "maglev_tables"
 	gatewayMapPolicy                   = "policy"
 	gatewayMapReasonStats              = "reason_stats"
@@ -325,6 +336,7 @@ type gatewayMapSpecs struct {
 	EventStats   *ebpf.MapSpec `ebpf:"event_stats"`
 	Events       *ebpf.MapSpec `ebpf:"events"`
 	FloorStats   *ebpf.MapSpec `ebpf:"floor_stats"`
+	HostServices *ebpf.MapSpec `ebpf:"host_services"`
 	MaglevTables *ebpf.MapSpec `ebpf:"maglev_tables"`
 	Policy       *ebpf.MapSpec `ebpf:"policy"`
 	ReasonStats  *ebpf.MapSpec `ebpf:"reason_stats"`
@@ -380,6 +392,7 @@ type gatewayMaps struct {
 	EventStats   *ebpf.Map `ebpf:"event_stats"`
 	Events       *ebpf.Map `ebpf:"events"`
 	FloorStats   *ebpf.Map `ebpf:"floor_stats"`
+	HostServices *ebpf.Map `ebpf:"host_services"`
 	MaglevTables *ebpf.Map `ebpf:"maglev_tables"`
 	Policy       *ebpf.Map `ebpf:"policy"`
 	ReasonStats  *ebpf.Map `ebpf:"reason_stats"`
@@ -401,6 +414,7 @@ func (m *gatewayMaps) Close() error {
 		m.EventStats,
 		m.Events,
 		m.FloorStats,
+		m.HostServices,
 		m.MaglevTables,
 		m.Policy,
 		m.ReasonStats,

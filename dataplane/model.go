@@ -60,6 +60,7 @@ type Model struct {
 	backends    map[uint32]tenant.BackendEntry
 	policy      map[policyScope][]netip.Prefix
 	txPorts     map[uint32]bool
+	host        map[HostService]bool
 
 	CT       map[CTKey]*CTEntry
 	Counters Counters
@@ -164,6 +165,14 @@ func (m *Model) Load(c *tenant.Compiled) {
 	m.txPorts = map[uint32]bool{}
 	for _, i := range c.TxPorts {
 		m.txPorts[i] = true
+	}
+}
+
+// SetHostServices mirrors Writer.SetHostServices.
+func (m *Model) SetHostServices(services []HostService) {
+	m.host = map[HostService]bool{}
+	for _, h := range services {
+		m.host[h] = true
 	}
 }
 
@@ -437,6 +446,9 @@ func (m *Model) toClient(p *pkt, att tenant.AttachmentEntry) Result {
 	now := m.now()
 	e := m.ctLookup(CTKey{tid, p.saddr, p.daddr, p.sport, p.dport, p.l4proto, CTDirReply}, p, now)
 	if e == nil {
+		if !p.tagged && m.host[HostService{p.ifindex, netip.AddrFrom4(p.daddr), p.dport, p.l4proto}] {
+			return m.pass(p, tid, PassHostService)
+		}
 		return m.drop(p, tid, DropNoService)
 	}
 	b, ok := m.backend(e.BackendID)

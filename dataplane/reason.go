@@ -48,6 +48,7 @@ const (
 	DropAdjustFailed       = Reason(gatewayReasonDROP_ADJUST_FAILED)
 	PassARP                = Reason(gatewayReasonPASS_ARP)
 	PassNoNeigh            = Reason(gatewayReasonPASS_NO_NEIGH)
+	PassHostService        = Reason(gatewayReasonPASS_HOST_SERVICE)
 )
 
 // NumReasons is the number of reasons, the size of the reason counter array.

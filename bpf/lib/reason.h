@@ -52,6 +52,7 @@ enum reason {
 	/* Passed to the kernel stack, by an explicit rule */
 	PASS_ARP = 31,       /* ARP of an attached network: the kernel answers it */
 	PASS_NO_NEIGH = 32,  /* next hop unresolved: the kernel resolves and forwards */
+	PASS_HOST_SERVICE = 33, /* to one of the gateway's own services (host.h) */
 
 	REASON_MAX,
 };

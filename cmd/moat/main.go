@@ -20,6 +20,7 @@ import (
 	"github.com/seed4c/moat/attest/agent"
 	"github.com/seed4c/moat/attest/tpm"
 	"github.com/seed4c/moat/bench"
+	"github.com/seed4c/moat/controlapi/gateway"
 	"github.com/seed4c/moat/dataplane"
 	"github.com/seed4c/moat/internal/demo"
 )
@@ -33,7 +34,7 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(demoCmd(), dataplaneCmd(), agentCmd(), benchCmd(), ctlCmd())
+	root.AddCommand(demoCmd(), dataplaneCmd(), agentCmd(), benchCmd(), gatewayCmd(), ctlCmd())
 	if err := root.ExecuteContext(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "moat:", err)
 		os.Exit(1)
@@ -194,4 +195,44 @@ needs root and two CPUs; it installs HAProxy from Debian when missing.`,
 	f.StringVar(&out, "out", "bench/results/latest", "directory for the report")
 	f.StringSliceVar(&systems, "systems", nil, "systems to measure (default all): moat, plain, nftables, haproxy")
 	return cmd
+}
+
+func gatewayCmd() *cobra.Command {
+	var (
+		path  string
+		print bool
+	)
+	cmd := &cobra.Command{
+		Use:   "gateway [--config FILE]",
+		Short: "Run the gateway daemon: fast path, REST API, verifier for backend agents",
+		Long: `gateway attaches the fast path to the configured interfaces, serves the REST API
+over HTTPS and the attestation verifier for backend agents, keeps its state in bbolt, and
+admits a backend only while its attestation holds. SIGTERM or Ctrl-C stops it gracefully;
+the fast path keeps forwarding on its pins until the next start takes over.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if print {
+				fmt.Fprint(cmd.OutOrStdout(), gateway.Example)
+				return nil
+			}
+			cfg, err := gateway.LoadConfig(path)
+			if err != nil {
+				return fmt.Errorf("%w (moat gateway --print-config shows a commented example)", err)
+			}
+			return gateway.Run(cmd.Context(), cfg, newLogger(cfg.Log.Level, cfg.Log.Format))
+		},
+	}
+	cmd.Flags().StringVar(&path, "config", gateway.DefaultConfigPath, "configuration file (YAML)")
+	cmd.Flags().BoolVar(&print, "print-config", false, "print a commented configuration with the defaults and exit")
+	return cmd
+}
+
+func newLogger(level, format string) *slog.Logger {
+	var l slog.Level
+	_ = l.UnmarshalText([]byte(level))
+	opts := &slog.HandlerOptions{Level: l}
+	if format == "json" {
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts))
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, opts))
 }

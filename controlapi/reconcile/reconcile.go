@@ -72,6 +72,7 @@ type Reconciler struct {
 	arrived     time.Time                // when the oldest unapplied result arrived
 	statuses    map[backendKey]state.BackendStatus
 	dirty       map[string]bool // subjects whose standing is not yet stored
+	urgent      bool            // a stored standing's status is outdated: store before applying
 	history     []attest.Result
 	lastHistory map[string]time.Time
 	stats       Stats
@@ -129,6 +130,9 @@ func (r *Reconciler) Notify(res attest.Result) {
 		prev, had := r.standings[res.Subject]
 		r.standings[res.Subject] = res
 		r.dirty[res.Subject] = true
+		if !had || prev.Status != res.Status {
+			r.urgent = true
+		}
 		if !had || prev.Status != res.Status || now.Sub(r.lastHistory[res.Subject]) >= r.cfg.HistoryInterval {
 			r.history = append(r.history, res)
 			r.lastHistory[res.Subject] = now
@@ -220,6 +224,23 @@ func (r *Reconciler) Pass() (time.Time, error) {
 	if err != nil {
 		r.fail(arrived)
 		return time.Time{}, fmt.Errorf("compile the desired state (the store should have refused it): %w", err)
+	}
+	// A change of a subject's standing goes to the store before the maps: a gateway
+	// that crashes in between must not, once restarted, re-admit a backend it had just
+	// evicted (nor evict one it had just admitted, breaking its connections). Renewals
+	// of the same status are stored by the periodic flush.
+	r.mu.Lock()
+	urgent := r.urgent
+	r.urgent = false
+	r.mu.Unlock()
+	if urgent {
+		if err := r.flush(); err != nil {
+			r.mu.Lock()
+			r.urgent = true
+			r.mu.Unlock()
+			r.fail(arrived)
+			return time.Time{}, fmt.Errorf("store attestation results: %w", err)
+		}
 	}
 	// Ids go to the store before the maps: a crash in between leaves ids the maps do
 	// not use yet, never maps whose ids the store forgot.

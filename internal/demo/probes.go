@@ -28,8 +28,12 @@ type Conn struct {
 
 // Connect opens n connections from tn's client to the VIP at once and asks each which
 // backend serves it.
-func (s *Scene) Connect(tn *topology.Tenant, n int) ([]*Conn, error) {
-	vip := fmt.Sprintf("%s:%d", s.Topo.Opts.VIP, s.Topo.Opts.Port)
+func (s *Scene) Connect(tn *topology.Tenant, n int) ([]*Conn, error) { return Connect(s.Topo, tn, n) }
+
+// Connect opens n connections from tn's client to topo's VIP at once and asks each
+// which backend serves it.
+func Connect(topo *topology.Topology, tn *topology.Tenant, n int) ([]*Conn, error) {
+	vip := fmt.Sprintf("%s:%d", topo.Opts.VIP, topo.Opts.Port)
 	out := make([]*Conn, n)
 	errs := make([]error, n)
 	var wg sync.WaitGroup

@@ -5,15 +5,20 @@
 package netns
 
 import (
+	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -286,4 +291,24 @@ func (h *Host) Dial(d *net.Dialer, network, addr string) (net.Conn, error) {
 		return err
 	})
 	return c, err
+}
+
+// Command prepares a program to run in the host's network namespace (nsenter --net):
+// only the network namespace changes, so it shares this process's mounts (bpffs
+// included) and files.
+func (h *Host) Command(name string, args ...string) *exec.Cmd {
+	return exec.Command("nsenter", append([]string{"--net=/run/netns/" + h.Name, "--", name}, args...)...)
+}
+
+// HTTPClient returns an HTTP client whose connections are made from inside the host.
+func (h *Host) HTTPClient(tlsCfg *tls.Config) *http.Client {
+	return &http.Client{
+		Timeout: 10 * time.Second,
+		Transport: &http.Transport{
+			TLSClientConfig: tlsCfg,
+			DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+				return h.Dial(&net.Dialer{Timeout: 5 * time.Second}, network, addr)
+			},
+		},
+	}
 }

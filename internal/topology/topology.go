@@ -35,15 +35,23 @@ type Options struct {
 	Port        uint16 // service port; default 80
 	BackendPort uint16 // where backends listen; default 8080
 	MaglevSize  uint32 // default lb.DefaultTableSize
+	// Management adds an out-of-band management network: a bridge in the gateway
+	// (10.255.0.1/24) with every backend host on it (10.255.0.10+), for what is not
+	// tenant traffic, such as backend agents reaching the attestation verifier.
+	Management bool
 }
+
+// ManagementGateway is the gateway's address on the management network.
+const ManagementGateway = "10.255.0.1"
 
 // Backend is one backend host of a tenant.
 type Backend struct {
-	Name    string // "<tenant>-<n>", also the tenant.Backend name
-	Host    *netns.Host
-	Addr    netip.Addr
-	GWIface string // the gateway's interface toward it
-	Server  *EchoServer
+	Name     string // "<tenant>-<n>", also the tenant.Backend name
+	Host     *netns.Host
+	Addr     netip.Addr
+	MgmtAddr netip.Addr // on the management network, when there is one
+	GWIface  string     // the gateway's interface toward it
+	Server   *EchoServer
 }
 
 // Tenant is one tenant's networks.
@@ -129,7 +137,47 @@ func Build(opts Options) (t *Topology, err error) {
 		}
 		t.Tenants = append(t.Tenants, tn)
 	}
+	if opts.Management {
+		if err := t.buildManagement(); err != nil {
+			return nil, fmt.Errorf("management network: %w", err)
+		}
+	}
 	return t, nil
+}
+
+func (t *Topology) buildManagement() error {
+	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "mgmt"}}
+	if err := t.GW.Netlink().LinkAdd(br); err != nil {
+		return err
+	}
+	if err := t.GW.AddAddr("mgmt", ManagementGateway+"/24"); err != nil {
+		return err
+	}
+	if err := t.GW.LinkUp("mgmt"); err != nil {
+		return err
+	}
+	n := 10
+	for _, tn := range t.Tenants {
+		for _, b := range tn.Backends {
+			port := "m" + b.GWIface[1:]
+			if _, _, err := netns.Veth(t.GW, port, b.Host, "mgmt"); err != nil {
+				return err
+			}
+			l, err := t.GW.Link(port)
+			if err != nil {
+				return err
+			}
+			if err := t.GW.Netlink().LinkSetMaster(l, br); err != nil {
+				return err
+			}
+			b.MgmtAddr = netip.AddrFrom4([4]byte{10, 255, 0, byte(n)})
+			if err := b.Host.AddAddr("mgmt", b.MgmtAddr.String()+"/24"); err != nil {
+				return err
+			}
+			n++
+		}
+	}
+	return nil
 }
 
 func (t *Topology) newHost(role string) (*netns.Host, error) {
