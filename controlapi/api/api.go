@@ -6,10 +6,12 @@
 package api
 
 import (
+	"bytes"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"mime"
 	"net/http"
@@ -170,7 +172,10 @@ func ifMatch(r *http.Request) (version uint64, present bool, err error) {
 	if h == "*" {
 		return 0, true, nil
 	}
-	h = strings.TrimPrefix(h, "W/")
+	if strings.HasPrefix(h, "W/") {
+		// RFC 9110 compares If-Match strongly: a weak tag never matches.
+		return ^uint64(0), true, nil
+	}
 	n, err := strconv.ParseUint(strings.Trim(h, `"`), 10, 64)
 	if err != nil || n == 0 || !strings.HasPrefix(h, `"`) || !strings.HasSuffix(h, `"`) {
 		return 0, true, fmt.Errorf("If-Match %q: want the ETag of the resource, such as \"3\"", r.Header.Get("If-Match"))
@@ -179,28 +184,49 @@ func ifMatch(r *http.Request) (version uint64, present bool, err error) {
 }
 
 // decode reads a JSON body strictly into v, or writes the problem and returns false.
-func (s *Server) decode(w http.ResponseWriter, r *http.Request, v any) bool {
+// Fields named in ignore (read-only fields of the resource's view) are dropped first.
+func (s *Server) decode(w http.ResponseWriter, r *http.Request, v any, ignore ...string) bool {
 	mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
 	if err != nil || mt != "application/json" {
 		writeProblem(w, r, http.StatusUnsupportedMediaType, "send Content-Type: application/json")
 		return false
 	}
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, s.MaxBody))
+	body := io.Reader(http.MaxBytesReader(w, r.Body, s.MaxBody))
+	if len(ignore) > 0 {
+		var fields map[string]json.RawMessage
+		raw, err := io.ReadAll(body)
+		if err == nil && json.Unmarshal(raw, &fields) == nil && fields != nil {
+			for _, f := range ignore {
+				delete(fields, f)
+			}
+			raw, _ = json.Marshal(fields)
+		}
+		if err != nil {
+			return s.decodeFailed(w, r, err)
+		}
+		body = bytes.NewReader(raw)
+	}
+	dec := json.NewDecoder(body)
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
-		var tooBig *http.MaxBytesError
-		if errors.As(err, &tooBig) {
-			writeProblem(w, r, http.StatusRequestEntityTooLarge, fmt.Sprintf("body above %d bytes", s.MaxBody))
-		} else {
-			writeProblem(w, r, http.StatusBadRequest, "body: "+err.Error())
-		}
-		return false
+		return s.decodeFailed(w, r, err)
 	}
 	if dec.More() {
 		writeProblem(w, r, http.StatusBadRequest, "body: more than one JSON value")
 		return false
 	}
 	return true
+}
+
+// decodeFailed writes the problem of a body that did not decode; it returns false.
+func (s *Server) decodeFailed(w http.ResponseWriter, r *http.Request, err error) bool {
+	var tooBig *http.MaxBytesError
+	if errors.As(err, &tooBig) {
+		writeProblem(w, r, http.StatusRequestEntityTooLarge, fmt.Sprintf("body above %d bytes", s.MaxBody))
+	} else {
+		writeProblem(w, r, http.StatusBadRequest, "body: "+err.Error())
+	}
+	return false
 }
 
 // page reads ?limit= and ?page_token=.

@@ -470,3 +470,50 @@ func FuzzAPI(f *testing.F) {
 		}
 	})
 }
+
+func TestReviewFindings(t *testing.T) {
+	e := newEnv(t)
+	op := e.tokens["operator"]
+	// Lists under a tenant that does not exist are 404, not empty.
+	for _, p := range []string{"/v1/tenants/ghost/services", "/v1/tenants/ghost/rules", "/v1/tenants/ghost/policies",
+		"/v1/tenants/ghost/services/web/backends", "/v1/tenants/ghost/transitions"} {
+		if w := e.do("GET", p, op, ""); w.Code != 404 {
+			t.Errorf("GET %s: %d", p, w.Code)
+		}
+	}
+	// Token lists page.
+	var l List[auth.Token]
+	w := e.do("GET", "/v1/tokens?limit=1", op, "")
+	json.Unmarshal(w.Body.Bytes(), &l)
+	if len(l.Items) != 1 || l.NextPageToken == "" {
+		t.Fatalf("first token page: %s", w.Body)
+	}
+	seen := map[string]bool{l.Items[0].ID: true}
+	for l.NextPageToken != "" {
+		w = e.do("GET", "/v1/tokens?limit=1&page_token="+l.NextPageToken, op, "")
+		l = List[auth.Token]{}
+		json.Unmarshal(w.Body.Bytes(), &l)
+		for _, tk := range l.Items {
+			if seen[tk.ID] {
+				t.Fatalf("token %s on two pages", tk.ID)
+			}
+			seen[tk.ID] = true
+		}
+	}
+	if len(seen) != 4 {
+		t.Fatalf("paged through %d tokens, want 4", len(seen))
+	}
+	if w := e.do("GET", "/v1/tokens?page_token=!!", op, ""); w.Code != 400 {
+		t.Errorf("bad token page: %d", w.Code)
+	}
+	// A backend as read can be written back.
+	get := e.do("GET", "/v1/tenants/a/services/web/backends/w1", op, "")
+	body := strings.Replace(get.Body.String(), `"weight":1`, `"weight":4`, 1)
+	if w := e.do("PUT", "/v1/tenants/a/services/web/backends/w1", op, body, "If-Match", get.Header().Get("ETag")); w.Code != 200 {
+		t.Fatalf("PUT of a GET body: %d %s", w.Code, w.Body)
+	}
+	// A weak ETag never matches If-Match.
+	if w := e.do("PUT", "/v1/tenants/a/rules/lan", op, `{"sources":["10.0.0.0/24"],"services":["web"]}`, "If-Match", `W/"1"`); w.Code != 412 {
+		t.Fatalf("weak If-Match: %d", w.Code)
+	}
+}

@@ -15,6 +15,8 @@ type resource[T any] struct {
 	item       string // path variable naming the object
 	read       access
 	write      access
+	// readOnly are fields the view adds that a client may send back and are ignored.
+	readOnly []string
 	// bind copies the path's names into v, refusing a body that names another object.
 	bind   func(r *http.Request, v *T, item bool) error
 	meta   func(v *T) *state.Meta
@@ -69,7 +71,7 @@ func (res resource[T]) routes(s *Server) []route {
 		{method: "POST", path: res.collection, access: res.write, summary: "Create a " + res.kind, request: example, response: res.show(nil, example), status: 201,
 			handle: func(w http.ResponseWriter, r *http.Request, _ auth.Principal) {
 				var v T
-				if !s.decode(w, r, &v) {
+				if !s.decode(w, r, &v, res.readOnly...) {
 					return
 				}
 				if err := res.bind(r, &v, false); err != nil {
@@ -105,7 +107,7 @@ func (res resource[T]) routes(s *Server) []route {
 					return
 				}
 				var v T
-				if !s.decode(w, r, &v) {
+				if !s.decode(w, r, &v, res.readOnly...) {
 					return
 				}
 				if err := res.bind(r, &v, true); err != nil {

@@ -2,6 +2,7 @@ package api
 
 import (
 	"net/http"
+	"sort"
 	"strconv"
 
 	"github.com/seed4c/moat/controlapi/auth"
@@ -69,6 +70,9 @@ func (s *Server) routes() []route {
 			return s.State.GetService(r.PathValue("tenant"), r.PathValue("service"))
 		},
 		list: func(r *http.Request, _ auth.Principal, after string, limit int) ([]state.Service, string, error) {
+			if _, err := s.State.GetTenant(r.PathValue("tenant")); err != nil {
+				return nil, "", err
+			}
 			return s.State.ListServices(r.PathValue("tenant"), after, limit)
 		},
 		create: s.State.CreateService,
@@ -80,6 +84,7 @@ func (s *Server) routes() []route {
 
 	backends := resource[state.Backend]{
 		kind: "backend", collection: "/v1/tenants/{tenant}/services/{service}/backends", item: "backend", read: tenantRead, write: tenantWrite,
+		readOnly: []string{"subject", "status"}, // what GET adds: a GET body can be PUT back
 		bind: func(r *http.Request, v *state.Backend, item bool) error {
 			if err := same(&v.Tenant, "tenant", r.PathValue("tenant")); err != nil {
 				return err
@@ -129,6 +134,9 @@ func (s *Server) routes() []route {
 			return s.State.GetRule(r.PathValue("tenant"), r.PathValue("rule"))
 		},
 		list: func(r *http.Request, _ auth.Principal, after string, limit int) ([]state.Rule, string, error) {
+			if _, err := s.State.GetTenant(r.PathValue("tenant")); err != nil {
+				return nil, "", err
+			}
 			return s.State.ListRules(r.PathValue("tenant"), after, limit)
 		},
 		create: s.State.CreateRule,
@@ -152,6 +160,9 @@ func (s *Server) routes() []route {
 			return s.State.GetPolicy(r.PathValue("tenant"), r.PathValue("policy"))
 		},
 		list: func(r *http.Request, _ auth.Principal, after string, limit int) ([]state.Policy, string, error) {
+			if _, err := s.State.GetTenant(r.PathValue("tenant")); err != nil {
+				return nil, "", err
+			}
 			return s.State.ListPolicies(r.PathValue("tenant"), after, limit)
 		},
 		create: s.State.CreatePolicy,
@@ -261,12 +272,23 @@ func (s *Server) routes() []route {
 			list: true, response: state.Transition{}, status: 200, handle: transitions(true)},
 		route{method: "GET", path: "/v1/tokens", access: operatorOnly, summary: "List tokens (never their secrets)", list: true, response: auth.Token{}, status: 200,
 			handle: func(w http.ResponseWriter, r *http.Request, _ auth.Principal) {
-				toks, err := s.Tokens.List()
+				after, limit, err := page(r)
+				if err != nil {
+					writeProblem(w, r, http.StatusBadRequest, err.Error())
+					return
+				}
+				toks, err := s.Tokens.List() // sorted by id
 				if err != nil {
 					s.fail(w, r, err)
 					return
 				}
-				writeList(w, toks, "")
+				i := sort.Search(len(toks), func(i int) bool { return toks[i].ID > after })
+				toks = toks[i:]
+				next := ""
+				if len(toks) > limit {
+					toks, next = toks[:limit], toks[limit-1].ID
+				}
+				writeList(w, toks, next)
 			}},
 		route{method: "POST", path: "/v1/tokens", access: operatorOnly, summary: "Create a token; its secret is in this response only",
 			request: TokenRequest{}, response: NewToken{}, status: 201,
