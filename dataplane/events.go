@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"path/filepath"
 	"time"
 	"unsafe"
 
+	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/ringbuf"
 )
 
@@ -110,3 +112,18 @@ func (r *EventReader) Read() (Event, error) {
 
 // Close stops the reader; a blocked Read returns ringbuf.ErrClosed.
 func (r *EventReader) Close() error { return r.rd.Close() }
+
+// OpenPinnedEvents opens a reader on the flow events of a running instance, through its
+// pinned ring buffer (for a process beside the daemon, such as the demo).
+func OpenPinnedEvents(opts Options) (*EventReader, error) {
+	m, err := ebpf.LoadPinnedMap(filepath.Join(opts.PinDir(), gatewayMapEvents), nil)
+	if err != nil {
+		return nil, fmt.Errorf("open the flow events of instance %s: %w", opts.Instance, err)
+	}
+	defer m.Close() // the reader holds its own reference
+	rd, err := ringbuf.NewReader(m)
+	if err != nil {
+		return nil, fmt.Errorf("open flow event ring buffer: %w", err)
+	}
+	return &EventReader{rd: rd}, nil
+}

@@ -45,14 +45,15 @@ func demoCmd() *cobra.Command {
 	var o demo.RunOptions
 	cmd := &cobra.Command{
 		Use:   "demo",
-		Short: "Build a two-tenant gateway topology in network namespaces and show the fast path at work",
-		Long: `demo builds a gateway, two tenants that use the same client prefix, the same VIP and
-the same backend addresses, attaches the XDP fast path, sends real traffic, attacks one
-tenant from the other, drains and evicts backends, prints the counters, and removes
-everything it created on exit or Ctrl-C. It needs root.`,
+		Short: "Run a whole gateway scene in network namespaces: daemon, attested backends, traffic, attacks",
+		Long: `demo builds a gateway and two tenants that use the same client prefix, the same VIP and
+the same backend addresses; runs ` + "`moat gateway`" + ` in the gateway's namespace and ` + "`moat agent`" + `
+with a simulated TPM on every backend host; registers the backends through the REST
+API (one host's application tampered with); sends real traffic; attacks one tenant from
+the other; changes a host's application mid-run; prints the state as it goes, and
+removes everything it created on exit or Ctrl-C. It needs root.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			o.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 			return demo.Run(cmd.Context(), cmd.OutOrStdout(), o)
 		},
 	}

@@ -89,6 +89,11 @@ var SpoofMarker = []byte("MOAT-SPOOF-PROBE")
 // VIP, backend addresses and client addresses, some shaped as backend replies, and
 // returns how many of them any host of the tenant victim received.
 func (s *Scene) Spoof(from, victim *topology.Tenant, n int) (int, error) {
+	return Spoof(s.Topo, from, victim, n)
+}
+
+// Spoof is Scene.Spoof on any built topology.
+func Spoof(topo *topology.Topology, from, victim *topology.Tenant, n int) (int, error) {
 	var watchers []*netns.RawSocket
 	defer func() {
 		for _, w := range watchers {
@@ -136,17 +141,17 @@ func (s *Scene) Spoof(from, victim *topology.Tenant, n int) (int, error) {
 		return 0, err
 	}
 	defer spoofer.Close()
-	gwMAC, clientMAC, err := s.clientMACs(from)
+	gwMAC, clientMAC, err := clientMACs(topo, from)
 	if err != nil {
 		return 0, err
 	}
 	r := rand.New(rand.NewPCG(uint64(n), 7))
-	vip := s.Topo.Opts.VIP
+	vip := topo.Opts.VIP
 	sources := []netip.Addr{victim.ClientAddrs[0], victim.Backends[0].Addr, vip, victim.GWAddr, netip.MustParseAddr("192.0.2.7")}
-	dests := []netip.AddrPort{netip.AddrPortFrom(vip, s.Topo.Opts.Port), netip.AddrPortFrom(victim.ClientAddrs[0], 40000),
+	dests := []netip.AddrPort{netip.AddrPortFrom(vip, topo.Opts.Port), netip.AddrPortFrom(victim.ClientAddrs[0], 40000),
 		netip.MustParseAddrPort("10.0.0.255:80")}
 	for _, b := range victim.Backends {
-		dests = append(dests, netip.AddrPortFrom(b.Addr, s.Topo.Opts.BackendPort))
+		dests = append(dests, netip.AddrPortFrom(b.Addr, topo.Opts.BackendPort))
 	}
 	for i := range n {
 		d := dests[r.IntN(len(dests))]
@@ -156,7 +161,7 @@ func (s *Scene) Spoof(from, victim *topology.Tenant, n int) (int, error) {
 			TCPFlags: []uint8{packet.SYN, packet.ACK, packet.RST, packet.PSH | packet.ACK}[r.IntN(4)], Payload: SpoofMarker,
 		}
 		if i%5 == 0 { // shaped as a backend's reply toward the clients
-			f.SrcIP, f.SrcPort = victim.Backends[0].Addr, s.Topo.Opts.BackendPort
+			f.SrcIP, f.SrcPort = victim.Backends[0].Addr, topo.Opts.BackendPort
 		}
 		if err := spoofer.Send(f.Build()); err != nil {
 			close(stop)
@@ -178,8 +183,8 @@ func backendHosts(tn *topology.Tenant) []*netns.Host {
 	return out
 }
 
-func (s *Scene) clientMACs(tn *topology.Tenant) (gw, client net.HardwareAddr, err error) {
-	gl, err := s.Topo.GW.Link(tn.ClientIface)
+func clientMACs(topo *topology.Topology, tn *topology.Tenant) (gw, client net.HardwareAddr, err error) {
+	gl, err := topo.GW.Link(tn.ClientIface)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -193,12 +198,17 @@ func (s *Scene) clientMACs(tn *topology.Tenant) (gw, client net.HardwareAddr, er
 // SendMalformed puts each kind of malformed frame on tn's client wire each times and
 // returns the drop counts it must cause, by reason.
 func (s *Scene) SendMalformed(tn *topology.Tenant, each int) (map[dataplane.Reason]uint64, error) {
-	gwMAC, clientMAC, err := s.clientMACs(tn)
+	return SendMalformed(s.Topo, tn, each)
+}
+
+// SendMalformed is Scene.SendMalformed on any built topology.
+func SendMalformed(topo *topology.Topology, tn *topology.Tenant, each int) (map[dataplane.Reason]uint64, error) {
+	gwMAC, clientMAC, err := clientMACs(topo, tn)
 	if err != nil {
 		return nil, err
 	}
 	valid := packet.Frame{Src: clientMAC, Dst: gwMAC, SrcIP: tn.ClientAddrs[0],
-		DstIP: s.Topo.Opts.VIP, Proto: 6, SrcPort: 5555, DstPort: s.Topo.Opts.Port}.Build()
+		DstIP: topo.Opts.VIP, Proto: 6, SrcPort: 5555, DstPort: topo.Opts.Port}.Build()
 	mk := func(f func(b []byte) []byte) []byte { return f(append([]byte(nil), valid...)) }
 	kinds := []struct {
 		reason dataplane.Reason
@@ -242,9 +252,14 @@ func fixIPCsum(b []byte) {
 // WaitCounted waits (up to timeout) until the reason counters have grown from base by
 // at least want, and returns what they grew by.
 func (s *Scene) WaitCounted(base dataplane.Counters, want map[dataplane.Reason]uint64, timeout time.Duration) (map[dataplane.Reason]uint64, error) {
+	return WaitCounted(s.DP.Counters, base, want, timeout)
+}
+
+// WaitCounted is Scene.WaitCounted over any counter reader.
+func WaitCounted(read func() (dataplane.Counters, error), base dataplane.Counters, want map[dataplane.Reason]uint64, timeout time.Duration) (map[dataplane.Reason]uint64, error) {
 	deadline := time.Now().Add(timeout)
 	for {
-		now, err := s.DP.Counters()
+		now, err := read()
 		if err != nil {
 			return nil, err
 		}

@@ -8,28 +8,34 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/seed4c/moat/controlapi/state"
 	"github.com/seed4c/moat/dataplane"
 	"github.com/seed4c/moat/internal/topology"
-	"github.com/seed4c/moat/lb"
 )
 
 // RunOptions configure `moat demo`.
 type RunOptions struct {
 	Instance    string // fast path instance name; default "demo"
 	Backends    int    // per tenant; default 3
-	Connections int    // per tenant and round; default 30
-	Hold        bool   // after the scenes, keep everything up until ctx ends
-	Logger      *slog.Logger
+	Connections int    // per tenant and step; default 30
+	Hold        bool   // after the steps, keep everything up until ctx ends
+	// Binary is the moat executable run as gateway and agents; default this one.
+	Binary string
+	Logger *slog.Logger
 }
 
-// Run builds the scene, walks through what the fast path does (balancing, isolation,
-// draining and eviction), prints it to w as it goes, and removes everything it created
-// before returning, whether the run ended, failed, or ctx was cancelled (Ctrl-C).
+// Run builds the scene the production way — `moat gateway` owning the fast path in the
+// gateway's namespace, `moat agent` with a simulated TPM on every backend host —
+// walks through what moat does (attestation-gated admission, balancing, isolation,
+// eviction when a host's measured state changes), prints it to w as it goes, and
+// removes everything it created before returning, whether the run ended, failed, or
+// ctx was cancelled (Ctrl-C).
 func Run(ctx context.Context, w io.Writer, o RunOptions) (err error) {
 	if o.Instance == "" {
 		o.Instance = "demo"
@@ -40,57 +46,54 @@ func Run(ctx context.Context, w io.Writer, o RunOptions) (err error) {
 	if o.Connections == 0 {
 		o.Connections = 30
 	}
-	if o.Logger == nil {
-		o.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	if o.Binary == "" {
+		if o.Binary, err = os.Executable(); err != nil {
+			return fmt.Errorf("find the moat executable: %w", err)
+		}
 	}
 	p := func(format string, args ...any) { fmt.Fprintf(w, format+"\n", args...) }
 
 	// A previous run killed before it cleaned up left its pins behind: start clean.
 	_ = dataplane.Remove(dataplane.DefaultOptions(o.Instance))
+	dir, err := os.MkdirTemp("", "moat-demo-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
 
-	p("moat demo: two tenants, one gateway, and the same addresses everywhere")
+	p("moat demo: a gateway, two tenants that use the same addresses, %d backend hosts with TPMs", 2*o.Backends)
 	p("  client prefix 10.0.0.0/24, VIP 10.100.0.1:80, backends 10.1.n.2:8080, in both tenants")
 	start := time.Now()
-	s, err := NewScene(topology.Options{Backends: o.Backends}, o.Instance, o.Logger)
+	s, err := NewAttestedScene(AttestedOptions{Binary: o.Binary, Dir: dir, Instance: o.Instance, Backends: o.Backends})
 	if err != nil {
-		return fmt.Errorf("set up the scene: %w", err)
+		return fmt.Errorf("set up the scene (logs were in %s): %w", dir, err)
 	}
 	defer func() {
 		cerr := s.Close()
 		if cerr == nil {
-			p("\nremoved every namespace, interface, program and pin the demo created")
+			p("\nremoved every namespace, process, program and pin the demo created")
 		}
 		err = errors.Join(err, cerr)
 	}()
-	modes := map[dataplane.AttachMode]int{}
-	for _, m := range s.Modes {
-		modes[m]++
-	}
-	p("  built in %v: gateway namespace %s, %d client and %d backend namespaces",
-		time.Since(start).Round(time.Millisecond), s.Topo.GW.Name, len(s.Topo.Tenants), len(s.Topo.Tenants)*o.Backends)
-	p("  fast path instance %q on %d gateway interfaces (%s), maps pinned in %s",
-		o.Instance, len(s.Modes), describeModes(modes), s.Opts.PinDir())
+	p("  built in %v: `moat gateway` in namespace %s (API https://127.0.0.1:9443, CA %s),",
+		time.Since(start).Round(time.Millisecond), s.Topo.GW.Name, filepath.Join(dir, "state", "ca.crt"))
+	p("  and `moat agent` with a simulated TPM on every backend host, attesting every 500 ms")
 
 	steps := []struct {
 		title string
 		run   func() error
 	}{
-		{"balancing: %d connections per tenant through the same VIP", func() error { return s.stepBalance(p, o.Connections) }},
+		{"attestation-gated admission: backends registered through the REST API", func() error { return s.stepAdmission(p) }},
+		{fmt.Sprintf("balancing: %d connections per tenant through the same VIP", o.Connections), func() error { return s.stepBalance(p, o.Connections) }},
 		{"isolation: tenant a attacks tenant b", func() error { return s.stepIsolation(p) }},
-		{"admission: drain a-1, evict a-3 (what a failed attestation does)", func() error { return s.stepAdmission(p, o.Connections) }},
-		{"counters (what `moat dataplane status --instance %s` reads from the pins)", func() error { return s.stepCounters(w, o.Instance) }},
+		{"a host's application changes mid-run", func() error { return s.stepEviction(p, o.Connections) }},
+		{fmt.Sprintf("status (what `moat ctl status` and `moat dataplane status --instance %s` show)", o.Instance), func() error { return s.stepStatus(w) }},
 	}
 	for i, st := range steps {
 		if err := ctx.Err(); err != nil {
 			return nil // interrupted: clean up quietly
 		}
-		title := st.title
-		if strings.Contains(title, "%d") {
-			title = fmt.Sprintf(title, o.Connections)
-		} else if strings.Contains(title, "%s") {
-			title = fmt.Sprintf(title, o.Instance)
-		}
-		p("\n[%d] %s", i+1, title)
+		p("\n[%d] %s", i+1, st.title)
 		if err := st.run(); err != nil {
 			return err
 		}
@@ -102,29 +105,34 @@ func Run(ctx context.Context, w io.Writer, o RunOptions) (err error) {
 	return nil
 }
 
-func describeModes(m map[dataplane.AttachMode]int) string {
-	var parts []string
-	for mode, n := range m {
-		parts = append(parts, fmt.Sprintf("%d %s XDP", n, mode))
+func (s *AttestedScene) stepAdmission(p func(string, ...any)) error {
+	a := s.Topo.Tenants[0]
+	tampered := a.Backends[len(a.Backends)-1]
+	if err := os.WriteFile(s.AppFile(tampered.Name), []byte("application of tenant a, release 1, with a backdoor\n"), 0o644); err != nil {
+		return err
 	}
-	sort.Strings(parts)
-	return strings.Join(parts, ", ")
+	p("  %s's application is tampered with before the backends are registered", tampered.Name)
+	start := time.Now()
+	if err := s.Register(); err != nil {
+		return err
+	}
+	for _, tn := range s.Topo.Tenants {
+		for _, b := range tn.Backends {
+			want := state.StateAdmitted
+			if b == tampered {
+				want = state.StateRejected
+			}
+			st, err := s.WaitState(tn.Name, b.Name, 30*time.Second, want)
+			if err != nil {
+				return err
+			}
+			p("  %-4s %-9s after %-6v %s", b.Name, st.State, time.Since(start).Round(10*time.Millisecond), shorten(st.Reason, 90))
+		}
+	}
+	return nil
 }
 
-func formatSpread(m map[string]int) string {
-	names := make([]string, 0, len(m))
-	for n := range m {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	var b strings.Builder
-	for _, n := range names {
-		fmt.Fprintf(&b, "%s %-4d", n, m[n])
-	}
-	return b.String()
-}
-
-func (s *Scene) stepBalance(p func(string, ...any), n int) error {
+func (s *AttestedScene) stepBalance(p func(string, ...any), n int) error {
 	for _, tn := range s.Topo.Tenants {
 		conns, err := s.Connect(tn, n)
 		if err != nil {
@@ -137,19 +145,23 @@ func (s *Scene) stepBalance(p func(string, ...any), n int) error {
 			}
 		}
 		CloseAll(conns)
-		foreign := 0
-		for _, c := range conns {
-			if !strings.HasPrefix(c.Backend, tn.Name+"-") {
-				foreign++
-			}
-		}
-		p("  tenant %s: %s  (answers from another tenant: %d; every connection kept its backend: %v)",
-			tn.Name, formatSpread(Spread(conns)), foreign, sticky)
+		p("  tenant %s: %s (every connection kept its backend: %v)", tn.Name, formatSpread(Spread(conns)), sticky)
 	}
+	a := s.Topo.Tenants[0]
+	tampered := a.Backends[len(a.Backends)-1]
+	p("  %s, never admitted, accepted %d connections", tampered.Name, tampered.Server.Accepted())
 	return nil
 }
 
-func (s *Scene) stepIsolation(p func(string, ...any)) error {
+func (s *AttestedScene) counters() (dataplane.Counters, error) {
+	st, err := dataplane.ReadStatus(dataplane.DefaultOptions(s.Instance))
+	if err != nil {
+		return dataplane.Counters{}, err
+	}
+	return st.Counters, nil
+}
+
+func (s *AttestedScene) stepIsolation(p func(string, ...any)) error {
 	a, b := s.Topo.Tenants[0], s.Topo.Tenants[1]
 	target := netip.AddrPortFrom(b.Backends[0].Addr, s.Topo.Opts.BackendPort)
 	if c, err := topology.Dial(a.Client, target.String(), time.Second); err == nil {
@@ -157,20 +169,20 @@ func (s *Scene) stepIsolation(p func(string, ...any)) error {
 		return fmt.Errorf("tenant a reached %s directly", target)
 	}
 	p("  a -> %s (a backend address, not a service): refused", target)
-	reached, err := s.Spoof(a, b, 200)
+	reached, err := Spoof(s.Topo, a, b, 200)
 	if err != nil {
 		return err
 	}
 	p("  a sends 200 frames with forged sources (b's client, b's backend, the VIP, the gateway): %d reached b", reached)
-	base, err := s.DP.Counters()
+	base, err := s.counters()
 	if err != nil {
 		return err
 	}
-	want, err := s.SendMalformed(a, 3)
+	want, err := SendMalformed(s.Topo, a, 3)
 	if err != nil {
 		return err
 	}
-	got, err := s.WaitCounted(base, want, 3*time.Second)
+	got, err := WaitCounted(s.counters, base, want, 3*time.Second)
 	if err != nil {
 		return err
 	}
@@ -183,19 +195,25 @@ func (s *Scene) stepIsolation(p func(string, ...any)) error {
 	return nil
 }
 
-func (s *Scene) stepAdmission(p func(string, ...any), n int) error {
+func (s *AttestedScene) stepEviction(p func(string, ...any), n int) error {
 	a := s.Topo.Tenants[0]
+	victim := a.Backends[1]
 	conns, err := s.Connect(a, n)
 	if err != nil {
 		return err
 	}
 	defer CloseAll(conns)
-	cfg := s.Topo.Config()
-	bs := cfg.Tenants[0].Services[0].Backends
-	bs[0].State, bs[len(bs)-1].State = lb.StateDraining, lb.StateEvicted
-	if err := s.Apply(cfg); err != nil {
+	p("  %d connections of tenant a: %s", n, formatSpread(Spread(conns)))
+	if err := os.WriteFile(s.AppFile(victim.Name), []byte("application of tenant a, release 1, patched in place\n"), 0o644); err != nil {
 		return err
 	}
+	changed := time.Now()
+	st, err := s.WaitState(a.Name, victim.Name, 10*time.Second, state.StateEvicted)
+	if err != nil {
+		return err
+	}
+	p("  %s's application file changed; its next quote showed it: evicted %v later", victim.Name, time.Since(changed).Round(time.Millisecond))
+	p("    reason: %s", shorten(st.Reason, 110))
 	kept, cut := map[string]int{}, map[string]int{}
 	for _, c := range conns {
 		if got, err := c.Ask("after", AskTimeout); err == nil && got == c.Backend {
@@ -212,31 +230,34 @@ func (s *Scene) stepAdmission(p func(string, ...any), n int) error {
 	}
 	CloseAll(fresh)
 	p("  new connections:           %s", formatSpread(Spread(fresh)))
-	if err := s.Apply(s.Topo.Config()); err != nil {
-		return err
-	}
-	p("  a-1 and a-3 admitted again")
 	return nil
 }
 
-func (s *Scene) stepCounters(w io.Writer, instance string) error {
-	st, err := dataplane.ReadStatus(s.Opts)
+func (s *AttestedScene) stepStatus(w io.Writer) error {
+	var trs struct {
+		Items []state.Transition `json:"items"`
+	}
+	if _, err := s.Call("GET", "/v1/transitions?limit=1000", nil, &trs); err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "  %d backend state transitions recorded (GET /v1/transitions), the last ones:\n", len(trs.Items))
+	for _, t := range trs.Items[max(0, len(trs.Items)-4):] {
+		fmt.Fprintf(w, "    %s %s/%s: %s -> %s (%s)\n", t.Time.Format("15:04:05.000"), t.Tenant, t.Backend, t.From, t.To, shorten(t.Reason, 60))
+	}
+	st, err := dataplane.ReadStatus(dataplane.DefaultOptions(s.Instance))
 	if err != nil {
 		return err
 	}
-	names := map[uint32]string{}
-	for _, b := range s.Compiled.Backends {
-		names[b.ID] = b.Tenant + "/" + b.Name
-	}
-	if err := PrintStatus(w, st, names); err != nil {
+	if err := PrintStatus(w, st, nil); err != nil {
 		return err
 	}
-	return s.printEvents(w, names)
+	return s.printEvents(w)
 }
 
-// printEvents drains the flow event ring buffer and shows what it held.
-func (s *Scene) printEvents(w io.Writer, names map[uint32]string) error {
-	rd, err := s.DP.Events()
+// printEvents drains the fast path's flow event ring buffer (through its pin, beside
+// the daemon) and shows what it held.
+func (s *AttestedScene) printEvents(w io.Writer) error {
+	rd, err := dataplane.OpenPinnedEvents(dataplane.DefaultOptions(s.Instance))
 	if err != nil {
 		return err
 	}
@@ -250,21 +271,41 @@ func (s *Scene) printEvents(w io.Writer, names map[uint32]string) error {
 			break
 		}
 		byType[e.Type]++
-		if len(samples) < 3 && (e.Type == dataplane.EventFlowNew || e.Type == dataplane.EventDrop && e.TenantID != 0) {
+		if len(samples) < 4 && e.Src.Addr().IsValid() && !e.Src.Addr().IsUnspecified() &&
+			(e.Type == dataplane.EventFlowNew && len(samples) < 2 || e.Type == dataplane.EventDrop && e.TenantID != 0) {
 			samples = append(samples, e)
 		}
 	}
 	fmt.Fprintf(w, "  ring buffer: %d new-flow, %d flow-end and %d drop events; for instance:\n",
 		byType[dataplane.EventFlowNew], byType[dataplane.EventFlowEnd], byType[dataplane.EventDrop])
 	for _, e := range samples {
-		switch e.Type {
-		case dataplane.EventFlowNew:
-			fmt.Fprintf(w, "    new  tenant %d %s -> %s to backend %s\n", e.TenantID, e.Src, e.Dst, names[e.BackendID])
-		default:
+		if e.Type == dataplane.EventFlowNew {
+			fmt.Fprintf(w, "    new  tenant %d %s -> %s to backend %d\n", e.TenantID, e.Src, e.Dst, e.BackendID)
+		} else {
 			fmt.Fprintf(w, "    drop tenant %d %s -> %s: %s\n", e.TenantID, e.Src, e.Dst, e.Reason)
 		}
 	}
 	return nil
+}
+
+func shorten(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n-1] + "…"
+}
+
+func formatSpread(m map[string]int) string {
+	names := make([]string, 0, len(m))
+	for n := range m {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	var b strings.Builder
+	for _, n := range names {
+		fmt.Fprintf(&b, "%s %-4d", n, m[n])
+	}
+	return b.String()
 }
 
 // PrintStatus writes st as tables. names maps backend ids to names where known.
