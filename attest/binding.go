@@ -15,22 +15,32 @@ const (
 )
 
 // QualifyingData is what the agent asks the TPM to sign into the quote and what the
-// verifier recomputes:
+// verifier recomputes, for a subject without an overlay key: QualifyingDataOverlay with
+// an empty overlay key.
+func QualifyingData(nonce []byte, identity string, wireGuardKey, tlsKey []byte) []byte {
+	return QualifyingDataOverlay(nonce, identity, wireGuardKey, tlsKey, nil)
+}
+
+// QualifyingDataOverlay is
 //
-//	SHA-256(label ‖ nonce ‖ identity ‖ wireGuardKey ‖ tlsKey)
+//	SHA-256(label ‖ nonce ‖ identity ‖ wireGuardKey ‖ tlsKey ‖ overlayKey)
 //
 // every field preceded by its length as a 32-bit big-endian integer, so no field's
 // bytes can be moved into a neighbour (identity "ab" with key "c…" never collides with
-// identity "a" with key "bc…"). tlsKey is the DER SubjectPublicKeyInfo of the TLS
-// client key that carries the evidence: a relay that terminates TLS with its own key
-// cannot present the quote as its own.
-func QualifyingData(nonce []byte, identity string, wireGuardKey, tlsKey []byte) []byte {
+// identity "a" with key "bc…"); the overlay key field is always present, empty when the
+// subject has none. tlsKey is the DER SubjectPublicKeyInfo of the TLS client key that
+// carries the evidence: a relay that terminates TLS with its own key cannot present the
+// quote as its own. overlayKey is the SE's P-256 key-agreement public key (SEC 1
+// uncompressed point), from which the overlay derives each peer pair's pre-shared key
+// (dataplane/overlay): a peer uses only the one the subject's own quote vouched for.
+func QualifyingDataOverlay(nonce []byte, identity string, wireGuardKey, tlsKey, overlayKey []byte) []byte {
 	h := sha256.New()
 	writeField(h, []byte(qualifyingDataLabel))
 	writeField(h, nonce)
 	writeField(h, []byte(identity))
 	writeField(h, wireGuardKey)
 	writeField(h, tlsKey)
+	writeField(h, overlayKey)
 	return h.Sum(nil)
 }
 

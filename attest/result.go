@@ -93,6 +93,10 @@ type Result struct {
 	// WireGuardKey is the Curve25519 public key bound into the quote: the only key the
 	// overlay may configure for this subject.
 	WireGuardKey []byte `json:"wireguard_key,omitempty"`
+	// OverlayKey is the SE's P-256 key-agreement public key bound into the quote (SEC 1
+	// uncompressed), empty when the evidence bound none: the only key the overlay may
+	// derive this subject's pre-shared keys with.
+	OverlayKey []byte `json:"overlay_key,omitempty"`
 	// TLSKeySHA256 is the SHA-256 of the TLS client key's SubjectPublicKeyInfo that
 	// carried the evidence and was bound into the quote.
 	TLSKeySHA256 []byte `json:"tls_key_sha256,omitempty"`
@@ -144,7 +148,7 @@ const (
 	ReasonNonceChannel       = "nonce-channel"       // the nonce was issued to another TLS key
 	ReasonSignature          = "signature"           // the quote is not signed by the subject's AK
 	ReasonNotAQuote          = "attest-type"         // the signed structure is not a TPM-generated quote
-	ReasonBinding            = "binding"             // qualifying data is not H(nonce, identity, WireGuard key, TLS key)
+	ReasonBinding            = "binding"             // qualifying data is not H(nonce, identity, WireGuard key, TLS key, overlay key)
 	ReasonPCRBank            = "pcr-bank"            // PCRs not from the SHA-256 bank alone
 	ReasonPCRSelection       = "pcr-selection"       // the quoted PCR set is not the policy's
 	ReasonPCRDigest          = "pcr-digest"          // reported PCR values do not hash to the quoted digest

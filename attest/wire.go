@@ -89,6 +89,9 @@ type Evidence struct {
 	Nonce    []byte `json:"nonce"`
 	// WireGuardKey is the agent's Curve25519 public key (32 bytes).
 	WireGuardKey []byte `json:"wireguard_key"`
+	// OverlayKey is the SE's P-256 key-agreement public key (SEC 1 uncompressed, 65
+	// bytes), absent when the agent binds none (QualifyingDataOverlay).
+	OverlayKey []byte `json:"overlay_key,omitempty"`
 	// Quote is the TPMS_ATTEST the AK signed; Signature its TPMT_SIGNATURE.
 	Quote     []byte `json:"quote"`
 	Signature []byte `json:"signature"`

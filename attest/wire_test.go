@@ -42,10 +42,15 @@ func TestQualifyingDataFieldsCannotShift(t *testing.T) {
 		"identity into WireGuard key": QualifyingData([]byte("nonce"), "a", []byte("bc"), []byte("tls")),
 		"nonce into identity":         QualifyingData([]byte("nonc"), "eab", []byte("c"), []byte("tls")),
 		"WireGuard key into TLS key":  QualifyingData([]byte("nonce"), "ab", nil, []byte("ctls")),
+		"TLS key into overlay key":    QualifyingDataOverlay([]byte("nonce"), "ab", []byte("c"), []byte("tl"), []byte("s")),
 	} {
 		if bytes.Equal(qd, base) {
 			t.Errorf("%s: same qualifying data", name)
 		}
+	}
+	// No overlay key is an empty overlay field, not a missing one.
+	if !bytes.Equal(base, QualifyingDataOverlay([]byte("nonce"), "ab", []byte("c"), []byte("tls"), nil)) {
+		t.Error("QualifyingData is not QualifyingDataOverlay with an empty overlay key")
 	}
 	if len(base) != 32 {
 		t.Fatalf("qualifying data is %d bytes; a TPM takes at most 64 and moat sends SHA-256", len(base))

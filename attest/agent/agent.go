@@ -8,7 +8,7 @@
 //  1. re-hash the measured files; extend the PCR for each that changed, and log it;
 //  2. ask the verifier for a nonce (bound to this identity and this TLS key);
 //  3. quote the PCRs the verifier asks for with qualifying data
-//     H(nonce ‖ identity ‖ WireGuard public key ‖ TLS public key);
+//     H(nonce ‖ identity ‖ WireGuard public key ‖ TLS public key ‖ SE's ECDH public key);
 //  4. send quote, PCR values and measurement log; receive the attestation result.
 //
 // A verifier that no longer knows the agent (its store was reset) answers
@@ -195,6 +195,7 @@ type Agent struct {
 	log      *slog.Logger
 	measurer *Measurer
 	ekCert   []byte
+	overlay  []byte // the SE's P-256 key-agreement public key, bound into every quote
 
 	mu     sync.Mutex
 	status Status
@@ -227,6 +228,13 @@ func New(cfg Config, se attest.SE, client VerifierClient, log *slog.Logger) (*Ag
 		return nil, fmt.Errorf("agent: own EK: %w", err)
 	}
 	a.status.EKSHA256 = hex.EncodeToString(hash[:])
+	// The overlay derives pre-shared keys from an ECDH inside this SE: its public key is
+	// bound into every quote so that peers use only the one this TPM vouched for.
+	if pub, err := se.ECDHPublicKey(); err != nil {
+		log.Warn("the SE has no key-agreement key: quotes bind no overlay key, this host cannot join the overlay", "error", err)
+	} else {
+		a.overlay = pub.Bytes()
+	}
 	stateFile := ""
 	if cfg.StateDir != "" {
 		stateFile = filepath.Join(cfg.StateDir, fmt.Sprintf("pcr%d.mlog", cfg.PCR))
@@ -325,7 +333,7 @@ func (a *Agent) attestOnce(ctx context.Context) (*attest.Result, error) {
 		if err != nil {
 			return nil, fmt.Errorf("challenge: %w", err)
 		}
-		ev, err := Collect(a.se, ch, a.cfg.Identity, a.cfg.WireGuardKey, a.client.TLSKey(), a.measurer.Log())
+		ev, err := CollectOverlay(a.se, ch, a.cfg.Identity, a.cfg.WireGuardKey, a.client.TLSKey(), a.overlay, a.measurer.Log())
 		if errors.Is(err, ErrPCRRace) && attempt < 2 {
 			continue
 		}

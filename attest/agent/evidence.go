@@ -76,11 +76,17 @@ var ErrPCRRace = errors.New("PCR values changed while quoting")
 // values must hash to the quoted digest), so a PCR extended mid-round yields
 // ErrPCRRace rather than evidence the verifier would refuse.
 func Collect(se attest.SE, ch *attest.Challenge, identity string, wireGuardKey, tlsKey []byte, log *mlog.Log) (*attest.Evidence, error) {
+	return CollectOverlay(se, ch, identity, wireGuardKey, tlsKey, nil, log)
+}
+
+// CollectOverlay is Collect that also binds overlayKey, the SE's P-256 key-agreement
+// public key (attest.QualifyingDataOverlay); nil binds none.
+func CollectOverlay(se attest.SE, ch *attest.Challenge, identity string, wireGuardKey, tlsKey, overlayKey []byte, log *mlog.Log) (*attest.Evidence, error) {
 	if len(ch.PCRs) == 0 {
 		return nil, errors.New("collect evidence: challenge selects no PCR")
 	}
 	pcrs := slices.Sorted(slices.Values(ch.PCRs))
-	q, err := se.Quote(pcrs, attest.QualifyingData(ch.Nonce, identity, wireGuardKey, tlsKey))
+	q, err := se.Quote(pcrs, attest.QualifyingDataOverlay(ch.Nonce, identity, wireGuardKey, tlsKey, overlayKey))
 	if err != nil {
 		return nil, fmt.Errorf("collect evidence: %w", err)
 	}
@@ -105,6 +111,6 @@ func Collect(se attest.SE, ch *attest.Challenge, identity string, wireGuardKey, 
 	}
 	return &attest.Evidence{
 		Version: attest.ProtocolVersion, Identity: identity, Nonce: ch.Nonce,
-		WireGuardKey: wireGuardKey, Quote: q.Attest, Signature: q.Signature, PCRs: values, Log: encoded,
+		WireGuardKey: wireGuardKey, OverlayKey: overlayKey, Quote: q.Attest, Signature: q.Signature, PCRs: values, Log: encoded,
 	}, nil
 }

@@ -3,6 +3,7 @@ package verifier
 import (
 	"bytes"
 	"context"
+	"crypto/ecdh"
 	"crypto/hmac"
 	"errors"
 	"fmt"
@@ -135,6 +136,11 @@ func (v *Verifier) authenticate(ctx context.Context, ev *attest.Evidence, tlsKey
 	if len(ev.WireGuardKey) != 32 {
 		return nil, nil, refuse(attest.ReasonMalformed, "WireGuard key is %d bytes, want 32", len(ev.WireGuardKey))
 	}
+	if len(ev.OverlayKey) != 0 {
+		if _, err := ecdh.P256().NewPublicKey(ev.OverlayKey); err != nil {
+			return nil, nil, refuse(attest.ReasonMalformed, "overlay key is not a P-256 point: %v", err)
+		}
+	}
 	// The nonce first: it is single-use whatever follows, so nothing below can be
 	// retried with the same nonce.
 	if err := v.nonces.consume(now, ev.Nonce, channelOf(ev.Identity, tlsKey)); err != nil {
@@ -162,9 +168,9 @@ func (v *Verifier) authenticate(ctx context.Context, ev *attest.Evidence, tlsKey
 		}
 		return nil, nil, refuse(attest.ReasonMalformed, "quote: %v", err)
 	}
-	want := attest.QualifyingData(ev.Nonce, ev.Identity, ev.WireGuardKey, tlsKey)
+	want := attest.QualifyingDataOverlay(ev.Nonce, ev.Identity, ev.WireGuardKey, tlsKey, ev.OverlayKey)
 	if !hmac.Equal(a.ExtraData, want) {
-		return nil, nil, refuse(attest.ReasonBinding, "quote's qualifying data is not H(nonce, identity, WireGuard key, TLS key) of this submission: a key was substituted or the quote was relayed")
+		return nil, nil, refuse(attest.ReasonBinding, "quote's qualifying data is not H(nonce, identity, WireGuard key, TLS key, overlay key) of this submission: a key was substituted or the quote was relayed")
 	}
 	s.mu.Lock()
 	return s, a, nil
@@ -183,7 +189,7 @@ func (v *Verifier) issue(s *subject, ev *attest.Evidence, tlsKey []byte, a *tpmw
 	}
 	r := attest.Result{
 		Subject: ev.Identity, TrustLevel: s.record.TrustLevel, Reasons: reasons, Issued: now, Expires: now,
-		Policy: policy.Name, WireGuardKey: slices.Clone(ev.WireGuardKey), TLSKeySHA256: keySHA256(tlsKey),
+		Policy: policy.Name, WireGuardKey: slices.Clone(ev.WireGuardKey), OverlayKey: slices.Clone(ev.OverlayKey), TLSKeySHA256: keySHA256(tlsKey),
 		ResetCount: a.ResetCount, RestartCount: a.RestartCount, Rebooted: rebooted,
 	}
 	if len(reasons) == 0 {

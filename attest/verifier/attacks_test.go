@@ -3,12 +3,15 @@ package verifier_test
 import (
 	"bytes"
 	"context"
+	"crypto/ecdh"
+	"crypto/rand"
 	"crypto/sha256"
 	"os"
 	"testing"
 	"time"
 
 	"github.com/seed4c/moat/attest"
+	"github.com/seed4c/moat/attest/agent"
 	"github.com/seed4c/moat/attest/mlog"
 	"github.com/seed4c/moat/attest/verifier"
 )
@@ -225,6 +228,60 @@ func TestWireGuardKeyNotTheQuotedOneRefused(t *testing.T) {
 	ev.WireGuardKey = randomBytes(t, 32) // an attacker's overlay key, to be configured as this backend's
 	res, err := r.v.Appraise(context.Background(), ev, h.tls)
 	mustRefuse(t, res, err, attest.ReasonBinding)
+}
+
+// The overlay derives each peer pair's pre-shared key from an ECDH with the peer's
+// SE key: an attacker who could have the verifier vouch for a P-256 key of its own
+// choosing would share that key with every gateway. Only the quoted key is vouched for;
+// swapping it, adding one to evidence that bound none, or stripping the bound one is
+// refused.
+func TestOverlayECDHKeyNotTheQuotedOneRefused(t *testing.T) {
+	r := newRig(t, verifier.Config{})
+	se := newFake(t)
+	h := newHost(t, "web-1", se)
+	r.add(t, h)
+	own, err := se.ECDHPublicKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	attacker, err := ecdh.P256().GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	overlayEvidence := func(bound []byte) *attest.Evidence {
+		ch, err := r.v.Challenge(context.Background(), &attest.ChallengeRequest{Version: 1, Identity: h.id}, h.tls)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ev, err := agent.CollectOverlay(h.se, ch, h.id, h.wg, h.tls, bound, h.measurer.Log())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ev
+	}
+	for name, tamper := range map[string]func(*attest.Evidence){
+		"swapped for the attacker's": func(ev *attest.Evidence) { ev.OverlayKey = attacker.PublicKey().Bytes() },
+		"stripped":                   func(ev *attest.Evidence) { ev.OverlayKey = nil },
+	} {
+		ev := overlayEvidence(own.Bytes())
+		tamper(ev)
+		res, err := r.v.Appraise(context.Background(), ev, h.tls)
+		mustRefuse(t, res, err, attest.ReasonBinding)
+		t.Logf("overlay key %s: refused", name)
+	}
+	ev := overlayEvidence(nil)
+	ev.OverlayKey = attacker.PublicKey().Bytes() // added to evidence that bound none
+	res, err := r.v.Appraise(context.Background(), ev, h.tls)
+	mustRefuse(t, res, err, attest.ReasonBinding)
+	ev = overlayEvidence(nil)
+	ev.OverlayKey = append(own.Bytes()[:64:64], 0) // not a point on the curve
+	res, err = r.v.Appraise(context.Background(), ev, h.tls)
+	mustRefuse(t, res, err, attest.ReasonMalformed)
+
+	res = mustAffirm(t)(r.v.Appraise(context.Background(), overlayEvidence(own.Bytes()), h.tls))
+	if !bytes.Equal(res.OverlayKey, own.Bytes()) {
+		t.Fatalf("affirming result vouches for overlay key %x, the SE's is %x", res.OverlayKey, own.Bytes())
+	}
 }
 
 func TestResetCountGoingBackwardsContraindicated(t *testing.T) {

@@ -94,6 +94,19 @@ type SubscriberFunc func(attest.Result)
 // Notify implements Subscriber.
 func (f SubscriberFunc) Notify(r attest.Result) { f(r) }
 
+// Subscribers fans results out to several subscribers, in order (the gateway's
+// reconciler, which admits backends, and the overlay, which configures peers, hear of
+// every result from the same goroutine, one after the other). Each must honour the
+// Subscriber contract: the slowest delays the others.
+type Subscribers []Subscriber
+
+// Notify implements Subscriber.
+func (s Subscribers) Notify(r attest.Result) {
+	for _, sub := range s {
+		sub.Notify(r)
+	}
+}
+
 // Error is a refused request. Code is one of attest's Reason… codes.
 type Error struct {
 	Code string
