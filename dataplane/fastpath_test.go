@@ -206,9 +206,25 @@ func TestPrivilegedWriterConverges(t *testing.T) {
 			t.Fatal(err)
 		}
 		want := toMapState(c)
+		// A service without admitted backends keeps its table slots (ready to be refilled
+		// in place): tables exist for every service with a table, and only for services.
+		svcIDs := map[uint32]bool{}
+		for _, v := range want.services {
+			svcIDs[v.Id] = true
+		}
+		for id := range want.tables {
+			if _, ok := got.tables[id]; !ok {
+				t.Fatalf("step %d: service %d has no table in the maps", i, id)
+			}
+		}
+		for id := range got.tables {
+			if !svcIDs[id] {
+				t.Fatalf("step %d: a table of service %d, which is gone", i, id)
+			}
+		}
 		if len(got.attachments) != len(want.attachments) || len(got.services) != len(want.services) ||
 			len(got.policy) != len(want.policy) || len(got.backends) != len(want.backends) ||
-			len(got.tables) != len(want.tables) || len(got.txPorts) != len(want.txPorts) || len(got.egress) != len(want.egress) {
+			len(got.txPorts) != len(want.txPorts) || len(got.egress) != len(want.egress) {
 			t.Fatalf("step %d: maps hold %d/%d/%d/%d/%d attachments/services/policy/backends/tables, want %d/%d/%d/%d/%d", i,
 				len(got.attachments), len(got.services), len(got.policy), len(got.backends), len(got.tables),
 				len(want.attachments), len(want.services), len(want.policy), len(want.backends), len(want.tables))

@@ -203,6 +203,7 @@ type gatewayService struct {
 	_         structs.HostLayout
 	Id        uint32
 	TableSize uint32
+	Table     uint32
 }
 
 type gatewayServiceCounters struct {

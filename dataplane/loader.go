@@ -139,7 +139,7 @@ func newSpec(opts Options) (*ebpf.CollectionSpec, error) {
 	s.EgressPorts.MaxEntries = l.MaxAttachments
 	s.TxPorts.MaxEntries = l.MaxAttachments
 	s.Services.MaxEntries = l.MaxServices
-	s.MaglevTables.MaxEntries = l.MaxServices
+	s.MaglevTables.MaxEntries = 2 * l.MaxServices // two table slots per service (bpf/lib/lb.h)
 	s.ServiceStats.MaxEntries = l.MaxServices
 	s.Backends.MaxEntries = l.MaxBackends
 	s.BackendStats.MaxEntries = l.MaxBackends
@@ -217,5 +217,6 @@ func (d *Dataplane) Options() Options { return d.opts }
 // Close releases this process's handles. Pinned maps and links stay: attached
 // interfaces keep forwarding.
 func (d *Dataplane) Close() error {
+	d.writer.close()
 	return d.objs.Close()
 }

@@ -29,10 +29,19 @@ type Writer struct {
 	// cur is what the maps hold, as far as this writer knows; nil until the first
 	// Apply, which reads the maps instead (a restarted daemon inherits pinned state).
 	cur *mapState
+	// slots are the inner maps behind each service's two table slots that this
+	// writer created and can refill in place.
+	slots map[uint32]*tableSlots
+}
+
+// tableSlots are one service's two Maglev table slots (bpf/lib/lb.h).
+type tableSlots struct {
+	active int // 0 or 1; -1 before this writer wrote one
+	maps   [2]*ebpf.Map
 }
 
 func newWriter(m *gatewayMaps, inner *ebpf.MapSpec, limits tenant.Limits, maxFlows uint32) *Writer {
-	return &Writer{m: m, innerSpec: inner, limits: limits, maxFlows: maxFlows}
+	return &Writer{m: m, innerSpec: inner, limits: limits, maxFlows: maxFlows, slots: map[uint32]*tableSlots{}}
 }
 
 // mapState is a configuration in the maps' own key and value types.
@@ -41,7 +50,7 @@ type mapState struct {
 	egress      map[gatewayEgressKey]gatewayEgress
 	txPorts     map[uint32]uint32
 	services    map[gatewayServiceKey]gatewayService
-	tables      map[uint32][]uint32 // by service id; nil slice: present, content unknown
+	tables      map[uint32][]uint32 // current table by service id; nil slice: present, content unknown
 	backends    map[uint32]gatewayBackend
 	policy      map[gatewayPolicyKey]gatewayPolicyRule
 }
@@ -117,7 +126,7 @@ func (w *Writer) readMapState() (*mapState, error) {
 	)
 	it := w.m.MaglevTables.Iterate()
 	for it.Next(&id, &inner) {
-		s.tables[id] = nil
+		s.tables[id/2] = nil // slots 2·id and 2·id+1 belong to service id
 		inner.Close()
 	}
 	errs = append(errs, it.Err())
@@ -276,14 +285,22 @@ func (w *Writer) apply(prev, next *mapState) error {
 			}
 		}
 	}
-	// 3. tables, swapped in whole
+	// 3. tables: each written into its service's unused slot, then published with the
+	// service entry below (one atomic update flips to it).
 	for id, table := range next.tables {
-		if old, ok := prev.tables[id]; ok && old != nil && slices.Equal(old, table) {
+		if old, ok := prev.tables[id]; ok && old != nil && slices.Equal(old, table) && w.slots[id] != nil {
 			continue
 		}
-		if err := w.swapTable(id, table); err != nil {
+		if err := w.writeTable(id, table); err != nil {
 			return err
 		}
+	}
+	for k, v := range next.services {
+		v.Table = 0
+		if st := w.slots[v.Id]; v.TableSize > 0 && st != nil && st.active >= 0 {
+			v.Table = 2*v.Id + uint32(st.active)
+		}
+		next.services[k] = v
 	}
 	// 4. publish
 	if err := putChanged(m.Services, prev.services, next.services); err != nil {
@@ -301,10 +318,22 @@ func (w *Writer) apply(prev, next *mapState) error {
 	if err := putChanged(m.Attachments, prev.attachments, next.attachments); err != nil {
 		return err
 	}
-	// 5. tidy
+	// 5. tidy: tables of services that are gone (a service left without admitted
+	// backends keeps its slots, ready to be refilled in place)
+	live := map[uint32]bool{}
+	for _, v := range next.services {
+		live[v.Id] = true
+	}
+	gone := map[uint32]bool{}
 	for id := range prev.tables {
-		if _, ok := next.tables[id]; !ok {
-			if err := deleteKey(m.MaglevTables, id); err != nil {
+		gone[id] = !live[id]
+	}
+	for id := range w.slots {
+		gone[id] = !live[id]
+	}
+	for id, g := range gone {
+		if g {
+			if err := w.dropTables(id); err != nil {
 				return err
 			}
 		}
@@ -312,28 +341,82 @@ func (w *Writer) apply(prev, next *mapState) error {
 	return deleteGone(m.TxPorts, prev.txPorts, next.txPorts)
 }
 
-// swapTable builds table in a new inner map and puts it in service id's slot: the
-// fast path sees the old table or the new one, never a mix.
-func (w *Writer) swapTable(id uint32, table []uint32) error {
-	spec := w.innerSpec.Copy()
-	spec.MaxEntries = uint32(len(table))
-	spec.Name = fmt.Sprintf("maglev_%d", id)
-	inner, err := ebpf.NewMap(spec)
-	if err != nil {
-		return fmt.Errorf("create Maglev table of service %d (%d slots): %w", id, len(table), err)
+// writeTable writes table into service id's slot that is not in use, and makes it the
+// slot in use (the caller publishes it in the service entry). The slot's inner map is
+// refilled in place when it has the right size; otherwise a new one is made and put in
+// the slot, which costs an RCU grace period but happens only when a service first gets
+// a table or changes its table size. (A packet that read the service entry just before
+// the previous flip may still be reading this slot while it is rewritten: it then picks
+// a backend of the same service from a mixed table, and backend states are checked
+// after every pick anyway.)
+func (w *Writer) writeTable(id uint32, table []uint32) error {
+	st := w.slots[id]
+	if st == nil {
+		st = &tableSlots{active: -1}
+		w.slots[id] = st
 	}
-	defer inner.Close()
+	target := 0
+	if st.active == 0 {
+		target = 1
+	}
 	keys := make([]uint32, len(table))
 	for i := range keys {
 		keys[i] = uint32(i)
 	}
-	if _, err := inner.BatchUpdate(keys, table, nil); err != nil {
-		return fmt.Errorf("fill Maglev table of service %d: %w", id, err)
+	inner := st.maps[target]
+	if inner == nil || inner.MaxEntries() != uint32(len(table)) {
+		spec := w.innerSpec.Copy()
+		spec.MaxEntries = uint32(len(table))
+		spec.Name = fmt.Sprintf("maglev_%d_%d", id, target)
+		fresh, err := ebpf.NewMap(spec)
+		if err != nil {
+			return fmt.Errorf("create Maglev table of service %d (%d slots): %w", id, len(table), err)
+		}
+		if _, err := fresh.BatchUpdate(keys, table, nil); err != nil {
+			fresh.Close()
+			return fmt.Errorf("fill Maglev table of service %d: %w", id, err)
+		}
+		if err := w.m.MaglevTables.Put(2*id+uint32(target), fresh); err != nil {
+			fresh.Close()
+			return fmt.Errorf("install Maglev table of service %d: %w", id, err)
+		}
+		if inner != nil {
+			inner.Close()
+		}
+		st.maps[target] = fresh
+	} else if _, err := inner.BatchUpdate(keys, table, nil); err != nil {
+		return fmt.Errorf("refill Maglev table of service %d: %w", id, err)
 	}
-	if err := w.m.MaglevTables.Put(id, inner); err != nil {
-		return fmt.Errorf("install Maglev table of service %d: %w", id, err)
+	st.active = target
+	return nil
+}
+
+// dropTables removes both table slots of a service that is gone.
+func (w *Writer) dropTables(id uint32) error {
+	if st := w.slots[id]; st != nil {
+		for _, m := range st.maps {
+			m.Close()
+		}
+		delete(w.slots, id)
+	}
+	for _, slot := range []uint32{2 * id, 2*id + 1} {
+		if err := deleteKey(w.m.MaglevTables, slot); err != nil {
+			return err
+		}
 	}
 	return nil
+}
+
+// close releases the writer's handles on table maps (the outer map keeps them alive).
+func (w *Writer) close() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for id := range w.slots {
+		for _, m := range w.slots[id].maps {
+			m.Close()
+		}
+	}
+	w.slots = map[uint32]*tableSlots{}
 }
 
 func deleteKey(m *ebpf.Map, k any) error {

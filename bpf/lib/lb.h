@@ -1,9 +1,12 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /* Services, backends and Maglev selection. A service is (tenant, VIP, port, protocol);
- * its Maglev table is an inner array of its own size (a prime, per service) swapped in
- * whole by the map writer, so a reader never sees a half-built table. Backends live in
- * one array indexed by backend id; the zero value of a slot is an evicted backend, so
- * an id that was never written is fail-closed. */
+ * its Maglev table is an inner array of its own size (a prime, per service). Each
+ * service owns two table slots (2·id and 2·id+1): the map writer fills the slot not in
+ * use and then points the service entry at it, one atomic hash update, so a new table
+ * takes effect without replacing an inner map (which makes the kernel wait for an RCU
+ * grace period: tens of milliseconds). Backends live in one array indexed by backend
+ * id; the zero value of a slot is an evicted backend, so an id that was never written
+ * is fail-closed. */
 #ifndef MOAT_LB_H
 #define MOAT_LB_H
 
@@ -20,8 +23,9 @@ struct service_key {
 };
 
 struct service {
-	__u32 id;         /* index of the Maglev table and of the service counters */
+	__u32 id;         /* index of the service counters */
 	__u32 table_size; /* Maglev table size M, a prime; 0 = no backend */
+	__u32 table;      /* slot of its current table in maglev_tables: 2·id or 2·id+1 */
 };
 
 /* Values of struct backend.state; lb.State in Go has the same numbers. */
@@ -68,7 +72,7 @@ struct maglev_table {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
-	__uint(max_entries, MAX_SERVICES);
+	__uint(max_entries, 2 * MAX_SERVICES);
 	__type(key, __u32);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 	__array(values, struct maglev_table);
@@ -98,7 +102,7 @@ static __always_inline __u32 maglev_pick(struct service *svc, __u32 hash, int *f
 	*found = 0;
 	if (size == 0)
 		return 0;
-	table = bpf_map_lookup_elem(&maglev_tables, &svc->id);
+	table = bpf_map_lookup_elem(&maglev_tables, &svc->table);
 	if (!table)
 		return 0;
 	slot = hash % size;
