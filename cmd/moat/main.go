@@ -20,6 +20,7 @@ import (
 	"github.com/seed4c/moat/attest/agent"
 	"github.com/seed4c/moat/attest/tpm"
 	"github.com/seed4c/moat/bench"
+	"github.com/seed4c/moat/controlapi/certs"
 	"github.com/seed4c/moat/controlapi/gateway"
 	"github.com/seed4c/moat/dataplane"
 	"github.com/seed4c/moat/internal/demo"
@@ -203,6 +204,7 @@ func gatewayCmd() *cobra.Command {
 		path  string
 		print bool
 	)
+	var printCA bool
 	cmd := &cobra.Command{
 		Use:   "gateway [--config FILE]",
 		Short: "Run the gateway daemon: fast path, REST API, verifier for backend agents",
@@ -220,11 +222,22 @@ the fast path keeps forwarding on its pins until the next start takes over.`,
 			if err != nil {
 				return fmt.Errorf("%w (moat gateway --print-config shows a commented example)", err)
 			}
+			if printCA {
+				if cfg.TLS.Mode != certs.ModeInternal {
+					return fmt.Errorf("tls.mode is %s: clients trust the ACME CA's roots; there is no internal CA to print", cfg.TLS.Mode)
+				}
+				ca, err := certs.ReadCA(cfg.StateDir)
+				if err == nil {
+					_, err = cmd.OutOrStdout().Write(ca)
+				}
+				return err
+			}
 			return gateway.Run(cmd.Context(), cfg, newLogger(cfg.Log.Level, cfg.Log.Format))
 		},
 	}
 	cmd.Flags().StringVar(&path, "config", gateway.DefaultConfigPath, "configuration file (YAML)")
 	cmd.Flags().BoolVar(&print, "print-config", false, "print a commented configuration with the defaults and exit")
+	cmd.Flags().BoolVar(&printCA, "print-ca", false, "print the internal CA certificate (PEM) clients trust, from the configuration's state_dir, and exit")
 	return cmd
 }
 

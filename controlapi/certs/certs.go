@@ -1,7 +1,8 @@
 // Package certs gives the gateway its TLS certificates through certmagic: from an
 // internal CA that the gateway creates at first start and keeps in its state directory
 // (the default: clients trust its ca.crt), or from an ACME CA in production. certmagic
-// stores, serves and renews them either way.
+// stores, serves and renews them either way. The ACME CA validates with TLS-ALPN-01
+// only: every name must resolve to the gateway, reachable on the challenge port.
 package certs
 
 import (
@@ -20,9 +21,12 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/caddyserver/certmagic"
+	"github.com/mholt/acmez/v3/acme"
 	"go.uber.org/zap"
 )
 
@@ -47,9 +51,14 @@ type Options struct {
 	ACMEDirectory string
 	ACMEEmail     string
 	ACMERoots     *x509.CertPool
-	// ACMEChallengePort is where the TLS-ALPN-01 challenge is answered; default 443.
+	// ACMEChallengePort is the port the ACME CA validates TLS-ALPN-01 challenges on:
+	// 443 (the default) for a public CA. While a challenge is pending, certmagic
+	// listens on it on every address; when a listener already holds it (the REST API
+	// listening on that port, with TLSConfig), that listener answers the challenge.
 	ACMEChallengePort int
-	Log               *slog.Logger
+	// Log receives certmagic's warnings and errors (a failed background renewal among
+	// them) and, at debug level, its progress.
+	Log *slog.Logger
 }
 
 // Manager serves the gateway's certificate.
@@ -70,19 +79,23 @@ func New(ctx context.Context, opts Options) (*Manager, error) {
 	if opts.Log == nil {
 		opts.Log = slog.New(slog.DiscardHandler)
 	}
+	if opts.Mode == "" {
+		opts.Mode = ModeInternal
+	}
 	m := &Manager{}
+	logger := zap.New(slogCore{opts.Log.With("component", "certmagic").Handler()})
 	var cfg *certmagic.Config
 	cache := certmagic.NewCache(certmagic.CacheOptions{
 		GetConfigForCert: func(certmagic.Certificate) (*certmagic.Config, error) { return cfg, nil },
-		Logger:           zap.NewNop(),
+		Logger:           logger,
 	})
 	go func() { <-ctx.Done(); cache.Stop() }()
 	cfg = certmagic.New(cache, certmagic.Config{
 		Storage: &certmagic.FileStorage{Path: filepath.Join(opts.Dir, "certmagic")},
-		Logger:  zap.NewNop(),
+		Logger:  logger,
 	})
 	switch opts.Mode {
-	case ModeInternal, "":
+	case ModeInternal:
 		ca, err := LoadOrCreateCA(opts.Dir)
 		if err != nil {
 			return nil, err
@@ -100,26 +113,96 @@ func New(ctx context.Context, opts Options) (*Manager, error) {
 			TrustedRoots:         opts.ACMERoots,
 			DisableHTTPChallenge: true,
 			AltTLSALPNPort:       opts.ACMEChallengePort,
-			Logger:               zap.NewNop(),
+			Logger:               logger,
 		})
 		cfg.Issuers = []certmagic.Issuer{iss}
 	default:
 		return nil, fmt.Errorf("certificates: unknown mode %q (want internal or acme)", opts.Mode)
 	}
 	if err := cfg.ManageSync(ctx, opts.Names); err != nil {
-		return nil, fmt.Errorf("obtain a certificate for %v (%s): %w", opts.Names, opts.Mode, err)
+		return nil, obtainError(opts, err)
 	}
 	m.cfg = cfg
 	opts.Log.Info("TLS certificate ready", "mode", opts.Mode, "names", opts.Names)
 	return m, nil
 }
 
-// TLSConfig is a server configuration serving the managed certificate.
+// obtainError says, in the configuration's terms, why no certificate could be had.
+func obtainError(opts Options, err error) error {
+	if opts.Mode != ModeACME {
+		return fmt.Errorf("certificates: issue a certificate for %v from the internal CA: %w", opts.Names, err)
+	}
+	port := opts.ACMEChallengePort
+	if port == 0 {
+		port = certmagic.TLSALPNChallengePort
+	}
+	var (
+		verify  *tls.CertificateVerificationError
+		unknown x509.UnknownAuthorityError
+		op      *net.OpError
+		problem acme.Problem
+	)
+	validation := []string{acme.ProblemTypeUnauthorized, acme.ProblemTypeConnection, acme.ProblemTypeDNS,
+		acme.ProblemTypeTLS, acme.ProblemTypeIncorrectResponse, acme.ProblemTypeCAA}
+	hint := "the ACME CA did not issue it"
+	switch {
+	case strings.Contains(err.Error(), "presenting for challenge"): // the challenge listener
+		hint = fmt.Sprintf("cannot answer the TLS-ALPN-01 challenge on port %d (tls.acme.challenge_port; "+
+			"below 1024 it takes root or CAP_NET_BIND_SERVICE)", port)
+	case errors.As(err, &verify) || errors.As(err, &unknown):
+		hint = "the ACME server's certificate is not trusted (tls.acme.roots names extra CAs to trust it with)"
+	case errors.As(err, &op) && op.Op == "dial":
+		hint = "the ACME directory is unreachable"
+	case errors.As(err, &problem) && problem.Type == acme.ProblemTypeRejectedIdentifier:
+		hint = "the ACME CA refuses to issue for these names"
+	case errors.As(err, &problem) && (slices.Contains(validation, problem.Type) || strings.Contains(err.Error(), "solving challenge")):
+		hint = fmt.Sprintf("the ACME CA could not validate the TLS-ALPN-01 challenge: every name must resolve to this "+
+			"gateway, reachable by the CA on port %d (tls.acme.challenge_port)", port)
+	}
+	return fmt.Errorf("certificates: no ACME certificate for %v from %s: %s: %w", opts.Names, opts.ACMEDirectory, hint, err)
+}
+
+// TLSConfig is a server configuration serving the managed certificate. It answers
+// ACME TLS-ALPN-01 challenges too (ALPN acme-tls/1), so a listener on the challenge
+// port validates renewals.
 func (m *Manager) TLSConfig() *tls.Config {
 	c := m.cfg.TLSConfig()
 	c.MinVersion = tls.VersionTLS12
 	c.NextProtos = append([]string{"h2", "http/1.1"}, c.NextProtos...)
 	return c
+}
+
+// CAPEM is the internal CA's certificate in PEM, what clients trust; nil in ACME mode.
+func (m *Manager) CAPEM() []byte {
+	if m.CACert == nil {
+		return nil
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: m.CACert.Raw})
+}
+
+// ReadCA returns the PEM certificate of the internal CA kept in dir, without creating
+// one and without its key.
+func ReadCA(dir string) ([]byte, error) {
+	file := filepath.Join(dir, "ca.crt")
+	raw, err := os.ReadFile(file)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("no internal CA in %s yet: the gateway creates it at its first start", dir)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("internal CA: %w", err)
+	}
+	block, _ := pem.Decode(raw)
+	if block == nil || block.Type != "CERTIFICATE" {
+		return nil, fmt.Errorf("internal CA: %s is not a PEM certificate", file)
+	}
+	cert, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("internal CA: %s: %w", file, err)
+	}
+	if !cert.IsCA {
+		return nil, fmt.Errorf("internal CA: %s is not a CA certificate", file)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw}), nil
 }
 
 // CA is the gateway's internal certificate authority; it implements certmagic.Issuer.

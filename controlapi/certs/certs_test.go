@@ -1,13 +1,16 @@
 package certs
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/pem"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -69,5 +72,48 @@ func TestCAFilesRefusedWhenDamaged(t *testing.T) {
 	os.Remove(filepath.Join(dir, "ca.key"))
 	if _, err := LoadOrCreateCA(dir); err == nil {
 		t.Fatal("a CA without its key was silently replaced")
+	}
+}
+
+func TestPrintableCA(t *testing.T) {
+	dir := t.TempDir()
+	// Nothing is created by reading.
+	if _, err := ReadCA(dir); err == nil || !strings.Contains(err.Error(), "no internal CA in "+dir) {
+		t.Fatalf("ReadCA of an empty directory: %v", err)
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 0 {
+		t.Fatalf("ReadCA created %d files", len(entries))
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	m, err := New(ctx, Options{Dir: dir, Names: []string{"localhost"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	printed, err := ReadCA(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(printed, m.CAPEM()) {
+		t.Fatalf("ReadCA and CAPEM differ:\n%s\n%s", printed, m.CAPEM())
+	}
+	// What is printed is enough for a client to trust the gateway.
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(printed) {
+		t.Fatalf("not a PEM certificate: %q", printed)
+	}
+	addr := serveTLS(t, "127.0.0.1:0", m.TLSConfig())
+	conn, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: pool, ServerName: "localhost"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn.Close()
+	if bytes.Contains(printed, []byte("PRIVATE")) {
+		t.Fatal("the printed CA contains a private key")
+	}
+	// A leaf where the CA should be is refused.
+	os.WriteFile(filepath.Join(dir, "ca.crt"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: conn.ConnectionState().PeerCertificates[0].Raw}), 0o644)
+	if _, err := ReadCA(dir); err == nil {
+		t.Fatal("a leaf certificate was printed as the CA")
 	}
 }

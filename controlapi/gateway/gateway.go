@@ -76,6 +76,9 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	if ca := g.Certs.CAPEM(); ca != nil {
+		os.Stdout.Write(ca) // for clients to trust; later: moat gateway --print-ca
+	}
 	<-ctx.Done()
 	log.Info("shutting down; the fast path keeps forwarding on its pins")
 	return g.Shutdown()
