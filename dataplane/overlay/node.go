@@ -138,6 +138,7 @@ type Node struct {
 
 	mu     sync.Mutex
 	peers  map[string]*peerState
+	rekey  map[string]*rekey // peers this side must rekey with since a rotation
 	epoch  uint64
 	closed bool
 	stats  Stats
@@ -163,7 +164,7 @@ func NewNode(cfg Config, se attest.SE, private Key, eng Engine, log *slog.Logger
 	}
 	n := &Node{cfg: cfg, se: se, eng: eng, log: log, private: private,
 		self:   Party{WireGuard: pub, ECDH: ecdhPub.Bytes()},
-		byName: map[string]PeerConfig{}, peers: map[string]*peerState{}, wake: make(chan struct{}, 1),
+		byName: map[string]PeerConfig{}, peers: map[string]*peerState{}, rekey: map[string]*rekey{}, wake: make(chan struct{}, 1),
 		epoch: Epoch(cfg.Clock(), cfg.Epoch)}
 	for _, p := range cfg.Peers {
 		n.byName[p.Subject] = p
@@ -268,6 +269,7 @@ func (n *Node) removeLocked(subject, why string, arrived time.Time) {
 		return
 	}
 	delete(n.peers, subject)
+	delete(n.rekey, subject)
 	n.stats.Removed++
 	n.stats.LastRemoval = time.Since(arrived)
 	n.log.Warn("overlay peer removed", "subject", subject, "public_key", p.party.WireGuard.String(), "why", why)
@@ -306,6 +308,8 @@ func (n *Node) rotateLocked(e uint64) error {
 			err = n.eng.Configure(setPeer(peerConfig{PublicKey: p.party.WireGuard, PSK: psk, UpdateOnly: true}))
 		}
 		if err == nil && bytes.Compare(n.self.WireGuard[:], p.party.WireGuard[:]) < 0 {
+			now := time.Now()
+			n.rekey[s] = &rekey{since: now, tried: now}
 			err = n.eng.Handshake(p.party.WireGuard)
 		}
 		if err != nil {
@@ -318,14 +322,47 @@ func (n *Node) rotateLocked(e uint64) error {
 	return errors.Join(errs...)
 }
 
-// RotateTo forces a rotation to epoch e (benchmarks and tests; Run rotates by the clock).
-func (n *Node) RotateTo(e uint64) error {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if n.closed {
-		return errClosed
+// rekeyInterval is how often a rekey after a rotation is retried until a handshake
+// under the new PSK completes: WireGuard ignores an initiation request within
+// RekeyTimeout (5 s) of the previous one, and fails one the other side answers with the
+// previous epoch's PSK.
+const rekeyInterval = 5*time.Second + 100*time.Millisecond
+
+type rekey struct{ since, tried time.Time }
+
+// rekeyLocked starts again the handshakes a rotation asked for that have not completed
+// yet, and returns when to look again (zero: nothing pending).
+func (n *Node) rekeyLocked() time.Time {
+	if len(n.rekey) == 0 {
+		return time.Time{}
 	}
-	return n.rotateLocked(e)
+	dev, err := n.eng.Status()
+	if err != nil {
+		n.log.Error("overlay status", "error", err)
+		return time.Now().Add(rekeyInterval)
+	}
+	last := map[Key]time.Time{}
+	for _, p := range dev.Peers {
+		last[p.PublicKey] = p.LastHandshake
+	}
+	var due time.Time
+	for s, r := range n.rekey {
+		p := n.peers[s]
+		if last[p.party.WireGuard].After(r.since) {
+			delete(n.rekey, s)
+			continue
+		}
+		if time.Since(r.tried) >= rekeyInterval {
+			r.tried = time.Now()
+			if err := n.eng.Handshake(p.party.WireGuard); err != nil {
+				n.log.Warn("rekey after rotation", "subject", s, "error", err)
+			}
+		}
+		if next := r.tried.Add(rekeyInterval); due.IsZero() || next.Before(due) {
+			due = next
+		}
+	}
+	return due
 }
 
 // expireLocked removes peers whose last admitting result has expired without renewal
@@ -363,8 +400,10 @@ func (n *Node) Run(ctx context.Context) error {
 		n.mu.Lock()
 		now := n.cfg.Clock()
 		due := EpochStart(n.epoch+1, n.cfg.Epoch)
-		if exp := n.expireLocked(now); !exp.IsZero() && exp.Before(due) {
-			due = exp
+		for _, t := range []time.Time{n.expireLocked(now), n.rekeyLocked()} {
+			if !t.IsZero() && t.Before(due) {
+				due = t
+			}
 		}
 		n.mu.Unlock()
 		t.Reset(max(due.Sub(now), time.Millisecond))
