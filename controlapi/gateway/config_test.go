@@ -61,3 +61,20 @@ func TestHostServicesListen(t *testing.T) {
 		t.Errorf("a listen address on no attached interface opened %v", hs)
 	}
 }
+
+// TestStartFailsCleanly: a gateway that cannot start says why and releases what it
+// took (no panic in the cleanup).
+func TestStartFailsCleanly(t *testing.T) {
+	cfg, err := ParseConfig([]byte("interfaces: [no-such-interface-x]\nstate_dir: " + t.TempDir() + "\napi:\n  listen: 127.0.0.1:0\nverifier:\n  listen: 127.0.0.1:0\nmetrics:\n  listen: \"off\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := Start(t.Context(), cfg, nil)
+	if err == nil {
+		g.Shutdown()
+		t.Fatal("started with an interface that does not exist")
+	}
+	if !strings.Contains(err.Error(), "no-such-interface-x") {
+		t.Fatalf("error does not name the interface: %v", err)
+	}
+}

@@ -97,12 +97,17 @@ func Start(parent context.Context, cfg Config, log *slog.Logger) (g *Gateway, er
 	}
 	ctx, cancel := context.WithCancel(parent)
 	g = &Gateway{cfg: cfg, log: log, started: time.Now(), cancel: cancel, modes: map[string]dataplane.AttachMode{}}
+	started := g // every `return nil, err` below sets g to nil before this runs
 	defer func() {
 		if err != nil {
-			g.Shutdown()
-			g = nil
+			started.Shutdown()
 		}
 	}()
+	for _, name := range cfg.Interfaces { // fail fast, before anything is opened
+		if _, err := net.InterfaceByName(name); err != nil {
+			return nil, fmt.Errorf("interface %s (configuration: interfaces): %w", name, err)
+		}
+	}
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("state directory: %w", err)
 	}
