@@ -104,8 +104,8 @@ func (c *Config) Defaults() {
 	if c.Verifier.ResultTTL == 0 {
 		c.Verifier.ResultTTL = 6 * time.Second
 	}
-	if len(c.TLS.Names) == 0 {
-		c.TLS.Names = certs.DefaultNames()
+	if len(c.TLS.Names) == 0 && c.TLS.Mode == certs.ModeInternal {
+		c.TLS.Names = certs.DefaultNames() // an ACME CA would refuse these: names are required there
 	}
 	if c.TLS.ACME.ChallengePort == 0 {
 		c.TLS.ACME.ChallengePort = 443
@@ -133,6 +133,9 @@ func (c *Config) Validate() error {
 	}
 	if c.TLS.Mode == certs.ModeACME && (c.TLS.ACME.Directory == "" || c.TLS.ACME.Email == "") {
 		errs = append(errs, errors.New("tls.acme: directory and email are required in acme mode"))
+	}
+	if c.TLS.Mode == certs.ModeACME && len(c.TLS.Names) == 0 {
+		errs = append(errs, errors.New("tls.names: acme mode needs the gateway's public DNS names"))
 	}
 	if c.Verifier.ResultTTL < time.Second {
 		errs = append(errs, fmt.Errorf("verifier.result_ttl %v: at least 1s", c.Verifier.ResultTTL))
@@ -188,7 +191,7 @@ metrics:
   listen: "127.0.0.1:9464"     # Prometheus /metrics, plain HTTP; "off" disables
 tls:
   mode: internal               # internal (CA in state_dir, trust state_dir/ca.crt) or acme
-  names: []                    # default: host name, localhost, 127.0.0.1
+  names: []                    # internal default: host name, localhost, 127.0.0.1; required for acme
   acme:
     directory: ""              # e.g. https://acme-v02.api.letsencrypt.org/directory
     email: ""

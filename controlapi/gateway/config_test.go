@@ -26,16 +26,17 @@ func TestConfigDefaultsAndExample(t *testing.T) {
 
 func TestConfigRefused(t *testing.T) {
 	for name, c := range map[string]struct{ yaml, want string }{
-		"no interfaces":     {"instance: x\n", "interfaces"},
-		"unknown field":     {"interfaces: [e]\nlisten: x\n", "field listen not found"},
-		"typo in a section": {"interfaces: [e]\napi:\n  lsten: x\n", "field lsten not found"},
-		"bad duration":      {"interfaces: [e]\nverifier:\n  result_ttl: soon\n", "time.Duration"},
-		"short ttl":         {"interfaces: [e]\nverifier:\n  result_ttl: 10ms\n", "result_ttl"},
-		"tls mode":          {"interfaces: [e]\ntls:\n  mode: selfsigned\n", "tls.mode"},
-		"acme without dir":  {"interfaces: [e]\ntls:\n  mode: acme\n", "directory and email"},
-		"log level":         {"interfaces: [e]\nlog:\n  level: loud\n", "log.level"},
-		"twice":             {"interfaces: [e, e]\n", "twice"},
-		"not yaml":          {"interfaces: [e\n", "decode"},
+		"no interfaces":      {"instance: x\n", "interfaces"},
+		"unknown field":      {"interfaces: [e]\nlisten: x\n", "field listen not found"},
+		"typo in a section":  {"interfaces: [e]\napi:\n  lsten: x\n", "field lsten not found"},
+		"bad duration":       {"interfaces: [e]\nverifier:\n  result_ttl: soon\n", "time.Duration"},
+		"short ttl":          {"interfaces: [e]\nverifier:\n  result_ttl: 10ms\n", "result_ttl"},
+		"tls mode":           {"interfaces: [e]\ntls:\n  mode: selfsigned\n", "tls.mode"},
+		"acme without dir":   {"interfaces: [e]\ntls:\n  mode: acme\n", "directory and email"},
+		"acme without names": {"interfaces: [e]\ntls:\n  mode: acme\n  acme:\n    directory: https://x\n    email: a@b\n", "tls.names"},
+		"log level":          {"interfaces: [e]\nlog:\n  level: loud\n", "log.level"},
+		"twice":              {"interfaces: [e, e]\n", "twice"},
+		"not yaml":           {"interfaces: [e\n", "decode"},
 	} {
 		_, err := ParseConfig([]byte(c.yaml))
 		if err == nil || !strings.Contains(err.Error(), c.want) {
