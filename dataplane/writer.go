@@ -51,6 +51,7 @@ type mapState struct {
 	txPorts     map[uint32]uint32
 	services    map[gatewayServiceKey]gatewayService
 	tables      map[uint32][]uint32 // current table by service id; nil slice: present, content unknown
+	sizes       map[uint32]uint32   // Maglev size by service id (table or not): what its slots are made for
 	backends    map[uint32]gatewayBackend
 	policy      map[gatewayPolicyKey]gatewayPolicyRule
 }
@@ -68,6 +69,7 @@ func toMapState(c *tenant.Compiled) *mapState {
 		txPorts:     map[uint32]uint32{},
 		services:    map[gatewayServiceKey]gatewayService{},
 		tables:      map[uint32][]uint32{},
+		sizes:       map[uint32]uint32{},
 		backends:    map[uint32]gatewayBackend{},
 		policy:      map[gatewayPolicyKey]gatewayPolicyRule{},
 	}
@@ -83,6 +85,7 @@ func toMapState(c *tenant.Compiled) *mapState {
 	for _, sv := range c.Services {
 		k := gatewayServiceKey{TenantId: sv.TenantID, Addr: addrRaw(sv.VIP), Port: portRaw(sv.Port), Proto: uint8(sv.Protocol)}
 		s.services[k] = gatewayService{Id: sv.ID, TableSize: sv.TableSize}
+		s.sizes[sv.ID] = sv.MaglevSize
 		if sv.TableSize > 0 {
 			s.tables[sv.ID] = sv.Table
 		}
@@ -295,6 +298,15 @@ func (w *Writer) apply(prev, next *mapState) error {
 			return err
 		}
 	}
+	// A service without a table yet gets its two slots now, so that admitting its
+	// first backend refills a slot instead of waiting for an RCU grace period.
+	for _, v := range next.services {
+		if size := next.sizes[v.Id]; v.TableSize == 0 && w.slots[v.Id] == nil && size > 0 {
+			if err := w.prepareSlots(v.Id, size); err != nil {
+				return err
+			}
+		}
+	}
 	for k, v := range next.services {
 		v.Table = 0
 		if st := w.slots[v.Id]; v.TableSize > 0 && st != nil && st.active >= 0 {
@@ -388,6 +400,31 @@ func (w *Writer) writeTable(id uint32, table []uint32) error {
 		return fmt.Errorf("refill Maglev table of service %d: %w", id, err)
 	}
 	st.active = target
+	return nil
+}
+
+// prepareSlots makes both table slots of a service that has no table yet (they hold
+// zeros, which no service entry points at).
+func (w *Writer) prepareSlots(id, size uint32) error {
+	st := &tableSlots{active: -1}
+	for slot := range st.maps {
+		spec := w.innerSpec.Copy()
+		spec.MaxEntries = size
+		spec.Name = fmt.Sprintf("maglev_%d_%d", id, slot)
+		m, err := ebpf.NewMap(spec)
+		if err == nil {
+			err = w.m.MaglevTables.Put(2*id+uint32(slot), m)
+		}
+		if err != nil {
+			m.Close()
+			for _, made := range st.maps {
+				made.Close()
+			}
+			return fmt.Errorf("prepare Maglev table slots of service %d (%d slots): %w", id, size, err)
+		}
+		st.maps[slot] = m
+	}
+	w.slots[id] = st
 	return nil
 }
 

@@ -100,6 +100,9 @@ type ServiceEntry struct {
 	ID        uint32
 	TableSize uint32
 	Table     []uint32
+	// MaglevSize is the service's table size whether or not it has a table now: the
+	// fast path prepares its table slots before the first backend is admitted.
+	MaglevSize uint32
 	Tenant    string
 	Name      string
 	// admitted is what Table was built from, sorted by id (for Compiler's reuse).
@@ -457,7 +460,7 @@ func (c *compiler) compileServices(t Tenant, tid uint32) map[string]uint32 {
 			c.tables = append(c.tables, tableJob{service: len(c.out.Services), admitted: admitted, size: size, where: where})
 		}
 		c.out.Services = append(c.out.Services, ServiceEntry{
-			TenantID: tid, VIP: s.VIP.Unmap(), Port: s.Port, Protocol: s.Protocol, ID: sid,
+			TenantID: tid, VIP: s.VIP.Unmap(), Port: s.Port, Protocol: s.Protocol, ID: sid, MaglevSize: size,
 			Tenant: t.Name, Name: s.Name,
 		})
 	}

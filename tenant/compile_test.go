@@ -81,14 +81,14 @@ func TestCompileServicesAndBackends(t *testing.T) {
 		return table
 	}
 	want := []ServiceEntry{
-		{TenantID: 1, VIP: addr("10.100.0.1"), Port: 80, Protocol: TCP, ID: 1, TableSize: 521, Tenant: "a", Name: "web",
+		{TenantID: 1, VIP: addr("10.100.0.1"), Port: 80, Protocol: TCP, ID: 1, TableSize: 521, MaglevSize: 521, Tenant: "a", Name: "web",
 			Table: build(521, lb.Backend{ID: 1, Weight: 1}, lb.Backend{ID: 2, Weight: 2})},
-		{TenantID: 1, VIP: addr("10.100.0.1"), Port: 53, Protocol: UDP, ID: 2, TableSize: 131, Tenant: "a", Name: "dns",
+		{TenantID: 1, VIP: addr("10.100.0.1"), Port: 53, Protocol: UDP, ID: 2, TableSize: 131, MaglevSize: 131, Tenant: "a", Name: "dns",
 			Table: build(131, lb.Backend{ID: 5, Weight: 1})},
-		{TenantID: 2, VIP: addr("10.100.0.1"), Port: 80, Protocol: TCP, ID: 3, TableSize: lb.DefaultTableSize, Tenant: "b", Name: "web",
+		{TenantID: 2, VIP: addr("10.100.0.1"), Port: 80, Protocol: TCP, ID: 3, TableSize: lb.DefaultTableSize, MaglevSize: lb.DefaultTableSize, Tenant: "b", Name: "web",
 			Table: build(lb.DefaultTableSize, lb.Backend{ID: 6, Weight: 1})},
-		{TenantID: 2, VIP: addr("10.100.0.2"), Port: 443, Protocol: TCP, ID: 4, Tenant: "b", Name: "idle"},
-		{TenantID: 2, VIP: addr("10.100.0.3"), Port: 53, Protocol: UDP, ID: 5, Tenant: "b", Name: "empty"},
+		{TenantID: 2, VIP: addr("10.100.0.2"), Port: 443, Protocol: TCP, ID: 4, MaglevSize: 131, Tenant: "b", Name: "idle"},
+		{TenantID: 2, VIP: addr("10.100.0.3"), Port: 53, Protocol: UDP, ID: 5, MaglevSize: lb.DefaultTableSize, Tenant: "b", Name: "empty"},
 	}
 	if len(c.Services) != len(want) {
 		t.Fatalf("%d services, want %d", len(c.Services), len(want))
