@@ -103,8 +103,8 @@ type ServiceEntry struct {
 	// MaglevSize is the service's table size whether or not it has a table now: the
 	// fast path prepares its table slots before the first backend is admitted.
 	MaglevSize uint32
-	Tenant    string
-	Name      string
+	Tenant     string
+	Name       string
 	// admitted is what Table was built from, sorted by id (for Compiler's reuse).
 	admitted []lb.Backend
 }
