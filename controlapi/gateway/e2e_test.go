@@ -94,6 +94,7 @@ func TestPrivilegedGatewayEndToEnd(t *testing.T) {
 			}
 		}
 		t.Logf("every host attested and decided %v after registration", time.Since(start).Round(time.Millisecond))
+		watch := watchTCP(t, tampered.Host, 8080)
 		connsA, err := s.Connect(a, 40)
 		if err != nil {
 			t.Fatal(err)
@@ -111,6 +112,9 @@ func TestPrivilegedGatewayEndToEnd(t *testing.T) {
 		}
 		if n := tampered.Server.Accepted(); n != 0 {
 			t.Fatalf("the tampered host accepted %d connections", n)
+		}
+		if n := watch(); n != 0 {
+			t.Fatalf("the tampered host received %d TCP segments to its service", n)
 		}
 	})
 
