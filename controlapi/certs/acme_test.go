@@ -401,11 +401,17 @@ func TestACMERenewalAnsweredByTheListener(t *testing.T) {
 	}
 	first := served()
 
-	if err := m.cfg.RenewCertSync(ctx, acmeName, true); err != nil {
-		t.Fatal(err)
+	// Pebble reuses a valid authorization 1% of the time even when told never to
+	// (wfe.go: rand.Intn(100) > 0): renew again in that case, a few times at most.
+	renewals := 0
+	for renewals < 4 && challenges.Load() == 0 {
+		if err := m.cfg.RenewCertSync(ctx, acmeName, true); err != nil {
+			t.Fatal(err)
+		}
+		renewals++
 	}
-	if n := p.newOrders.Load(); n != 2 {
-		t.Fatalf("Pebble saw %d new orders, want 2", n)
+	if n := p.newOrders.Load(); n != int32(1+renewals) {
+		t.Fatalf("Pebble saw %d new orders, want %d", n, 1+renewals)
 	}
 	if challenges.Load() == 0 {
 		t.Fatal("the renewal was validated without a TLS-ALPN-01 handshake on the gateway's listener")
