@@ -62,8 +62,8 @@ type mapState struct {
 func addrRaw(a netip.Addr) uint32 { b := a.As4(); return binary.LittleEndian.Uint32(b[:]) }
 func portRaw(p uint16) uint16     { return bits.ReverseBytes16(p) }
 
-func toMapState(c *tenant.Compiled) *mapState {
-	s := &mapState{
+func newMapState() *mapState {
+	return &mapState{
 		attachments: map[gatewayAttachmentKey]gatewayAttachment{},
 		egress:      map[gatewayEgressKey]gatewayEgress{},
 		txPorts:     map[uint32]uint32{},
@@ -73,6 +73,10 @@ func toMapState(c *tenant.Compiled) *mapState {
 		backends:    map[uint32]gatewayBackend{},
 		policy:      map[gatewayPolicyKey]gatewayPolicyRule{},
 	}
+}
+
+func toMapState(c *tenant.Compiled) *mapState {
+	s := newMapState()
 	for _, a := range c.Attachments {
 		s.attachments[gatewayAttachmentKey{Ifindex: a.Ifindex, Vlan: a.VLAN}] = gatewayAttachment{TenantId: a.TenantID, FibTable: a.FIBTable}
 	}
@@ -107,15 +111,7 @@ func toMapState(c *tenant.Compiled) *mapState {
 // readMapState reads what the maps hold now. Tables are listed, not read: they are
 // rewritten whole by the first Apply anyway.
 func (w *Writer) readMapState() (*mapState, error) {
-	s := &mapState{
-		attachments: map[gatewayAttachmentKey]gatewayAttachment{},
-		egress:      map[gatewayEgressKey]gatewayEgress{},
-		txPorts:     map[uint32]uint32{},
-		services:    map[gatewayServiceKey]gatewayService{},
-		tables:      map[uint32][]uint32{},
-		backends:    map[uint32]gatewayBackend{},
-		policy:      map[gatewayPolicyKey]gatewayPolicyRule{},
-	}
+	s := newMapState()
 	errs := []error{
 		readHash(w.m.Attachments, s.attachments),
 		readHash(w.m.EgressPorts, s.egress),

@@ -56,31 +56,15 @@ func (s *Server) routes() []route {
 		del:    func(r *http.Request, v uint64) error { return s.State.DeleteTenant(r.PathValue("tenant"), v) },
 	}
 
-	services := resource[state.Service]{
-		kind: "service", collection: "/v1/tenants/{tenant}/services", item: "service", read: tenantRead, write: tenantWrite,
-		bind: func(r *http.Request, v *state.Service, item bool) error {
-			if err := same(&v.Tenant, "tenant", r.PathValue("tenant")); err != nil || !item {
-				return err
-			}
-			return same(&v.Name, "name", r.PathValue("service"))
-		},
-		meta: func(v *state.Service) *state.Meta { return &v.Meta },
-		name: func(v *state.Service) string { return v.Name },
-		get: func(r *http.Request) (state.Service, error) {
-			return s.State.GetService(r.PathValue("tenant"), r.PathValue("service"))
-		},
-		list: func(r *http.Request, _ auth.Principal, after string, limit int) ([]state.Service, string, error) {
-			if _, err := s.State.GetTenant(r.PathValue("tenant")); err != nil {
-				return nil, "", err
-			}
-			return s.State.ListServices(r.PathValue("tenant"), after, limit)
-		},
-		create: s.State.CreateService,
-		update: s.State.UpdateService,
-		del: func(r *http.Request, v uint64) error {
-			return s.State.DeleteService(r.PathValue("tenant"), r.PathValue("service"), v)
-		},
-	}
+	services := tenantScoped(s, "service", "services",
+		func(v *state.Service) (*string, *string, *state.Meta) { return &v.Tenant, &v.Name, &v.Meta },
+		s.State.GetService, s.State.ListServices, s.State.CreateService, s.State.UpdateService, s.State.DeleteService)
+	rules := tenantScoped(s, "rule", "rules",
+		func(v *state.Rule) (*string, *string, *state.Meta) { return &v.Tenant, &v.Name, &v.Meta },
+		s.State.GetRule, s.State.ListRules, s.State.CreateRule, s.State.UpdateRule, s.State.DeleteRule)
+	policies := tenantScoped(s, "policy", "policies",
+		func(v *state.Policy) (*string, *string, *state.Meta) { return &v.Tenant, &v.Name, &v.Meta },
+		s.State.GetPolicy, s.State.ListPolicies, s.State.CreatePolicy, s.State.UpdatePolicy, s.State.DeletePolicy)
 
 	backends := resource[state.Backend]{
 		kind: "backend", collection: "/v1/tenants/{tenant}/services/{service}/backends", item: "backend", read: tenantRead, write: tenantWrite,
@@ -117,58 +101,6 @@ func (s *Server) routes() []route {
 				out.Status = s.Live.BackendStatus(v.Tenant, v.Service, v.Name)
 			}
 			return out
-		},
-	}
-
-	rules := resource[state.Rule]{
-		kind: "rule", collection: "/v1/tenants/{tenant}/rules", item: "rule", read: tenantRead, write: tenantWrite,
-		bind: func(r *http.Request, v *state.Rule, item bool) error {
-			if err := same(&v.Tenant, "tenant", r.PathValue("tenant")); err != nil || !item {
-				return err
-			}
-			return same(&v.Name, "name", r.PathValue("rule"))
-		},
-		meta: func(v *state.Rule) *state.Meta { return &v.Meta },
-		name: func(v *state.Rule) string { return v.Name },
-		get: func(r *http.Request) (state.Rule, error) {
-			return s.State.GetRule(r.PathValue("tenant"), r.PathValue("rule"))
-		},
-		list: func(r *http.Request, _ auth.Principal, after string, limit int) ([]state.Rule, string, error) {
-			if _, err := s.State.GetTenant(r.PathValue("tenant")); err != nil {
-				return nil, "", err
-			}
-			return s.State.ListRules(r.PathValue("tenant"), after, limit)
-		},
-		create: s.State.CreateRule,
-		update: s.State.UpdateRule,
-		del: func(r *http.Request, v uint64) error {
-			return s.State.DeleteRule(r.PathValue("tenant"), r.PathValue("rule"), v)
-		},
-	}
-
-	policies := resource[state.Policy]{
-		kind: "policy", collection: "/v1/tenants/{tenant}/policies", item: "policy", read: tenantRead, write: tenantWrite,
-		bind: func(r *http.Request, v *state.Policy, item bool) error {
-			if err := same(&v.Tenant, "tenant", r.PathValue("tenant")); err != nil || !item {
-				return err
-			}
-			return same(&v.Name, "name", r.PathValue("policy"))
-		},
-		meta: func(v *state.Policy) *state.Meta { return &v.Meta },
-		name: func(v *state.Policy) string { return v.Name },
-		get: func(r *http.Request) (state.Policy, error) {
-			return s.State.GetPolicy(r.PathValue("tenant"), r.PathValue("policy"))
-		},
-		list: func(r *http.Request, _ auth.Principal, after string, limit int) ([]state.Policy, string, error) {
-			if _, err := s.State.GetTenant(r.PathValue("tenant")); err != nil {
-				return nil, "", err
-			}
-			return s.State.ListPolicies(r.PathValue("tenant"), after, limit)
-		},
-		create: s.State.CreatePolicy,
-		update: s.State.UpdatePolicy,
-		del: func(r *http.Request, v uint64) error {
-			return s.State.DeletePolicy(r.PathValue("tenant"), r.PathValue("policy"), v)
 		},
 	}
 
@@ -321,6 +253,37 @@ func (s *Server) routes() []route {
 			}},
 	)
 	return out
+}
+
+// tenantScoped is the resource of a kind that lives directly under a tenant
+// (/v1/tenants/{tenant}/<plural>/{<kind>}), given where its tenant, name and meta are
+// and the store's functions for it.
+func tenantScoped[T any](s *Server, kind, plural string, fields func(*T) (tenantName, name *string, meta *state.Meta),
+	get func(t, n string) (T, error), list func(t, after string, limit int) ([]T, string, error),
+	create func(T) (T, error), update func(T, uint64) (T, error), del func(t, n string, ifMatch uint64) error,
+) resource[T] {
+	return resource[T]{
+		kind: kind, collection: "/v1/tenants/{tenant}/" + plural, item: kind, read: tenantRead, write: tenantWrite,
+		bind: func(r *http.Request, v *T, item bool) error {
+			t, n, _ := fields(v)
+			if err := same(t, "tenant", r.PathValue("tenant")); err != nil || !item {
+				return err
+			}
+			return same(n, "name", r.PathValue(kind))
+		},
+		meta: func(v *T) *state.Meta { _, _, m := fields(v); return m },
+		name: func(v *T) string { _, n, _ := fields(v); return *n },
+		get:  func(r *http.Request) (T, error) { return get(r.PathValue("tenant"), r.PathValue(kind)) },
+		list: func(r *http.Request, _ auth.Principal, after string, limit int) ([]T, string, error) {
+			if _, err := s.State.GetTenant(r.PathValue("tenant")); err != nil {
+				return nil, "", err // a missing tenant is 404, not an empty list
+			}
+			return list(r.PathValue("tenant"), after, limit)
+		},
+		create: create,
+		update: update,
+		del:    func(r *http.Request, v uint64) error { return del(r.PathValue("tenant"), r.PathValue(kind), v) },
+	}
 }
 
 func seqPage(r *http.Request) (uint64, int, error) {
