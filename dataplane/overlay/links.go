@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"unsafe"
 
 	"github.com/vishvananda/netlink"
@@ -117,8 +118,12 @@ func (l NetlinkLinks) SetupDevice(name string, addr netip.Prefix) error {
 
 // SetupSegment implements Links.
 func (l NetlinkLinks) SetupSegment(seg Segment, local netip.Addr, flood []netip.Addr, mtu int) error {
+	// Learning maps a tenant MAC to the overlay address that sent it; only VXLAN that
+	// came through WireGuard with a VNI its peer carries gets that far (Ruleset), so a
+	// peer can only claim MACs of a segment it belongs to. Without learning, every
+	// unicast frame would be flooded to every peer of the segment.
 	vx := &netlink.Vxlan{LinkAttrs: netlink.LinkAttrs{Name: seg.vxlanName(), MTU: mtu}, VxlanId: int(seg.VNI),
-		SrcAddr: local.AsSlice(), Port: VXLANPort, Learning: false}
+		SrcAddr: local.AsSlice(), Port: VXLANPort, Learning: true}
 	if err := l.NL.LinkAdd(vx); err != nil {
 		return fmt.Errorf("segment %s: VXLAN %s: %w", seg.Tenant, vx.Name, err)
 	}
@@ -161,10 +166,23 @@ func (l NetlinkLinks) SetupSegment(seg Segment, local netip.Addr, flood []netip.
 		if err := l.NL.LinkSetUp(br); err != nil {
 			return err
 		}
+		// The bridge only joins the VXLAN to the fast path's veth: it must not answer
+		// ARP for the gateway's addresses with its own MAC (it would then receive the
+		// tenant's frames itself, into the kernel's main table).
+		if err := l.do(func() error { return sysctl("net/ipv4/conf/"+br.Name+"/arp_ignore", "1") }); err != nil {
+			return fmt.Errorf("segment %s: arp_ignore on %s: %w", seg.Tenant, br.Name, err)
+		}
 		// The fast path redirects into ov<vni>; a veth delivers XDP frames only to a
 		// peer with NAPI, which GRO turns on (and GRO batches them for VXLAN's GSO).
-		if err := l.do(func() error { return setGRO(seg.kernelEnd(), true) }); err != nil {
-			return fmt.Errorf("segment %s: GRO on %s: %w", seg.Tenant, seg.kernelEnd(), err)
+		// The other way, the fast path rewrites addresses with incremental checksum
+		// updates, which need complete checksums: no checksum offload (nor TSO/GSO,
+		// which leave partial ones) toward it, so the kernel completes them.
+		err := l.do(func() error {
+			return errors.Join(ethtoolSet(seg.kernelEnd(), ethtoolSGRO, true), ethtoolSet(seg.kernelEnd(), ethtoolSTXCSUM, false),
+				ethtoolSet(seg.kernelEnd(), ethtoolSTSO, false), ethtoolSet(seg.kernelEnd(), ethtoolSGSO, false))
+		})
+		if err != nil {
+			return fmt.Errorf("segment %s: offloads of %s: %w", seg.Tenant, seg.kernelEnd(), err)
 		}
 		if end, err = l.NL.LinkByName(seg.FastPathInterface()); err != nil {
 			return err
@@ -231,16 +249,31 @@ func ipNet(p netip.Prefix) *net.IPNet {
 	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
 }
 
-// setGRO switches GRO on a device (the legacy ETHTOOL_SGRO ioctl) in the calling
+// sysctl writes a sysctl of the calling thread's network namespace.
+func sysctl(key, value string) error {
+	return os.WriteFile("/proc/sys/"+key, []byte(value), 0o644)
+}
+
+// Legacy ethtool commands (linux/ethtool.h).
+const (
+	ethtoolSTXCSUM = 0x17
+	ethtoolSTSO    = 0x1f
+	ethtoolSGSO    = 0x24
+	ethtoolSGRO    = 0x2c
+)
+
+// setGRO switches GRO on a device in the calling thread's network namespace.
+func setGRO(name string, on bool) error { return ethtoolSet(name, ethtoolSGRO, on) }
+
+// ethtoolSet switches an offload of a device (a legacy ethtool ioctl) in the calling
 // thread's network namespace.
-func setGRO(name string, on bool) error {
-	const ethtoolSGRO = 0x0000002c
+func ethtoolSet(name string, cmd uint32, on bool) error {
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return err
 	}
 	defer unix.Close(fd)
-	value := struct{ cmd, data uint32 }{ethtoolSGRO, 0}
+	value := struct{ cmd, data uint32 }{cmd, 0}
 	if on {
 		value.data = 1
 	}
@@ -252,7 +285,7 @@ func setGRO(name string, on bool) error {
 	copy(ifr.name[:], name)
 	ifr.data = uintptr(unsafe.Pointer(&value))
 	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.SIOCETHTOOL, uintptr(unsafe.Pointer(&ifr))); errno != 0 {
-		return errno
+		return fmt.Errorf("ethtool %#x on %s: %w", cmd, name, errno)
 	}
 	return nil
 }

@@ -56,8 +56,10 @@ type Config struct {
 	// Keepalive, when set, keeps NAT mappings open (25 s is WireGuard's advice).
 	Keepalive time.Duration `yaml:"keepalive"`
 	Peers     []PeerConfig  `yaml:"peers"`
-	// Clock defaults to time.Now.
-	Clock func() time.Time `yaml:"-"`
+	// EpochClock is the clock PSK epochs are counted on; default time.Now (tests move
+	// it forward). Attestation expiry is always judged on the wall clock, the one the
+	// verifier stamps results with.
+	EpochClock func() time.Time `yaml:"-"`
 }
 
 func (c *Config) setDefaults() error {
@@ -70,8 +72,8 @@ func (c *Config) setDefaults() error {
 	if c.Epoch == 0 {
 		c.Epoch = DefaultEpoch
 	}
-	if c.Clock == nil {
-		c.Clock = time.Now
+	if c.EpochClock == nil {
+		c.EpochClock = time.Now
 	}
 	var errs []error
 	if c.Epoch < time.Second || c.Epoch%time.Second != 0 {
@@ -165,7 +167,7 @@ func NewNode(cfg Config, se attest.SE, private Key, eng Engine, log *slog.Logger
 	n := &Node{cfg: cfg, se: se, eng: eng, log: log, private: private,
 		self:   Party{WireGuard: pub, ECDH: ecdhPub.Bytes()},
 		byName: map[string]PeerConfig{}, peers: map[string]*peerState{}, rekey: map[string]*rekey{}, wake: make(chan struct{}, 1),
-		epoch: Epoch(cfg.Clock(), cfg.Epoch)}
+		epoch: Epoch(cfg.EpochClock(), cfg.Epoch)}
 	for _, p := range cfg.Peers {
 		n.byName[p.Subject] = p
 	}
@@ -197,7 +199,7 @@ func (n *Node) Notify(res attest.Result) {
 	if n.closed {
 		return
 	}
-	if !res.Admits(n.cfg.Clock()) {
+	if !res.Admits(time.Now()) {
 		n.removeLocked(res.Subject, string(res.Status)+" "+fmt.Sprint(res.Reasons), arrived)
 		return
 	}
@@ -252,7 +254,7 @@ func (n *Node) addLocked(pc PeerConfig, party Party, expires time.Time) error {
 	if err != nil {
 		return err
 	}
-	n.peers[pc.Subject] = &peerState{cfg: pc, party: party, expires: expires, since: n.cfg.Clock()}
+	n.peers[pc.Subject] = &peerState{cfg: pc, party: party, expires: expires, since: time.Now()}
 	n.stats.Added++
 	n.log.Info("overlay peer added", "subject", pc.Subject, "public_key", party.WireGuard.String(), "address", pc.Address, "epoch", n.epoch)
 	return nil
@@ -290,7 +292,7 @@ func (n *Node) Rotate() (uint64, error) {
 	if n.closed {
 		return 0, errClosed
 	}
-	e := Epoch(n.cfg.Clock(), n.cfg.Epoch)
+	e := Epoch(n.cfg.EpochClock(), n.cfg.Epoch)
 	if e == n.epoch {
 		return e, nil
 	}
@@ -398,15 +400,15 @@ func (n *Node) Run(ctx context.Context) error {
 			n.log.Error("overlay rotation", "error", err)
 		}
 		n.mu.Lock()
-		now := n.cfg.Clock()
-		due := EpochStart(n.epoch+1, n.cfg.Epoch)
-		for _, t := range []time.Time{n.expireLocked(now), n.rekeyLocked()} {
-			if !t.IsZero() && t.Before(due) {
-				due = t
+		wait := EpochStart(n.epoch+1, n.cfg.Epoch).Sub(n.cfg.EpochClock())
+		now := time.Now()
+		for _, due := range []time.Time{n.expireLocked(now), n.rekeyLocked()} {
+			if !due.IsZero() && due.Sub(now) < wait {
+				wait = due.Sub(now)
 			}
 		}
 		n.mu.Unlock()
-		t.Reset(max(due.Sub(now), time.Millisecond))
+		t.Reset(max(wait, time.Millisecond))
 	}
 }
 

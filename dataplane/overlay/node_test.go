@@ -68,7 +68,7 @@ func newPair(t *testing.T) [2]*pairNode {
 			addr: netip.AddrFrom4([4]byte{100, 64, 0, byte(i + 1)})}
 		other := 1 - i
 		cfg := Config{Address: netip.PrefixFrom(p.addr, 24), KeyFile: filepath.Join(t.TempDir(), "wg.sealed"), Epoch: time.Minute,
-			Clock: p.clock, Peers: []PeerConfig{{Subject: names[other],
+			EpochClock: p.clock, Peers: []PeerConfig{{Subject: names[other],
 				Endpoint: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(i+1)), // bindtest's channel endpoints
 				Address:  netip.AddrFrom4([4]byte{100, 64, 0, byte(other + 1)})}}}
 		key, err := LoadOrCreateKey(p.se, cfg.KeyFile, []int{15})
