@@ -14,6 +14,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/seed4c/moat/attest/verifier"
 	"github.com/seed4c/moat/controlapi/certs"
 )
 
@@ -74,6 +75,13 @@ type Config struct {
 		// MaxFlows is the connection tracking size (two entries per flow). Default 262144.
 		MaxFlows uint32 `yaml:"max_flows"`
 	} `yaml:"dataplane"`
+
+	// Subscribers hear every attestation result right after the reconciler, from the
+	// verifier's publisher goroutine, so within the same bound as backend admission and
+	// eviction: dataplane/overlay.Node adds a WireGuard peer on the result that admits
+	// its subject and removes it on the one that evicts it. Set by the program that
+	// embeds the gateway, never read from the file.
+	Subscribers []verifier.Subscriber `yaml:"-"`
 
 	Log struct {
 		// Level: debug, info, warn, error. Default info.

@@ -182,7 +182,8 @@ func Start(parent context.Context, cfg Config, log *slog.Logger) (g *Gateway, er
 	if err != nil {
 		return nil, fmt.Errorf("verifier.ek_roots: %w", err)
 	}
-	if g.Verifier, err = verifier.New(verifier.Config{Policies: g.Rec, Store: enroll, Subscriber: g.Rec, EKRoots: ekRoots,
+	if g.Verifier, err = verifier.New(verifier.Config{Policies: g.Rec, Store: enroll,
+		Subscriber: append(verifier.Subscribers{g.Rec}, cfg.Subscribers...), EKRoots: ekRoots,
 		ResultTTL: cfg.Verifier.ResultTTL, Logger: log}); err != nil {
 		return nil, err
 	}

@@ -58,7 +58,7 @@ func newFakeSE(t testing.TB) *fakese.SE {
 
 // newPair builds nodes "a" (100.64.0.1) and "b" (100.64.0.2), each configured to accept
 // the other, neither yet knowing any key.
-func newPair(t *testing.T) [2]*pairNode {
+func newPair(t testing.TB) [2]*pairNode {
 	t.Helper()
 	binds := bindtest.NewChannelBinds()
 	var out [2]*pairNode
