@@ -161,18 +161,22 @@ func readHash[K comparable, V any](m *ebpf.Map, into map[K]V) error {
 // Apply makes the maps hold c. The order of writes:
 //
 //  1. attachments, egress ports and policy entries that go away, and services whose
-//     key or table goes away, are deleted first: nothing new is reachable through
-//     something old;
+//     key goes away, are deleted first: nothing new is reachable through something
+//     old;
 //  2. backends are written (new ones, and state changes: an eviction takes effect
-//     here, before any table is rebuilt); removed backends are zeroed, which is the
+//     here, before any table changes); removed backends are zeroed, which is the
 //     evicted state;
-//  3. Maglev tables are built in fresh inner maps and swapped in whole;
-//  4. services, then policy entries, then redirect ports, egress ports, and finally
-//     attachments are written: a tenant's traffic is classified only once everything
-//     it may reach is in place;
-//  5. tables of removed services are dropped.
+//  3. each changed Maglev table is written into its service's slot not in use (a new
+//     service gets both slots now);
+//  4. services (each pointing at its freshly written slot: one atomic flip), then
+//     policy entries, then redirect ports, egress ports, and finally attachments are
+//     written: a tenant's traffic is classified only once everything it may reach is
+//     in place;
+//  5. the table slots of removed services are dropped.
 //
-// On error the writer tries to restore the previous configuration, and reports both.
+// The configuration generation is bumped before and after, so that flows re-check the
+// routes, egress and policy they cached. On error the writer tries to restore the
+// previous configuration, and reports both.
 func (w *Writer) Apply(c *tenant.Compiled) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
