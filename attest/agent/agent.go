@@ -19,6 +19,7 @@ package agent
 
 import (
 	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/hex"
@@ -80,13 +81,34 @@ type Config struct {
 	WireGuardKey []byte
 	// StatusAddr, when set, serves GET /status (JSON) there. Keep it on loopback.
 	StatusAddr string
+	// Measurer, when set, is the measurer this agent shares with other agents of the
+	// same SE (one process attesting to several verifiers: a gateway toward each of its
+	// overlay peers): one PCR must have one log. Measure, PCR and StateDir's log are
+	// then its, not read. Not set by `moat agent`.
+	Measurer *Measurer
+	// Overlay, when set, runs beside the agent in its process (a backend host's overlay
+	// node, dataplane/overlay.Host) and supplies WireGuardKey, which must then be empty.
+	Overlay Overlay
+}
+
+// Overlay is what joins a backend host to the WireGuard overlay (dataplane/overlay's
+// Host), run by Run in the agent's process: it shares the agent's SE (a TPM simulator
+// exists once per process) and TLS key. attest does not import the overlay; the
+// overlay implements this.
+type Overlay interface {
+	// Start is called once the SE is open and the measured files are extended (the
+	// overlay's key is sealed to that state), before the first round. It brings the
+	// overlay up and returns the WireGuard public key to bind into every quote.
+	Start(se attest.SE, tlsCert tls.Certificate, log *slog.Logger) (wireGuardKey []byte, err error)
+	// Close takes the overlay down; Run calls it when the agent stops.
+	Close() error
 }
 
 func (c *Config) setDefaults() error {
 	if c.VerifierURL == "" || c.Identity == "" {
 		return errors.New("agent config: VerifierURL and Identity are required")
 	}
-	if len(c.Measure) == 0 {
+	if len(c.Measure) == 0 && c.Measurer == nil {
 		return errors.New("agent config: no files to measure")
 	}
 	for i, p := range c.Measure {
@@ -96,7 +118,10 @@ func (c *Config) setDefaults() error {
 		}
 		c.Measure[i] = abs
 	}
-	if len(c.WireGuardKey) != 32 {
+	if c.Overlay != nil && len(c.WireGuardKey) != 0 {
+		return errors.New("agent config: the overlay supplies the WireGuard key: give no key")
+	}
+	if c.Overlay == nil && len(c.WireGuardKey) != 32 {
 		return fmt.Errorf("agent config: WireGuard public key is %d bytes, want 32", len(c.WireGuardKey))
 	}
 	if c.PCR == 0 {
@@ -155,6 +180,19 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	defer se.Close()
 	if cfg.SE.Kind == tpm.KindSimulator {
 		log.Warn("using the in-process TPM simulator: its quotes prove nothing about this host (demo and tests only)")
+	}
+	if cfg.Overlay != nil {
+		// The overlay's key is sealed to the measured state: measure first, with the
+		// measurer the agent then keeps.
+		if cfg.Measurer, err = newMeasurer(cfg, se); err != nil {
+			return err
+		}
+		ov := cfg.Overlay
+		if cfg.WireGuardKey, err = ov.Start(se, cert, log); err != nil {
+			return err
+		}
+		defer ov.Close()
+		cfg.Overlay = nil
 	}
 	a, err := New(cfg, se, client, log)
 	if err != nil {
@@ -235,20 +273,33 @@ func New(cfg Config, se attest.SE, client VerifierClient, log *slog.Logger) (*Ag
 	} else {
 		a.overlay = pub.Bytes()
 	}
-	stateFile := ""
-	if cfg.StateDir != "" {
-		stateFile = filepath.Join(cfg.StateDir, fmt.Sprintf("pcr%d.mlog", cfg.PCR))
-	}
-	if a.measurer, err = NewMeasurer(se, cfg.PCR, cfg.Measure, stateFile); err != nil {
-		return nil, err
-	}
-	if _, err := a.measurer.Measure(); err != nil {
+	if a.measurer = cfg.Measurer; a.measurer == nil {
+		if a.measurer, err = newMeasurer(cfg, se); err != nil {
+			return nil, err
+		}
+	} else if _, err := a.measurer.Measure(); err != nil {
 		return nil, err
 	}
 	a.status.Measurements = len(a.measurer.Log().Entries)
 	log.Info("agent ready", "ek_sha256", a.status.EKSHA256, "ek_certificate", len(ek.Certificate) > 0 || a.ekCert != nil,
 		"pcr", cfg.PCR, "files", len(cfg.Measure), "wireguard_key", base64.StdEncoding.EncodeToString(cfg.WireGuardKey))
 	return a, nil
+}
+
+// newMeasurer makes the measurer of cfg (its log in StateDir) and measures.
+func newMeasurer(cfg Config, se attest.SE) (*Measurer, error) {
+	stateFile := ""
+	if cfg.StateDir != "" {
+		stateFile = filepath.Join(cfg.StateDir, fmt.Sprintf("pcr%d.mlog", cfg.PCR))
+	}
+	m, err := NewMeasurer(se, cfg.PCR, cfg.Measure, stateFile)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := m.Measure(); err != nil {
+		return nil, err
+	}
+	return m, nil
 }
 
 func derOrPEM(b []byte) []byte {

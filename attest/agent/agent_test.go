@@ -149,3 +149,40 @@ func TestTLSKeyPersists(t *testing.T) {
 		t.Fatalf("TLS key mode %v", fi.Mode())
 	}
 }
+
+// TestAgentsShareAMeasurer: one SE attesting to two verifiers (a gateway toward two
+// overlay peers) with one measurer: one PCR, one log. Both verifiers admit it; a file
+// change is extended once and both see it.
+func TestAgentsShareAMeasurer(t *testing.T) {
+	se := fake(t)
+	pol, file, cfg := setup(t, se)
+	m, err := agent.NewMeasurer(se, attest.DefaultMeasurementPCR, cfg.Measure, filepath.Join(cfg.StateDir, "pcr15.mlog"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Measure, cfg.Measurer = nil, m
+	var agents []*agent.Agent
+	for i := range 2 {
+		a, err := agent.New(cfg, se, verifier.LocalClient{Verifier: newVerifier(t, pol), Key: []byte{byte(i)}}, slog.New(slog.DiscardHandler))
+		if err != nil {
+			t.Fatal(err)
+		}
+		agents = append(agents, a)
+	}
+	for i, a := range agents {
+		if r, err := a.Round(context.Background()); err != nil || r.Status != attest.StatusAffirming {
+			t.Fatalf("agent %d: %+v, %v", i, r, err)
+		}
+	}
+	if err := os.WriteFile(file, []byte("app, changed"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for i, a := range agents {
+		if r, err := a.Round(context.Background()); err != nil || !r.HasReason(attest.ReasonReference) {
+			t.Fatalf("agent %d after the change: %+v, %v", i, r, err)
+		}
+	}
+	if n := len(m.Log().Entries); n != 2 {
+		t.Fatalf("the shared log has %d entries, want 2 (the file, then its change, once)", n)
+	}
+}

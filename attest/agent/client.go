@@ -115,3 +115,27 @@ func (c *HTTPClient) Submit(ctx context.Context, m *attest.Evidence) (*attest.Re
 	var out attest.Result
 	return &out, c.do(ctx, attest.PathEvidence, m, func(r io.Reader) error { return json.NewDecoder(r).Decode(&out) })
 }
+
+// NewPinnedHTTPClient is NewHTTPClient for a verifier whose server certificate no CA
+// vouches for: a connection is used only when accept approves the server's key (the DER
+// SubjectPublicKeyInfo of its certificate). A gateway attesting to a backend host's
+// verifier accepts only the TLS key that host's own quotes bound (its agent serves the
+// verifier with the key it attests with).
+func NewPinnedHTTPClient(baseURL string, cert tls.Certificate, accept func(spki []byte) error) (*HTTPClient, error) {
+	c, err := NewHTTPClient(baseURL, cert, nil)
+	if err != nil {
+		return nil, err
+	}
+	cfg := c.http.Transport.(*http.Transport).TLSClientConfig
+	cfg.InsecureSkipVerify = true // replaced by VerifyConnection, which runs regardless
+	cfg.VerifyConnection = func(cs tls.ConnectionState) error {
+		if len(cs.PeerCertificates) == 0 {
+			return fmt.Errorf("verifier %s presented no certificate", baseURL)
+		}
+		if err := accept(cs.PeerCertificates[0].RawSubjectPublicKeyInfo); err != nil {
+			return fmt.Errorf("verifier %s: %w", baseURL, err)
+		}
+		return nil
+	}
+	return c, nil
+}

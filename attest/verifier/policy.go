@@ -118,3 +118,62 @@ func ParseDigest(s string) ([32]byte, error) {
 	copy(d[:], b)
 	return d, nil
 }
+
+// PolicySpec is a policy as operators write it, digests in hex: the gateway's
+// attestation policies (REST API) and a backend host's policy for the gateways it
+// links with (its overlay configuration) are both converted with Policy.
+type PolicySpec struct {
+	// MeasurementPCR: default attest.DefaultMeasurementPCR.
+	MeasurementPCR int `json:"measurement_pcr,omitempty" yaml:"measurement_pcr"`
+	// PCRs: default {MeasurementPCR}.
+	PCRs []int `json:"pcrs,omitempty" yaml:"pcrs"`
+	// References maps each measured file to the hex SHA-256 digests it may have.
+	References map[string][]string `json:"references" yaml:"references"`
+	// GoldenPCRs maps other quoted PCRs to the hex values they may hold.
+	GoldenPCRs map[int][]string `json:"golden_pcrs,omitempty" yaml:"golden_pcrs"`
+	// AllowedEKs lists hex SHA-256 digests of EKs accepted without a certificate.
+	AllowedEKs []string `json:"allowed_eks,omitempty" yaml:"allowed_eks"`
+}
+
+// Policy converts the spec into a validated Policy named name.
+func (s PolicySpec) Policy(name string) (*Policy, error) {
+	out := &Policy{Name: name, MeasurementPCR: s.MeasurementPCR, PCRs: s.PCRs,
+		References: map[string][][32]byte{}, GoldenPCRs: map[int][][32]byte{}}
+	if out.MeasurementPCR == 0 {
+		out.MeasurementPCR = attest.DefaultMeasurementPCR
+	}
+	var errs []error
+	for path, ds := range s.References {
+		for _, d := range ds {
+			v, err := ParseDigest(d)
+			errs = append(errs, prefixed("reference for "+path, err))
+			out.References[path] = append(out.References[path], v)
+		}
+	}
+	for pcr, ds := range s.GoldenPCRs {
+		for _, d := range ds {
+			v, err := ParseDigest(d)
+			errs = append(errs, prefixed(fmt.Sprintf("golden value of PCR %d", pcr), err))
+			out.GoldenPCRs[pcr] = append(out.GoldenPCRs[pcr], v)
+		}
+	}
+	for _, d := range s.AllowedEKs {
+		v, err := ParseDigest(d)
+		errs = append(errs, prefixed("allowed EK", err))
+		out.AllowedEKs = append(out.AllowedEKs, v)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	if err := out.Validate(); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func prefixed(what string, err error) error {
+	if err == nil {
+		return nil
+	}
+	return fmt.Errorf("%s: %w", what, err)
+}

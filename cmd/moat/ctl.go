@@ -50,7 +50,7 @@ func ctlCmd() *cobra.Command {
 	o := &ctlOptions{}
 	cmd := &cobra.Command{
 		Use:   "ctl",
-		Short: "Manage a gateway through its REST API: tenants, services, backends, rules, policies, tokens",
+		Short: "Manage a gateway through its REST API: tenants, services, backends, rules, policies, overlay peers, tokens",
 		Long: `ctl is the command-line client of the gateway's control API, for operators and tenant
 admins. Changes are made with If-Match: an update reads the object, applies the flags and
 writes it back only if nobody changed it meanwhile; otherwise it says so and writes nothing.
@@ -76,6 +76,7 @@ out. Errors are the API's problem detail after the HTTP status; the exit code is
 		backendCmd(o),
 		ruleKind().command(o),
 		policyKind().command(o),
+		overlayPeerKind().command(o),
 		transitionsCmd(o),
 		tokenCmd(o),
 		statusCmd(o),
@@ -643,6 +644,7 @@ func tenantKind() kind[state.Tenant, state.Tenant] {
 				return nil
 			})
 			ff.on("fib-table", func(t *state.Tenant) error { t.FIBTable = fib; return nil })
+			tenantOverlayFlags(fs, ff)
 			return ff
 		},
 		list: func(ctx context.Context, c *client.Client, _ where) ([]state.Tenant, error) {

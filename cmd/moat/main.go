@@ -23,6 +23,7 @@ import (
 	"github.com/seed4c/moat/controlapi/certs"
 	"github.com/seed4c/moat/controlapi/gateway"
 	"github.com/seed4c/moat/dataplane"
+	"github.com/seed4c/moat/dataplane/overlay"
 	"github.com/seed4c/moat/internal/demo"
 )
 
@@ -118,22 +119,49 @@ func dataplaneCmd() *cobra.Command {
 
 func agentCmd() *cobra.Command {
 	var (
-		cfg   agent.Config
-		wgKey string
+		cfg                  agent.Config
+		wgKey, overlayConfig string
+		printOverlay         bool
 	)
 	cmd := &cobra.Command{
-		Use:   "agent --verifier URL --identity ID --measure FILE... --wireguard-key KEY",
+		Use:   "agent --verifier URL --identity ID --measure FILE... (--overlay FILE | --wireguard-key KEY)",
 		Short: "Run the attestation agent on a backend host: measure, enroll, attest continuously",
 		Long: `agent holds the host's TPM, measures the backend application's files into a PCR,
 enrolls with the gateway's verifier and sends fresh TPM quotes every interval over
-HTTPS with mutual TLS (attest/README.md describes the protocol).`,
+HTTPS with mutual TLS (attest/README.md describes the protocol).
+
+With --overlay it also joins the WireGuard overlay with its gateways (dataplane/overlay):
+its WireGuard key, sealed by its TPM, is the one its quotes bind, and it runs the
+verifier its gateways attest to, configuring each only while that passes.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			key, err := base64.StdEncoding.DecodeString(wgKey)
-			if err != nil {
-				return fmt.Errorf("--wireguard-key: %w", err)
+			if printOverlay {
+				fmt.Fprint(cmd.OutOrStdout(), overlay.HostExample)
+				return nil
 			}
-			cfg.WireGuardKey = key
+			for _, name := range []string{"verifier", "identity", "measure"} {
+				if !cmd.Flags().Changed(name) {
+					return fmt.Errorf("--%s is required", name)
+				}
+			}
+			switch {
+			case overlayConfig == "" && wgKey == "":
+				return errors.New("give --overlay FILE (the host joins the overlay) or --wireguard-key KEY")
+			case overlayConfig != "" && wgKey != "":
+				return errors.New("give --overlay or --wireguard-key, not both: the overlay's key is the one bound")
+			case overlayConfig != "":
+				hc, err := overlay.LoadHostConfig(overlayConfig)
+				if err != nil {
+					return fmt.Errorf("--overlay: %w", err)
+				}
+				cfg.Overlay = &overlay.Host{Config: hc, StateDir: cfg.StateDir, Ephemeral: cfg.SE.Kind == tpm.KindSimulator}
+			default:
+				key, err := base64.StdEncoding.DecodeString(wgKey)
+				if err != nil {
+					return fmt.Errorf("--wireguard-key: %w", err)
+				}
+				cfg.WireGuardKey = key
+			}
 			log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 			return agent.Run(cmd.Context(), cfg, log)
 		},
@@ -143,7 +171,9 @@ HTTPS with mutual TLS (attest/README.md describes the protocol).`,
 	f.StringVar(&cfg.VerifierCAFile, "verifier-ca", "", "PEM CA bundle for the verifier's certificate (default: system roots)")
 	f.StringVar(&cfg.Identity, "identity", "", "backend identity registered at the gateway")
 	f.StringArrayVar(&cfg.Measure, "measure", nil, "file to measure (repeat: application binary, configuration)")
-	f.StringVar(&wgKey, "wireguard-key", "", "WireGuard public key (base64) bound into every quote")
+	f.StringVar(&wgKey, "wireguard-key", "", "WireGuard public key (base64) bound into every quote, when the host is not in the overlay")
+	f.StringVar(&overlayConfig, "overlay", "", "join the WireGuard overlay as configured in this YAML file (--print-overlay shows one)")
+	f.BoolVar(&printOverlay, "print-overlay", false, "print a commented overlay configuration and exit")
 	f.IntVar(&cfg.PCR, "pcr", 15, "measurement PCR (8..23; 15 cannot be reset before reboot)")
 	f.DurationVar(&cfg.Interval, "interval", agent.DefaultInterval, "attestation interval")
 	f.StringVar((*string)(&cfg.SE.Kind), "se", string(tpm.KindDevice), "TPM kind: device, swtpm, simulator (demo only)")
@@ -153,9 +183,6 @@ HTTPS with mutual TLS (attest/README.md describes the protocol).`,
 	f.StringVar(&cfg.StateDir, "state-dir", agent.DefaultStateDir, "directory for the TLS key and the measurement log")
 	f.StringVar(&cfg.TLSKeyFile, "tls-key", "", "TLS client key (PKCS#8 PEM, created if missing; default STATE-DIR/tls.key)")
 	f.StringVar(&cfg.StatusAddr, "status-addr", agent.DefaultStatusAddr, "local status endpoint (GET /status); empty disables")
-	for _, name := range []string{"verifier", "identity", "measure", "wireguard-key"} {
-		_ = cmd.MarkFlagRequired(name)
-	}
 	return cmd
 }
 

@@ -1,5 +1,5 @@
 // Package api is moat's REST control API, v1: tenants, services, backends, allow rules,
-// attestation policies, tokens, attestation history, state transitions and status,
+// attestation policies, overlay peers, tokens, attestation history, state transitions and status,
 // served as JSON with RFC 9457 problem details, ETag/If-Match on every update and
 // cursor pagination on every list. One route table drives both the HTTP mux and the
 // OpenAPI 3 document served at /v1/openapi.json, so they cannot drift apart.
@@ -32,6 +32,8 @@ type Live interface {
 	// GatewayStatus is the gateway's status as p may see it (a tenant admin sees its
 	// own tenant only).
 	GatewayStatus(p auth.Principal) any
+	// OverlayPeerStatus is an overlay peer's link now.
+	OverlayPeerStatus(peer string) state.OverlayPeerStatus
 }
 
 // Server serves the API.

@@ -35,9 +35,12 @@ func (fakeLive) BackendStatus(t, s, b string) state.BackendStatus {
 	return state.BackendStatus{State: state.StateAdmitted, Reason: "test"}
 }
 func (fakeLive) GatewayStatus(p auth.Principal) any { return map[string]any{"role": p.Role} }
+func (fakeLive) OverlayPeerStatus(string) state.OverlayPeerStatus {
+	return state.OverlayPeerStatus{Configured: true}
+}
 
 // env is a server with tenants a and b (each: service web, policy app, backend w1,
-// rule lan) and a token per role.
+// rule lan; a has overlay segment VNI 11 and overlay peer r) and a token per role.
 type env struct {
 	srv    *Server
 	h      http.Handler
@@ -49,16 +52,22 @@ func newEnv(t testing.TB) *env {
 	t.Helper()
 	kvs := kv.NewMem()
 	st := state.New(kvs, func(c tenant.Config) error {
-		return tenant.Validate(c, ifaces{"eth0": 2, "eth1": 3, "eth2": 4}, tenant.IDs{}, tenant.DefaultLimits())
+		return tenant.Validate(c, ifaces{"eth0": 2, "eth1": 3, "eth2": 4, "ov11": 5}, tenant.IDs{}, tenant.DefaultLimits())
 	}, nil)
 	for i, tn := range []string{"a", "b"} {
-		must(t, second(st.CreateTenant(state.Tenant{Name: tn, Attachments: []tenant.Attachment{{Interface: fmt.Sprintf("eth%d", i)}}})))
+		var ov *state.TenantOverlay
+		if tn == "a" {
+			ov = &state.TenantOverlay{VNI: 11, Address: netip.MustParsePrefix("10.9.0.1/24")}
+		}
+		must(t, second(st.CreateTenant(state.Tenant{Name: tn, Attachments: []tenant.Attachment{{Interface: fmt.Sprintf("eth%d", i)}}, Overlay: ov})))
 		must(t, second(st.CreateService(state.Service{Tenant: tn, Name: "web", VIP: netip.MustParseAddr("10.100.0.1"), Port: 80, Protocol: tenant.TCP})))
 		must(t, second(st.CreatePolicy(state.Policy{Tenant: tn, Name: "app", References: map[string][]string{"/srv/app": {digest}}})))
 		must(t, second(st.CreateBackend(state.Backend{Tenant: tn, Service: "web", Name: "w1", Identity: "h1",
 			Addr: netip.MustParseAddr("10.1.0.1"), Weight: 1, Policy: "app"})))
 		must(t, second(st.CreateRule(state.Rule{Tenant: tn, Name: "lan", Sources: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/24")}, Services: []string{"web"}})))
 	}
+	must(t, second(st.CreateOverlayPeer(state.OverlayPeer{Name: "r", Subject: "a/r", Policy: "app", Address: netip.MustParseAddr("100.64.0.3"),
+		Verifier: "https://10.255.0.20:9445/attest", Tenants: []string{"a"}})))
 	toks := auth.New(kvs, nil)
 	e := &env{tokens: map[string]string{}, ids: map[string]string{}}
 	for name, c := range map[string]struct {
@@ -113,12 +122,13 @@ type call struct {
 // calls gives a concrete request per route (tenant a's objects).
 func calls(e *env) map[string]call {
 	return map[string]call{
-		"GET /v1/openapi.json":              {path: "/v1/openapi.json", ok: 200},
-		"GET /v1/status":                    {path: "/v1/status", ok: 200},
-		"GET /v1/tenants":                   {path: "/v1/tenants", ok: 200},
-		"POST /v1/tenants":                  {path: "/v1/tenants", body: `{"name":"c","attachments":[{"interface":"eth2"}]}`, ok: 201},
-		"GET /v1/tenants/{tenant}":          {path: "/v1/tenants/a", ok: 200},
-		"PUT /v1/tenants/{tenant}":          {path: "/v1/tenants/a", body: `{"attachments":[{"interface":"eth0"}],"fib_table":5}`, ifMatch: true, ok: 200},
+		"GET /v1/openapi.json":     {path: "/v1/openapi.json", ok: 200},
+		"GET /v1/status":           {path: "/v1/status", ok: 200},
+		"GET /v1/tenants":          {path: "/v1/tenants", ok: 200},
+		"POST /v1/tenants":         {path: "/v1/tenants", body: `{"name":"c","attachments":[{"interface":"eth2"}]}`, ok: 201},
+		"GET /v1/tenants/{tenant}": {path: "/v1/tenants/a", ok: 200},
+		"PUT /v1/tenants/{tenant}": {path: "/v1/tenants/a", body: `{"attachments":[{"interface":"eth0"}],"fib_table":5,"overlay":{"vni":11,"address":"10.9.0.1/24"}}`,
+			ifMatch: true, ok: 200},
 		"DELETE /v1/tenants/{tenant}":       {path: "/v1/tenants/a", ok: 409}, // still has services
 		"GET /v1/tenants/{tenant}/services": {path: "/v1/tenants/a/services", ok: 200},
 		"POST /v1/tenants/{tenant}/services": {path: "/v1/tenants/a/services",
@@ -152,9 +162,16 @@ func calls(e *env) map[string]call {
 		"DELETE /v1/tenants/{tenant}/policies/{policy}": {path: "/v1/tenants/a/policies/app", ok: 409}, // in use
 		"GET /v1/tenants/{tenant}/transitions":          {path: "/v1/tenants/a/transitions", ok: 200},
 		"GET /v1/transitions":                           {path: "/v1/transitions", ok: 200},
-		"GET /v1/tokens":                                {path: "/v1/tokens", ok: 200},
-		"POST /v1/tokens":                               {path: "/v1/tokens", body: `{"name":"t2","role":"tenant-admin","tenant":"a"}`, ok: 201},
-		"DELETE /v1/tokens/{id}":                        {path: "/v1/tokens/" + e.ids["auditor"], ok: 204},
+		"GET /v1/overlay/peers":                         {path: "/v1/overlay/peers", ok: 200},
+		"POST /v1/overlay/peers": {path: "/v1/overlay/peers", ok: 201,
+			body: `{"name":"s","subject":"a/s","policy":"app","address":"100.64.0.4","verifier":"https://10.255.0.21:9445/attest","tenants":["a"]}`},
+		"GET /v1/overlay/peers/{peer}": {path: "/v1/overlay/peers/r", ok: 200},
+		"PUT /v1/overlay/peers/{peer}": {path: "/v1/overlay/peers/r", ifMatch: true, ok: 200,
+			body: `{"subject":"a/r","policy":"app","address":"100.64.0.3","endpoint":"192.0.2.3:51820","verifier":"https://10.255.0.20:9445/attest","tenants":["a"]}`},
+		"DELETE /v1/overlay/peers/{peer}": {path: "/v1/overlay/peers/r", ok: 204},
+		"GET /v1/tokens":                  {path: "/v1/tokens", ok: 200},
+		"POST /v1/tokens":                 {path: "/v1/tokens", body: `{"name":"t2","role":"tenant-admin","tenant":"a"}`, ok: 201},
+		"DELETE /v1/tokens/{id}":          {path: "/v1/tokens/" + e.ids["auditor"], ok: 204},
 	}
 }
 

@@ -93,10 +93,11 @@ func operationID(rt route) string {
 }
 
 var (
-	addrType   = reflect.TypeOf(netip.Addr{})
-	prefixType = reflect.TypeOf(netip.Prefix{})
-	timeType   = reflect.TypeOf(time.Time{})
-	textType   = reflect.TypeOf((*interface{ MarshalText() ([]byte, error) })(nil)).Elem()
+	addrType     = reflect.TypeOf(netip.Addr{})
+	addrPortType = reflect.TypeOf(netip.AddrPort{})
+	prefixType   = reflect.TypeOf(netip.Prefix{})
+	timeType     = reflect.TypeOf(time.Time{})
+	textType     = reflect.TypeOf((*interface{ MarshalText() ([]byte, error) })(nil)).Elem()
 )
 
 // schemaOf describes t in JSON Schema (the OpenAPI 3.0 dialect); named structs go to
@@ -107,6 +108,8 @@ func schemaOf(t reflect.Type, defs map[string]any) map[string]any {
 		return map[string]any{"type": "string", "format": "ipv4"}
 	case t == prefixType:
 		return map[string]any{"type": "string", "description": "an IPv4 prefix, such as 10.0.0.0/24"}
+	case t == addrPortType:
+		return map[string]any{"type": "string", "description": "an IPv4 address and port, such as 192.0.2.1:51820"}
 	case t == timeType:
 		return map[string]any{"type": "string", "format": "date-time"}
 	case t.Kind() != reflect.Struct && t.Implements(textType):

@@ -16,6 +16,12 @@ type BackendView struct {
 	Status  state.BackendStatus `json:"status"`
 }
 
+// OverlayPeerView is an overlay peer with its link's status.
+type OverlayPeerView struct {
+	state.OverlayPeer
+	Status state.OverlayPeerStatus `json:"status"`
+}
+
 // TokenRequest creates a token.
 type TokenRequest struct {
 	Name   string    `json:"name"`
@@ -104,6 +110,33 @@ func (s *Server) routes() []route {
 		},
 	}
 
+	peers := resource[state.OverlayPeer]{
+		kind: "overlay peer", collection: "/v1/overlay/peers", item: "peer", read: seeAll, write: operatorOnly,
+		readOnly: []string{"status"},
+		bind: func(r *http.Request, v *state.OverlayPeer, item bool) error {
+			if item {
+				return same(&v.Name, "name", r.PathValue("peer"))
+			}
+			return nil
+		},
+		meta: func(v *state.OverlayPeer) *state.Meta { return &v.Meta },
+		name: func(v *state.OverlayPeer) string { return v.Name },
+		get:  func(r *http.Request) (state.OverlayPeer, error) { return s.State.GetOverlayPeer(r.PathValue("peer")) },
+		list: func(_ *http.Request, _ auth.Principal, after string, limit int) ([]state.OverlayPeer, string, error) {
+			return s.State.ListOverlayPeers(after, limit)
+		},
+		create: s.State.CreateOverlayPeer,
+		update: s.State.UpdateOverlayPeer,
+		del:    func(r *http.Request, v uint64) error { return s.State.DeleteOverlayPeer(r.PathValue("peer"), v) },
+		view: func(r *http.Request, v state.OverlayPeer) any {
+			out := OverlayPeerView{OverlayPeer: v}
+			if r != nil && s.Live != nil {
+				out.Status = s.Live.OverlayPeerStatus(v.Name)
+			}
+			return out
+		},
+	}
+
 	var out []route
 	out = append(out, route{method: "GET", path: "/v1/openapi.json", access: public, summary: "This API's OpenAPI 3 document", status: 200,
 		handle: func(w http.ResponseWriter, r *http.Request, _ auth.Principal) {
@@ -175,6 +208,7 @@ func (s *Server) routes() []route {
 		}})
 	out = append(out, rules.routes(s)...)
 	out = append(out, policies.routes(s)...)
+	out = append(out, peers.routes(s)...)
 	transitions := func(all bool) func(w http.ResponseWriter, r *http.Request, _ auth.Principal) {
 		return func(w http.ResponseWriter, r *http.Request, _ auth.Principal) {
 			t := r.PathValue("tenant")

@@ -175,6 +175,30 @@ func TestEveryRoute(t *testing.T) {
 		t.Fatalf("rules: %+v", rules)
 	}
 
+	// Overlay peers, on tenant c's segment.
+	tn.Overlay = &state.TenantOverlay{VNI: 11, Address: netip.MustParsePrefix("10.9.0.1/24")}
+	tn, err = c.UpdateTenant(ctx, tn, tn.Version)
+	check(t, err)
+	pv, err := c.CreateOverlayPeer(ctx, state.OverlayPeer{Name: "r", Subject: "c/host1", Policy: "p", Address: netip.MustParseAddr("100.64.0.3"),
+		Verifier: "https://10.255.0.20:9445/attest", Tenants: []string{"c"}})
+	check(t, err)
+	if pv.Version != 1 || !pv.Status.Configured {
+		t.Fatalf("created overlay peer: %+v", pv)
+	}
+	peer := pv.OverlayPeer
+	peer.Endpoint = netip.MustParseAddrPort("192.0.2.3:51820")
+	pv, err = c.UpdateOverlayPeer(ctx, peer, peer.Version)
+	check(t, err)
+	if got, err := c.GetOverlayPeer(ctx, "r"); err != nil || got.Version != 2 || got.Endpoint != peer.Endpoint {
+		t.Fatalf("overlay peer: %+v %v", got, err)
+	}
+	pvs, err := c.ListOverlayPeers(ctx)
+	check(t, err)
+	if len(pvs) != 1 || pvs[0].Subject != "c/host1" {
+		t.Fatalf("overlay peers: %+v", pvs)
+	}
+	check(t, c.DeleteOverlayPeer(ctx, "r", pv.Version))
+
 	// Transitions, per tenant and global.
 	for _, tr := range []state.Transition{
 		{Tenant: "c", Service: "api", Backend: "b1", From: state.StateRegistered, To: state.StateAttesting, Reason: "enrolled"},
@@ -233,7 +257,7 @@ func TestEveryRoute(t *testing.T) {
 	check(t, c.DeleteRule(ctx, "c", "all", 0))
 	check(t, c.DeleteService(ctx, "c", "api", 2))
 	check(t, c.DeletePolicy(ctx, "c", "p", 0))
-	check(t, c.DeleteTenant(ctx, "c", 2))
+	check(t, c.DeleteTenant(ctx, "c", 3))
 	if _, err := c.GetTenant(ctx, "c"); !client.IsNotFound(err) {
 		t.Fatalf("deleted tenant: %v", err)
 	}

@@ -14,6 +14,9 @@ import (
 // BackendView is a backend as the API shows it: with its subject and admission status.
 type BackendView = api.BackendView
 
+// OverlayPeerView is an overlay peer as the API shows it: with its link's status.
+type OverlayPeerView = api.OverlayPeerView
+
 // TokenRequest asks for a new token.
 type TokenRequest = api.TokenRequest
 
@@ -70,6 +73,7 @@ func serviceMeta(v *state.Service) *state.Meta { return &v.Meta }
 func backendMeta(v *BackendView) *state.Meta   { return &v.Meta }
 func ruleMeta(v *state.Rule) *state.Meta       { return &v.Meta }
 func policyMeta(v *state.Policy) *state.Meta   { return &v.Meta }
+func peerMeta(v *OverlayPeerView) *state.Meta  { return &v.Meta }
 
 // Tenants (operators create, change and delete them; a tenant admin sees its own).
 
@@ -260,6 +264,41 @@ func (c *Client) UpdatePolicy(ctx context.Context, p state.Policy, version uint6
 // is at version (0: whatever its version).
 func (c *Client) DeletePolicy(ctx context.Context, tenant, name string, version uint64) error {
 	return c.remove(ctx, path("tenants", tenant, "policies", name), version)
+}
+
+// Overlay peers (operators change them; auditors read them too).
+
+// OverlayPeers is the collection of overlay peers, with their links' status.
+func (c *Client) OverlayPeers() *List[OverlayPeerView] {
+	return newList[OverlayPeerView](c, path("overlay", "peers"))
+}
+
+// ListOverlayPeers returns every overlay peer.
+func (c *Client) ListOverlayPeers(ctx context.Context) ([]OverlayPeerView, error) {
+	return c.OverlayPeers().Collect(ctx)
+}
+
+// GetOverlayPeer returns an overlay peer with its link's status.
+func (c *Client) GetOverlayPeer(ctx context.Context, name string) (OverlayPeerView, error) {
+	return get(ctx, c, path("overlay", "peers", name), peerMeta)
+}
+
+// CreateOverlayPeer creates overlay peer p; it becomes a WireGuard peer once it
+// attests.
+func (c *Client) CreateOverlayPeer(ctx context.Context, p state.OverlayPeer) (OverlayPeerView, error) {
+	return create(ctx, c, path("overlay", "peers"), p, peerMeta)
+}
+
+// UpdateOverlayPeer replaces overlay peer p.Name, if it is still at version. (Pass
+// view.OverlayPeer to update what GetOverlayPeer returned.)
+func (c *Client) UpdateOverlayPeer(ctx context.Context, p state.OverlayPeer, version uint64) (OverlayPeerView, error) {
+	return update(ctx, c, path("overlay", "peers", p.Name), p, version, peerMeta)
+}
+
+// DeleteOverlayPeer deletes an overlay peer (it stops being a WireGuard peer at once),
+// if it is at version (0: whatever its version).
+func (c *Client) DeleteOverlayPeer(ctx context.Context, name string, version uint64) error {
+	return c.remove(ctx, path("overlay", "peers", name), version)
 }
 
 // Transitions.

@@ -9,13 +9,19 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
+	"path/filepath"
 	"time"
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/seed4c/moat/attest"
+	"github.com/seed4c/moat/attest/agent"
+	"github.com/seed4c/moat/attest/tpm"
 	"github.com/seed4c/moat/attest/verifier"
 	"github.com/seed4c/moat/controlapi/certs"
+	"github.com/seed4c/moat/dataplane/overlay"
 )
 
 // Config is the daemon's configuration file (YAML). Every field has a default; an
@@ -76,11 +82,61 @@ type Config struct {
 		MaxFlows uint32 `yaml:"max_flows"`
 	} `yaml:"dataplane"`
 
-	// Subscribers hear every attestation result right after the reconciler, from the
+	// SE is the gateway's own Secure Element (a TPM 2.0), opened at start: it holds the
+	// overlay's keys (the sealed WireGuard key; the key-agreement key each pair's
+	// pre-shared key is derived with) and attests the gateway to its overlay peers.
+	SE struct {
+		// Kind: "" (none, the default: no overlay), device, swtpm, or simulator (tests and
+		// demos only: it proves nothing, and is a new TPM at every start).
+		Kind tpm.Kind `yaml:"kind"`
+		// Path: the device (default /dev/tpmrm0), or swtpm's socket (unix:/path, host:port).
+		Path string `yaml:"path"`
+		// EKAlgorithm: ecc (default) or rsa.
+		EKAlgorithm tpm.EKAlgorithm `yaml:"ek_algorithm"`
+		// Measure lists the files measured into PCR at start; default: the running moat
+		// executable. Peers' policies hold their digests; the overlay key is sealed to
+		// the state they leave in the PCR.
+		Measure []string `yaml:"measure"`
+		// PCR is the measurement PCR (8..23); default 15.
+		PCR int `yaml:"pcr"`
+	} `yaml:"se"`
+
+	// Overlay links the gateway with backend hosts and other gateways over WireGuard
+	// (dataplane/overlay): its peers and the tenants they carry are desired state
+	// (/v1/overlay/peers; a tenant's segment is its "overlay" field).
+	Overlay struct {
+		// Enabled runs the overlay; it needs an SE. Default false.
+		Enabled bool `yaml:"enabled"`
+		// Address is the gateway's overlay address with the overlay's prefix
+		// (100.64.0.1/24); required when enabled.
+		Address netip.Prefix `yaml:"address"`
+		// ListenPort is WireGuard's UDP port. Default 51820.
+		ListenPort int `yaml:"listen_port"`
+		// Device is the TUN's name. Default moat-wg.
+		Device string `yaml:"device"`
+		// MTU of the TUN: the underlay's MTU less 80 (less 100 on an IPv6 underlay);
+		// tenant segments get 50 less. Default 1420.
+		MTU int `yaml:"mtu"`
+		// Epoch is the pre-shared key period; peers must use the same. Default 10m.
+		Epoch time.Duration `yaml:"epoch"`
+		// Keepalive, when set, keeps NAT mappings toward peers open. Default 0 (off).
+		Keepalive time.Duration `yaml:"keepalive"`
+		// KeyFile holds the WireGuard key sealed by the SE. Default
+		// state_dir/overlay/wireguard.key.
+		KeyFile string `yaml:"key_file"`
+		// Identity is the gateway's attestation identity at its peers' verifiers (their
+		// configuration names it). Default: the host name.
+		Identity string `yaml:"identity"`
+		// AttestInterval is how often the gateway attests to each peer's verifier.
+		// Default 2s.
+		AttestInterval time.Duration `yaml:"attest_interval"`
+	} `yaml:"overlay"`
+
+	// Subscribers hear every attestation result right after the reconciler (and the
+	// gateway's own overlay, when enabled, which adds a WireGuard peer on the result
+	// that admits its subject and removes it on the one that evicts it), from the
 	// verifier's publisher goroutine, so within the same bound as backend admission and
-	// eviction: dataplane/overlay.Node adds a WireGuard peer on the result that admits
-	// its subject and removes it on the one that evicts it. Set by the program that
-	// embeds the gateway, never read from the file.
+	// eviction. Set by the program that embeds the gateway, never read from the file.
 	Subscribers []verifier.Subscriber `yaml:"-"`
 
 	Log struct {
@@ -121,6 +177,26 @@ func (c *Config) Defaults() {
 	if c.Dataplane.MaxFlows == 0 {
 		c.Dataplane.MaxFlows = 262144
 	}
+	if c.SE.PCR == 0 {
+		c.SE.PCR = attest.DefaultMeasurementPCR
+	}
+	if c.Overlay.ListenPort == 0 {
+		c.Overlay.ListenPort = overlay.DefaultListenPort
+	}
+	set(&c.Overlay.Device, overlay.DefaultDevice)
+	if c.Overlay.MTU == 0 {
+		c.Overlay.MTU = overlay.DefaultMTU
+	}
+	if c.Overlay.Epoch == 0 {
+		c.Overlay.Epoch = overlay.DefaultEpoch
+	}
+	set(&c.Overlay.KeyFile, filepath.Join(c.StateDir, "overlay", "wireguard.key"))
+	if c.Overlay.Identity == "" {
+		c.Overlay.Identity, _ = os.Hostname()
+	}
+	if c.Overlay.AttestInterval == 0 {
+		c.Overlay.AttestInterval = agent.DefaultInterval
+	}
 }
 
 // Validate refuses a configuration the daemon cannot run with.
@@ -147,6 +223,37 @@ func (c *Config) Validate() error {
 	}
 	if c.Verifier.ResultTTL < time.Second {
 		errs = append(errs, fmt.Errorf("verifier.result_ttl %v: at least 1s", c.Verifier.ResultTTL))
+	}
+	switch c.SE.Kind {
+	case "", tpm.KindDevice, tpm.KindSwtpm, tpm.KindSimulator:
+	default:
+		errs = append(errs, fmt.Errorf("se.kind %q: want device, swtpm, simulator or nothing", c.SE.Kind))
+	}
+	if c.SE.PCR < 8 || c.SE.PCR > 23 {
+		errs = append(errs, fmt.Errorf("se.pcr %d: want 8 to 23", c.SE.PCR))
+	}
+	if o := c.Overlay; o.Enabled {
+		if c.SE.Kind == "" {
+			errs = append(errs, errors.New("overlay.enabled: the overlay needs the gateway's SE (se.kind)"))
+		}
+		if a := o.Address; !a.IsValid() || !a.Addr().Is4() || a.Addr() == a.Masked().Addr() || a.Bits() > 30 {
+			errs = append(errs, fmt.Errorf("overlay.address %v: want the gateway's IPv4 overlay address with the overlay's prefix, such as 100.64.0.1/24", a))
+		}
+		if o.ListenPort < 1 || o.ListenPort > 65535 {
+			errs = append(errs, fmt.Errorf("overlay.listen_port %d: want 1 to 65535", o.ListenPort))
+		}
+		if overlay.SegmentMTU(o.MTU) < 576 || o.MTU > 65535 {
+			errs = append(errs, fmt.Errorf("overlay.mtu %d: tenant segments would get %d bytes: want at least 626", o.MTU, overlay.SegmentMTU(o.MTU)))
+		}
+		if o.Epoch < time.Second || o.Epoch%time.Second != 0 {
+			errs = append(errs, fmt.Errorf("overlay.epoch %v: a whole number of seconds, at least 1s", o.Epoch))
+		}
+		if o.Identity == "" {
+			errs = append(errs, errors.New("overlay.identity: required (no host name to default to)"))
+		}
+		if o.AttestInterval < 100*time.Millisecond {
+			errs = append(errs, fmt.Errorf("overlay.attest_interval %v: at least 100ms", o.AttestInterval))
+		}
 	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":
@@ -208,6 +315,23 @@ tls:
 dataplane:
   pin_root: /sys/fs/bpf/moat
   max_flows: 262144
+se:                            # the gateway's own TPM: overlay keys, attestation to its peers
+  kind: ""                     # "" (none), device, swtpm, simulator (tests only); the overlay needs one
+  path: ""                     # device (default /dev/tpmrm0) or swtpm socket (unix:/path, host:port)
+  ek_algorithm: ecc            # ecc or rsa
+  measure: []                  # files measured at start, which peers appraise; default: this moat binary
+  pcr: 15                      # measurement PCR; the overlay key is sealed to it
+overlay:                       # WireGuard links with backend hosts and gateways (peers: /v1/overlay/peers)
+  enabled: false
+  address: ""                  # required: this gateway's overlay address, such as 100.64.0.1/24
+  listen_port: 51820
+  device: moat-wg
+  mtu: 1420                    # underlay MTU - 80; tenant segments get 50 less
+  epoch: 10m                   # pre-shared key period (the same on every peer)
+  keepalive: 0s                # off; 25s behind NAT
+  key_file: ""                 # default state_dir/overlay/wireguard.key (sealed by the SE)
+  identity: ""                 # the gateway's identity at its peers' verifiers; default: host name
+  attest_interval: 2s          # how often the gateway attests to each peer
 log:
   level: info                  # debug, info, warn, error
   format: text                 # text or json

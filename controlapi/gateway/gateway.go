@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -15,6 +16,9 @@ import (
 	"sync"
 	"time"
 
+	"github.com/seed4c/moat/attest"
+	"github.com/seed4c/moat/attest/tpm"
+	"github.com/seed4c/moat/attest/tpmwire"
 	"github.com/seed4c/moat/attest/verifier"
 	"github.com/seed4c/moat/controlapi/api"
 	"github.com/seed4c/moat/controlapi/auth"
@@ -43,6 +47,10 @@ type Gateway struct {
 	Rec      *reconcile.Reconciler
 	Verifier *verifier.Verifier
 	Certs    *certs.Manager
+	// SE is the gateway's own Secure Element (nil when none is configured).
+	SE       attest.SE
+	seEK     string // its EK's SHA-256, hex
+	overlay  *gatewayOverlay
 	compiler *tenant.Compiler
 	modes    map[string]dataplane.AttachMode
 
@@ -119,7 +127,12 @@ func Start(parent context.Context, cfg Config, log *slog.Logger) (g *Gateway, er
 		ifaces[i] = true
 	}
 	limits := tenant.DefaultLimits()
-	g.State = state.New(g.kv, func(c tenant.Config) error { return tenant.Validate(c, ifaces, tenant.IDs{}, limits) }, nil)
+	resolve := tenant.Interfaces(ifaces)
+	planned := tenant.Interfaces(ifaces)
+	if cfg.Overlay.Enabled { // tenant segments' ends are gateway interfaces too
+		resolve, planned = segmentResolver{ifaceResolver: ifaces}, segmentResolver{ifaceResolver: ifaces, planned: true}
+	}
+	g.State = state.New(g.kv, func(c tenant.Config) error { return tenant.Validate(c, planned, tenant.IDs{}, limits) }, nil)
 	g.Tokens = auth.New(g.kv, nil)
 	tokenFile := filepath.Join(cfg.StateDir, "operator.token")
 	if secret, err := g.Tokens.Bootstrap(tokenFile); err != nil {
@@ -137,6 +150,12 @@ func Start(parent context.Context, cfg Config, log *slog.Logger) (g *Gateway, er
 		return nil, err
 	}
 
+	if cfg.SE.Kind != "" {
+		if g.SE, g.seEK, err = openSE(cfg, log); err != nil {
+			return nil, err
+		}
+	}
+
 	dpOpts := dataplane.DefaultOptions(cfg.Instance)
 	if cfg.Dataplane.PinRoot != "" {
 		dpOpts.PinRoot = cfg.Dataplane.PinRoot
@@ -150,9 +169,24 @@ func Start(parent context.Context, cfg Config, log *slog.Logger) (g *Gateway, er
 		return nil, err
 	}
 	enroll := state.Enrollments{KV: g.kv}
-	g.compiler = tenant.NewCompiler(ifaces, limits, ids)
-	if g.Rec, err = reconcile.New(reconcile.Config{State: g.State, Compiler: g.compiler, Applier: g.DP.Writer(),
-		Enrolled: enroll.Enrolled, Log: log}); err != nil {
+	g.compiler = tenant.NewCompiler(resolve, limits, ids)
+	recCfg := reconcile.Config{State: g.State, Compiler: g.compiler, Applier: g.DP.Writer(), Enrolled: enroll.Enrolled, Log: log}
+	subscribers := verifier.Subscribers{}
+	if cfg.Overlay.Enabled {
+		if g.overlay, err = startOverlay(ctx, cfg, g.SE, g.DP, log); err != nil {
+			return nil, err
+		}
+		g.State.CheckOverlay(g.overlay.check)
+		recCfg.Devices, subscribers = g.overlay, append(subscribers, g.overlay)
+	} else {
+		g.State.CheckOverlay(func(sn *state.Snapshot) error {
+			if len(sn.OverlayPeers) > 0 {
+				return errors.New("overlay peers: the overlay is not enabled on this gateway (configuration: overlay.enabled)")
+			}
+			return nil
+		})
+	}
+	if g.Rec, err = reconcile.New(recCfg); err != nil {
 		return nil, err
 	}
 	// Backend agents reach the verifier through the tenants' interfaces: open its port
@@ -183,7 +217,7 @@ func Start(parent context.Context, cfg Config, log *slog.Logger) (g *Gateway, er
 		return nil, fmt.Errorf("verifier.ek_roots: %w", err)
 	}
 	if g.Verifier, err = verifier.New(verifier.Config{Policies: g.Rec, Store: enroll,
-		Subscriber: append(verifier.Subscribers{g.Rec}, cfg.Subscribers...), EKRoots: ekRoots,
+		Subscriber: append(append(verifier.Subscribers{g.Rec}, subscribers...), cfg.Subscribers...), EKRoots: ekRoots,
 		ResultTTL: cfg.Verifier.ResultTTL, Logger: log}); err != nil {
 		return nil, err
 	}
@@ -256,13 +290,41 @@ func (g *Gateway) Shutdown() error {
 	if g.Verifier != nil {
 		errs = append(errs, g.Verifier.Close())
 	}
+	if g.overlay != nil {
+		errs = append(errs, g.overlay.close())
+	}
 	if g.DP != nil {
 		errs = append(errs, g.DP.Close())
+	}
+	if g.SE != nil {
+		errs = append(errs, g.SE.Close())
 	}
 	if g.kv != nil {
 		errs = append(errs, g.kv.Close())
 	}
 	return errors.Join(errs...)
+}
+
+// openSE opens the gateway's own TPM and returns it with its EK's SHA-256 (hex), which
+// overlay peers pin in their policy for the gateway.
+func openSE(cfg Config, log *slog.Logger) (attest.SE, string, error) {
+	se, err := tpm.Open(tpm.Config{Kind: cfg.SE.Kind, Path: cfg.SE.Path, EKAlgorithm: cfg.SE.EKAlgorithm})
+	if err != nil {
+		return nil, "", fmt.Errorf("se: %w", err)
+	}
+	ek, err := se.EndorsementKey()
+	if err == nil {
+		var d [32]byte
+		if d, _, err = tpmwire.EKSHA256(ek.Public); err == nil {
+			log.Info("gateway SE open", "kind", cfg.SE.Kind, "ek_sha256", hex.EncodeToString(d[:]), "ek_certificate", len(ek.Certificate) > 0)
+			if cfg.SE.Kind == tpm.KindSimulator {
+				log.Warn("the gateway's SE is the in-process TPM simulator: it proves nothing (demo and tests only)")
+			}
+			return se, hex.EncodeToString(d[:]), nil
+		}
+	}
+	se.Close()
+	return nil, "", fmt.Errorf("se: endorsement key: %w", err)
 }
 
 // hostServices lists the verifier's TCP port on every IPv4 address of every attached

@@ -21,7 +21,16 @@ type Status struct {
 	Events     dataplane.EventCounters      `json:"flow_events"`
 	Reconciler reconcile.Stats              `json:"reconciler"`
 	Verifier   map[string]uint64            `json:"attestation_results"`
+	SE         *SEStatus                    `json:"se,omitempty"`
+	Overlay    *OverlayStatus               `json:"overlay,omitempty"`
 	Flows      map[string]dataplane.Traffic `json:"-"`
+}
+
+// SEStatus is the gateway's own SE, for operators writing their overlay peers'
+// policies for the gateway.
+type SEStatus struct {
+	Kind     string `json:"kind"`
+	EKSHA256 string `json:"ek_sha256"`
 }
 
 // TenantStatus is one tenant's summary.
@@ -37,6 +46,14 @@ type TenantStatus struct {
 // BackendStatus implements api.Live.
 func (g *Gateway) BackendStatus(tenantName, service, backend string) state.BackendStatus {
 	return g.Rec.BackendStatus(tenantName, service, backend)
+}
+
+// OverlayPeerStatus implements api.Live.
+func (g *Gateway) OverlayPeerStatus(peer string) state.OverlayPeerStatus {
+	if g.overlay == nil {
+		return state.OverlayPeerStatus{}
+	}
+	return g.overlay.peerStatus(peer)
 }
 
 // GatewayStatus implements api.Live.
@@ -72,6 +89,12 @@ func (g *Gateway) GatewayStatus(p auth.Principal) any {
 		if reason := dataplane.Reason(r); t.Packets > 0 && reason.IsDrop() {
 			st.Drops[strings.TrimPrefix(reason.String(), "drop_")] = t.Packets
 		}
+	}
+	if g.SE != nil {
+		st.SE = &SEStatus{Kind: string(g.cfg.SE.Kind), EKSHA256: g.seEK}
+	}
+	if g.overlay != nil {
+		st.Overlay = g.overlay.status()
 	}
 	vs := g.Verifier.Stats()
 	st.Verifier = map[string]uint64{"affirming": vs.Affirming, "contraindicated": vs.Contraindicated, "refused": vs.Refused, "expired": vs.Expired}

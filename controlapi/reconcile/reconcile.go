@@ -30,11 +30,26 @@ type Applier interface {
 	Apply(c *tenant.Compiled) error
 }
 
+// Devices makes and removes the gateway devices a configuration attaches tenants to
+// beyond the configured interfaces (the overlay's tenant segments).
+//
+// Contract: Prepare runs before each compilation of sn and leaves every device sn
+// attaches to existing (it is cheap when nothing changed: it runs on every pass);
+// Applied runs after sn's configuration is written to the fast path (the maps know the
+// new devices: the program may now be attached to them). An error fails the pass,
+// which is retried.
+type Devices interface {
+	Prepare(sn *state.Snapshot) error
+	Applied(sn *state.Snapshot) error
+}
+
 // Config configures a Reconciler.
 type Config struct {
 	State    *state.Store
 	Compiler *tenant.Compiler
 	Applier  Applier
+	// Devices, when set, is called around each write (the overlay); nil: none.
+	Devices Devices
 	// Enrolled reports whether a subject has enrolled with the verifier (for the
 	// "attesting" state); nil: never.
 	Enrolled func(subject string) bool
@@ -220,6 +235,12 @@ func (r *Reconciler) Pass() (time.Time, error) {
 	})
 	r.mu.Unlock()
 
+	if r.cfg.Devices != nil {
+		if err := r.cfg.Devices.Prepare(sn); err != nil {
+			r.fail(arrived)
+			return time.Time{}, fmt.Errorf("prepare the devices the configuration attaches to: %w", err)
+		}
+	}
 	compiled, err := r.cfg.Compiler.Compile(cfg)
 	if err != nil {
 		r.fail(arrived)
@@ -253,6 +274,11 @@ func (r *Reconciler) Pass() (time.Time, error) {
 		return time.Time{}, fmt.Errorf("write the fast path: %w", err)
 	}
 	applied := r.cfg.Clock()
+	if r.cfg.Devices != nil {
+		if err := r.cfg.Devices.Applied(sn); err != nil {
+			r.cfg.Log.Error("after writing the fast path", "error", err)
+		}
+	}
 	transitions := r.commit(next, applied)
 	for _, t := range transitions {
 		if _, err := r.cfg.State.AppendTransition(t); err != nil {
@@ -372,7 +398,8 @@ func (r *Reconciler) flush() error {
 	return nil
 }
 
-// refreshPolicies rebuilds the verifier's view: subject -> policy (with its EK pin).
+// refreshPolicies rebuilds the verifier's view: subject -> policy (with its EK pin),
+// from the registered backends and overlay peers.
 func (r *Reconciler) refreshPolicies(sn *state.Snapshot) {
 	pols := map[string]*state.Policy{}
 	for i := range sn.Policies {
@@ -380,34 +407,42 @@ func (r *Reconciler) refreshPolicies(sn *state.Snapshot) {
 		pols[p.Tenant+"/"+p.Name] = p
 	}
 	out := map[string]*verifier.Policy{}
-	for i := range sn.Backends {
-		b := &sn.Backends[i]
-		if _, done := out[b.Subject()]; done {
-			continue // the store guarantees a host's backends agree on policy and EK
+	add := func(subject, policy, ekSHA256 string) {
+		if _, done := out[subject]; done {
+			return // the store guarantees a host's backends and peer agree on policy and EK
 		}
-		p, ok := pols[b.Tenant+"/"+b.Policy]
+		p, ok := pols[policy]
 		if !ok {
-			continue
+			return
 		}
-		vp, err := p.Verifier(b.Tenant + "/" + b.Policy)
+		vp, err := p.Verifier(policy)
 		if err != nil {
-			r.cfg.Log.Error("attestation policy unusable", "policy", b.Tenant+"/"+b.Policy, "error", err)
-			continue
+			r.cfg.Log.Error("attestation policy unusable", "policy", policy, "error", err)
+			return
 		}
-		if b.EKSHA256 != "" {
-			ek, _ := verifier.ParseDigest(b.EKSHA256)
+		if ekSHA256 != "" {
+			ek, _ := verifier.ParseDigest(ekSHA256)
 			vp.AllowedEKs, vp.PinEKs = append(vp.AllowedEKs, ek), true
 		}
-		out[b.Subject()] = vp
+		out[subject] = vp
+	}
+	for i := range sn.Backends {
+		b := &sn.Backends[i]
+		add(b.Subject(), b.Tenant+"/"+b.Policy, b.EKSHA256)
+	}
+	for _, p := range sn.OverlayPeers {
+		t, _, _ := strings.Cut(p.Subject, "/")
+		add(p.Subject, t+"/"+p.Policy, p.EKSHA256)
 	}
 	r.policies.Store(&out)
 }
 
-// Policy implements verifier.PolicySource from the registered backends.
+// Policy implements verifier.PolicySource from the registered backends and overlay
+// peers.
 func (r *Reconciler) Policy(subject string) (*verifier.Policy, error) {
 	p, ok := (*r.policies.Load())[subject]
 	if !ok {
-		return nil, fmt.Errorf("no backend is registered as %q", subject)
+		return nil, fmt.Errorf("no backend or overlay peer is registered as %q", subject)
 	}
 	return p, nil
 }

@@ -3,8 +3,9 @@ package state
 import (
 	"encoding/hex"
 	"fmt"
+	"slices"
+	"strings"
 
-	"github.com/seed4c/moat/attest"
 	"github.com/seed4c/moat/attest/verifier"
 	"github.com/seed4c/moat/controlapi/kv"
 )
@@ -30,7 +31,12 @@ func (s *Store) DeleteTenant(name string, ifMatch uint64) error {
 		if err := empty(tx, rules, name+"/", what); err != nil {
 			return err
 		}
-		return empty(tx, policies, name+"/", what)
+		if err := empty(tx, policies, name+"/", what); err != nil {
+			return err
+		}
+		return notUsedByPeers(tx, what, func(p *OverlayPeer) bool {
+			return slices.Contains(p.Tenants, name) || strings.HasPrefix(p.Subject, name+"/")
+		})
 	})
 }
 
@@ -133,51 +139,16 @@ func (s *Store) DeletePolicy(tenantName, name string, ifMatch uint64) error {
 		if n > 0 {
 			return fmt.Errorf("policy %s/%s is used by %d backends: %w", tenantName, name, n, ErrInUse)
 		}
-		return nil
+		return notUsedByPeers(tx, "policy "+tenantName+"/"+name, func(p *OverlayPeer) bool {
+			return p.Policy == name && strings.HasPrefix(p.Subject, tenantName+"/")
+		})
 	})
 }
 
 // Verifier converts the policy into what the verifier appraises with, named name.
 func (p *Policy) Verifier(name string) (*verifier.Policy, error) {
-	out := &verifier.Policy{
-		Name:           name,
-		MeasurementPCR: p.MeasurementPCR,
-		PCRs:           p.PCRs,
-		References:     map[string][][32]byte{},
-		GoldenPCRs:     map[int][][32]byte{},
-	}
-	if out.MeasurementPCR == 0 {
-		out.MeasurementPCR = attest.DefaultMeasurementPCR
-	}
-	for path, ds := range p.References {
-		for _, d := range ds {
-			v, err := parseDigest(d)
-			if err != nil {
-				return nil, fmt.Errorf("reference for %s: %w", path, err)
-			}
-			out.References[path] = append(out.References[path], v)
-		}
-	}
-	for pcr, ds := range p.GoldenPCRs {
-		for _, d := range ds {
-			v, err := parseDigest(d)
-			if err != nil {
-				return nil, fmt.Errorf("golden value of PCR %d: %w", pcr, err)
-			}
-			out.GoldenPCRs[pcr] = append(out.GoldenPCRs[pcr], v)
-		}
-	}
-	for _, d := range p.AllowedEKs {
-		v, err := parseDigest(d)
-		if err != nil {
-			return nil, fmt.Errorf("allowed EK: %w", err)
-		}
-		out.AllowedEKs = append(out.AllowedEKs, v)
-	}
-	if err := out.Validate(); err != nil {
-		return nil, err
-	}
-	return out, nil
+	return verifier.PolicySpec{MeasurementPCR: p.MeasurementPCR, PCRs: p.PCRs, References: p.References,
+		GoldenPCRs: p.GoldenPCRs, AllowedEKs: p.AllowedEKs}.Policy(name)
 }
 
 func parseDigest(s string) ([32]byte, error) {

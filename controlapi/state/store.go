@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -37,6 +38,7 @@ type Validator func(tenant.Config) error
 type Store struct {
 	kv       kv.Store
 	validate Validator
+	overlay  func(*Snapshot) error
 	now      func() time.Time
 
 	mu   sync.Mutex
@@ -50,6 +52,11 @@ func New(kvs kv.Store, validate Validator, now func() time.Time) *Store {
 	}
 	return &Store{kv: kvs, validate: validate, now: now}
 }
+
+// CheckOverlay adds what the gateway checks of the overlay part of every
+// configuration the store would hold (its overlay addresses, whether it runs one at
+// all), beside the checks that need no gateway. Call it before the first write.
+func (s *Store) CheckOverlay(check func(*Snapshot) error) { s.overlay = check }
 
 // Changes returns a channel that receives a value after every committed change of
 // the desired state (not of results or transitions). It has room for one value: a
@@ -80,17 +87,32 @@ type record interface {
 	check() error // names and fields the whole-configuration check does not cover
 }
 
-func (t *Tenant) key() string  { return t.Name }
-func (t *Service) key() string { return t.Tenant + "/" + t.Name }
-func (b *Backend) key() string { return b.Tenant + "/" + b.Service + "/" + b.Name }
-func (r *Rule) key() string    { return r.Tenant + "/" + r.Name }
-func (p *Policy) key() string  { return p.Tenant + "/" + p.Name }
-func (t *Tenant) meta() *Meta  { return &t.Meta }
-func (t *Service) meta() *Meta { return &t.Meta }
-func (b *Backend) meta() *Meta { return &b.Meta }
-func (r *Rule) meta() *Meta    { return &r.Meta }
-func (p *Policy) meta() *Meta  { return &p.Meta }
-func (t *Tenant) check() error { return names("tenant", t.Name) }
+func (t *Tenant) key() string      { return t.Name }
+func (t *Service) key() string     { return t.Tenant + "/" + t.Name }
+func (b *Backend) key() string     { return b.Tenant + "/" + b.Service + "/" + b.Name }
+func (r *Rule) key() string        { return r.Tenant + "/" + r.Name }
+func (p *Policy) key() string      { return p.Tenant + "/" + p.Name }
+func (p *OverlayPeer) key() string { return p.Name }
+func (t *Tenant) meta() *Meta      { return &t.Meta }
+func (t *Service) meta() *Meta     { return &t.Meta }
+func (b *Backend) meta() *Meta     { return &b.Meta }
+func (r *Rule) meta() *Meta        { return &r.Meta }
+func (p *Policy) meta() *Meta      { return &p.Meta }
+func (p *OverlayPeer) meta() *Meta { return &p.Meta }
+func (t *Tenant) check() error {
+	if err := names("tenant", t.Name); err != nil {
+		return err
+	}
+	if o := t.Overlay; o != nil {
+		if o.VNI == 0 || o.VNI >= 1<<24 {
+			return fmt.Errorf("tenant %s: overlay VNI %d: want 1 to 16777215", t.Name, o.VNI)
+		}
+		if a := o.Address; !a.IsValid() || !a.Addr().Is4() || a.Bits() > 30 || a.Addr() == a.Masked().Addr() {
+			return fmt.Errorf("tenant %s: overlay address %v: want the gateway's IPv4 address on the segment with its prefix (at most /30)", t.Name, a)
+		}
+	}
+	return nil
+}
 func (t *Service) check() error {
 	if err := names("tenant", t.Tenant, "service", t.Name); err != nil {
 		return err
@@ -141,11 +163,12 @@ type collection[T any, P interface {
 }] struct{ bucket string }
 
 var (
-	tenants  = collection[Tenant, *Tenant]{"tenants"}
-	services = collection[Service, *Service]{"services"}
-	backends = collection[Backend, *Backend]{"backends"}
-	rules    = collection[Rule, *Rule]{"rules"}
-	policies = collection[Policy, *Policy]{"policies"}
+	tenants      = collection[Tenant, *Tenant]{"tenants"}
+	services     = collection[Service, *Service]{"services"}
+	backends     = collection[Backend, *Backend]{"backends"}
+	rules        = collection[Rule, *Rule]{"rules"}
+	policies     = collection[Policy, *Policy]{"policies"}
+	overlayPeers = collection[OverlayPeer, *OverlayPeer]{"overlay_peers"}
 )
 
 func (c collection[T, P]) get(tx kv.Tx, key string) (*T, error) {
@@ -212,8 +235,13 @@ func (s *Store) write(fn func(tx kv.Tx) error) error {
 		if err != nil {
 			return err
 		}
-		if err := sn.checkIdentities(); err != nil {
+		if err := errors.Join(sn.checkIdentities(), sn.checkOverlay()); err != nil {
 			return &InvalidError{Err: err}
+		}
+		if s.overlay != nil {
+			if err := s.overlay(sn); err != nil {
+				return &InvalidError{Err: err}
+			}
 		}
 		if s.validate == nil {
 			return nil
@@ -360,40 +388,56 @@ func empty[T any, P interface {
 
 // Snapshot is the whole desired state read in one transaction.
 type Snapshot struct {
-	Tenants  []Tenant
-	Services []Service
-	Backends []Backend
-	Rules    []Rule
-	Policies []Policy
+	Tenants      []Tenant
+	Services     []Service
+	Backends     []Backend
+	Rules        []Rule
+	Policies     []Policy
+	OverlayPeers []OverlayPeer
 }
 
 func readSnapshot(tx kv.Tx) (*Snapshot, error) {
 	sn := &Snapshot{}
-	var errs [5]error
+	var errs [6]error
 	sn.Tenants, _, errs[0] = tenants.list(tx, "", "", 0)
 	sn.Services, _, errs[1] = services.list(tx, "", "", 0)
 	sn.Backends, _, errs[2] = backends.list(tx, "", "", 0)
 	sn.Rules, _, errs[3] = rules.list(tx, "", "", 0)
 	sn.Policies, _, errs[4] = policies.list(tx, "", "", 0)
+	sn.OverlayPeers, _, errs[5] = overlayPeers.list(tx, "", "", 0)
 	if err := errors.Join(errs[:]...); err != nil {
 		return nil, err
 	}
 	return sn, nil
 }
 
-// checkIdentities refuses two backends of one host (tenant and identity) that disagree
-// on how it is appraised: the verifier has one policy per subject.
+// checkIdentities refuses two backends or overlay peers of one host (tenant and
+// identity) that disagree on how it is appraised: the verifier has one policy per
+// subject.
 func (sn *Snapshot) checkIdentities() error {
-	first := map[string]*Backend{}
+	type appraisal struct{ what, policy, ek string }
+	first := map[string]appraisal{}
+	check := func(subject string, a appraisal) error {
+		f, seen := first[subject]
+		if !seen {
+			first[subject] = a
+			return nil
+		}
+		if f.policy != a.policy || f.ek != a.ek {
+			return fmt.Errorf("%s and %s are both host %q but name different policies or EKs", f.what, a.what, subject)
+		}
+		return nil
+	}
 	for i := range sn.Backends {
 		b := &sn.Backends[i]
-		f, seen := first[b.Subject()]
-		if !seen {
-			first[b.Subject()] = b
-			continue
+		if err := check(b.Subject(), appraisal{"backend " + b.key(), b.Tenant + "/" + b.Policy, b.EKSHA256}); err != nil {
+			return err
 		}
-		if f.Policy != b.Policy || f.EKSHA256 != b.EKSHA256 {
-			return fmt.Errorf("backends %s and %s are both host %q but name different policies or EKs", f.key(), b.key(), b.Identity)
+	}
+	for _, p := range sn.OverlayPeers {
+		t, _, _ := strings.Cut(p.Subject, "/")
+		if err := check(p.Subject, appraisal{"overlay peer " + p.Name, t + "/" + p.Policy, p.EKSHA256}); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -433,6 +477,9 @@ func (sn *Snapshot) Config(state func(*Backend, *Service) lb.State) tenant.Confi
 	cfg := tenant.Config{Tenants: make([]tenant.Tenant, 0, len(sn.Tenants))}
 	for _, t := range sn.Tenants {
 		out := tenant.Tenant{Name: t.Name, FIBTable: t.FIBTable, Attachments: t.Attachments}
+		if t.Overlay != nil {
+			out.Attachments = append(slices.Clone(t.Attachments), tenant.Attachment{Interface: SegmentInterface(t.Overlay.VNI)})
+		}
 		for _, sv := range svcs[t.Name] {
 			ts := tenant.Service{Name: sv.Name, VIP: sv.VIP, Port: sv.Port, Protocol: sv.Protocol, MaglevSize: sv.MaglevSize}
 			for _, b := range bks[sv.Tenant+"/"+sv.Name] {

@@ -7,6 +7,7 @@
 package state
 
 import (
+	"fmt"
 	"net/netip"
 	"time"
 
@@ -28,7 +29,83 @@ type Tenant struct {
 	Name        string              `json:"name"`
 	FIBTable    uint32              `json:"fib_table,omitempty"`
 	Attachments []tenant.Attachment `json:"attachments"`
+	// Overlay, when set, gives the tenant a segment across the WireGuard overlay: its
+	// backends on remote hosts (and other sites) are reached there. The segment's
+	// gateway end, SegmentInterface, is attached to the tenant like its other
+	// interfaces, without being listed in Attachments.
+	Overlay *TenantOverlay `json:"overlay,omitempty"`
 	Meta
+}
+
+// TenantOverlay is a tenant's VXLAN segment inside the overlay.
+type TenantOverlay struct {
+	// VNI is the tenant's number on every node of the overlay (1..16777215): the
+	// backend hosts and peer gateways that carry the tenant use the same.
+	VNI uint32 `json:"vni"`
+	// Address is the gateway's address on the segment, with the segment's prefix
+	// (10.9.0.1/24); the tenant's remote backends have addresses in that prefix.
+	Address netip.Prefix `json:"address"`
+}
+
+// SegmentInterface is the gateway interface of the tenant's segment: the fast-path
+// end dataplane/overlay builds for VNI vni.
+func SegmentInterface(vni uint32) string { return fmt.Sprintf("ov%d", vni) }
+
+// OverlayPeer is a machine the gateway links with over the WireGuard overlay: a backend
+// host whose tenants' backends are reachable only there, or another gateway. It is a
+// WireGuard peer only while its attestation admits it, with the keys its quotes vouch
+// for; and it configures the gateway only while the gateway's attestation passes its
+// own verifier (Verifier).
+type OverlayPeer struct {
+	Name string `json:"name"`
+	// Subject is the attestation subject whose results admit the peer,
+	// "<tenant>/<identity>": the identity its agent attests as to this gateway (a
+	// backend host's, shared with its backends).
+	Subject string `json:"subject"`
+	// Policy is the attestation policy of the subject's tenant the peer is appraised
+	// against; EKSHA256 optionally pins its TPM. A backend of the same subject must
+	// name the same.
+	Policy   string `json:"policy"`
+	EKSHA256 string `json:"ek_sha256,omitempty"`
+	// Address is the peer's overlay address: its only allowed IP.
+	Address netip.Addr `json:"address"`
+	// Endpoint is where to reach it first on the underlay; empty when it connects first
+	// (behind NAT). WireGuard follows it when it roams.
+	Endpoint netip.AddrPort `json:"endpoint,omitzero"`
+	// Verifier is the https URL of the peer's verifier, to which the gateway attests
+	// (its agent pins the TLS key the peer's own quotes bind).
+	Verifier string `json:"verifier"`
+	// Tenants are the tenants whose segments the peer carries: the only VNIs accepted
+	// from it, and where those tenants' broadcasts go.
+	Tenants []string `json:"tenants"`
+	// Routes are tenant prefixes behind the peer (another gateway's VIPs), reached via
+	// its address on the tenant's segment.
+	Routes []OverlayRoute `json:"routes,omitempty"`
+	Meta
+}
+
+// OverlayRoute is a tenant's prefix behind an overlay peer.
+type OverlayRoute struct {
+	Tenant string       `json:"tenant"`
+	Dst    netip.Prefix `json:"dst"`
+	Via    netip.Addr   `json:"via"`
+}
+
+// OverlayPeerStatus is an overlay peer's link as the gateway sees it now.
+type OverlayPeerStatus struct {
+	// Configured: its attestation admits it; it is a WireGuard peer now.
+	Configured bool      `json:"configured"`
+	Since      time.Time `json:"since,omitzero"`
+	// AttestationExpires is when its latest admitting result expires.
+	AttestationExpires time.Time `json:"attestation_expires,omitzero"`
+	Endpoint           string    `json:"endpoint,omitempty"`
+	LastHandshake      time.Time `json:"last_handshake,omitzero"`
+	RxBytes            uint64    `json:"rx_bytes"`
+	TxBytes            uint64    `json:"tx_bytes"`
+	// Appraisal is the peer's latest verdict on the gateway, as its verifier answered
+	// the gateway's agent: the peer configures the gateway only while it affirms.
+	Appraisal      attest.Status `json:"appraisal,omitempty"`
+	AppraisalError string        `json:"appraisal_error,omitempty"`
 }
 
 // Service is a tenant's VIP:port.

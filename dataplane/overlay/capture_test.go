@@ -1,125 +1,24 @@
 package overlay
 
 import (
-	"bytes"
-	"encoding/binary"
-	"fmt"
-	"sync"
-	"time"
-
-	"github.com/google/gopacket"
-	"github.com/google/gopacket/layers"
-	"golang.org/x/sys/unix"
-
 	"github.com/seed4c/moat/internal/netns"
+	"github.com/seed4c/moat/internal/underlay"
 )
 
-// capture records every frame seen on every interface of a host (AF_PACKET, ETH_P_ALL:
-// what tcpdump -i any sees, GSO super-packets included) until stopped.
-type capture struct {
-	fd     int
-	mu     sync.Mutex
-	frames [][]byte
-	done   chan struct{}
-}
+// The underlay capture and its verdict live in internal/underlay, shared with the
+// gateway's end-to-end test.
 
+type capture struct{ *underlay.Capture }
+
+// startCapture records every frame between the nodes in the underlay's namespace.
 func startCapture(h *netns.Host) (*capture, error) {
-	c := &capture{done: make(chan struct{})}
-	err := h.Do(func() error {
-		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, int(htons(unix.ETH_P_ALL)))
-		if err != nil {
-			return err
-		}
-		c.fd = fd
-		return unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Usec: 100000})
-	})
-	if err != nil {
-		return nil, fmt.Errorf("capture socket: %w", err)
-	}
-	go func() {
-		defer close(c.done)
-		buf := make([]byte, 1<<16)
-		for {
-			n, from, err := unix.Recvfrom(c.fd, buf, 0)
-			if err != nil {
-				if err == unix.EAGAIN || err == unix.EINTR {
-					continue
-				}
-				return
-			}
-			// Count each frame once: as it leaves a bridge port toward its destination.
-			if ll, ok := from.(*unix.SockaddrLinklayer); ok && ll.Pkttype == unix.PACKET_OUTGOING {
-				c.mu.Lock()
-				c.frames = append(c.frames, bytes.Clone(buf[:n]))
-				c.mu.Unlock()
-			}
-		}
-	}()
-	return c, nil
+	c, err := underlay.Start(h, "")
+	return &capture{c}, err
 }
 
-func htons(v uint16) uint16 { return v<<8 | v>>8 }
+func (c *capture) stop() [][]byte { return c.Stop() }
 
-// stop ends the capture and returns the frames.
-func (c *capture) stop() [][]byte {
-	unix.Shutdown(c.fd, unix.SHUT_RDWR)
-	unix.Close(c.fd)
-	select {
-	case <-c.done:
-	case <-time.After(2 * time.Second):
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.frames
-}
-
-// underlayVerdict classifies captured underlay frames: every IPv4 packet must be UDP
-// to or from the WireGuard port holding a well-formed WireGuard message, and no frame
-// may contain the plaintext marker. It returns counts by kind and the first violation.
+// underlayVerdict: only WireGuard (and ARP), and no plaintext marker.
 func underlayVerdict(frames [][]byte, port uint16, marker []byte) (map[string]int, error) {
-	kinds := map[string]int{}
-	for i, f := range frames {
-		if bytes.Contains(f, marker) {
-			return kinds, fmt.Errorf("frame %d carries the tenant's plaintext", i)
-		}
-		p := gopacket.NewPacket(f, layers.LayerTypeEthernet, gopacket.Default)
-		if arp := p.Layer(layers.LayerTypeARP); arp != nil {
-			kinds["arp"]++
-			continue
-		}
-		ip, _ := p.Layer(layers.LayerTypeIPv4).(*layers.IPv4)
-		if ip == nil {
-			return kinds, fmt.Errorf("frame %d is neither ARP nor IPv4: %v", i, p)
-		}
-		udp, _ := p.Layer(layers.LayerTypeUDP).(*layers.UDP)
-		if udp == nil || (uint16(udp.SrcPort) != port && uint16(udp.DstPort) != port) {
-			return kinds, fmt.Errorf("frame %d is not WireGuard's UDP: %v", i, p)
-		}
-		kind, err := wireGuardMessage(udp.Payload)
-		if err != nil {
-			return kinds, fmt.Errorf("frame %d: %w", i, err)
-		}
-		kinds[kind]++
-	}
-	return kinds, nil
-}
-
-// wireGuardMessage checks the framing of a WireGuard message (the first one of a GSO
-// super-packet): type 1–4, three zero bytes, the fixed sizes of handshake messages.
-func wireGuardMessage(b []byte) (string, error) {
-	if len(b) < 4 || b[1] != 0 || b[2] != 0 || b[3] != 0 {
-		return "", fmt.Errorf("not a WireGuard message: % x", b[:min(len(b), 8)])
-	}
-	switch t := binary.LittleEndian.Uint32(b[:4]); {
-	case t == 1 && len(b) == 148:
-		return "handshake-initiation", nil
-	case t == 2 && len(b) == 92:
-		return "handshake-response", nil
-	case t == 3 && len(b) == 64:
-		return "cookie-reply", nil
-	case t == 4 && len(b) >= 32:
-		return "transport-data", nil
-	default:
-		return "", fmt.Errorf("WireGuard type %d with %d bytes", t, len(b))
-	}
+	return underlay.Verdict(frames, port, marker)
 }

@@ -22,6 +22,10 @@
 //     WireGuard; on a gateway the segment ends in a veth that is an ordinary fast-path
 //     attachment of the tenant (Segment, links.go); nftables pins each peer to the
 //     VNIs it carries and clamps TCP MSS to the segment MTU (Ruleset).
+//   - Start brings a node up with its plumbing; Overlay.Apply changes its peers and
+//     segments live as a gateway's desired state changes (controlapi/gateway drives
+//     it); Host runs a backend host's side beside `moat agent` (attest/agent's Overlay),
+//     with the verifier its gateways attest to.
 //
 // README.md beside this file has the design, its alternatives, the proofs and figures.
 package overlay

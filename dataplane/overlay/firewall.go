@@ -54,9 +54,7 @@ func Ruleset(cfg Config, segs []Segment, device string, mtu int) string {
 		addrOf[p.Subject] = p.Address
 	}
 	var b strings.Builder
-	for _, family := range []string{"inet", "bridge"} {
-		fmt.Fprintf(&b, "table %s %s {}\ndelete table %s %s\n", family, FirewallTable, family, FirewallTable)
-	}
+	b.WriteString(RemoveRuleset())
 	fmt.Fprintf(&b, "table inet %s {\n\tchain input {\n\t\ttype filter hook input priority filter - 10; policy accept;\n", FirewallTable)
 	fmt.Fprintf(&b, "\t\tudp dport %d iifname != %q counter drop comment \"plaintext VXLAN from outside the overlay\"\n", VXLANPort, device)
 	for _, s := range segs {
@@ -70,5 +68,14 @@ func Ruleset(cfg Config, segs []Segment, device string, mtu int) string {
 	mss := SegmentMTU(mtu) - 40
 	fmt.Fprintf(&b, "table bridge %s {\n\tchain forward {\n\t\ttype filter hook forward priority filter - 10; policy accept;\n", FirewallTable)
 	fmt.Fprintf(&b, "\t\ttcp flags syn tcp option maxseg size > %d tcp option maxseg size set %d\n\t}\n}\n", mss, mss)
+	return b.String()
+}
+
+// RemoveRuleset deletes the tables Ruleset owns (when a node leaves the overlay).
+func RemoveRuleset() string {
+	var b strings.Builder
+	for _, family := range []string{"inet", "bridge"} {
+		fmt.Fprintf(&b, "table %s %s {}\ndelete table %s %s\n", family, FirewallTable, family, FirewallTable)
+	}
 	return b.String()
 }

@@ -22,6 +22,9 @@ type Key [32]byte
 // pre-shared key: nothing in this package does.
 func (k Key) String() string { return base64.StdEncoding.EncodeToString(k[:]) }
 
+// MarshalText renders a public key as String does, for JSON status documents.
+func (k Key) MarshalText() ([]byte, error) { return []byte(k.String()), nil }
+
 func (k Key) hex() string { return hex.EncodeToString(k[:]) }
 
 // IsZero reports whether k is all zeros (no key).

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"unsafe"
 
 	"github.com/vishvananda/netlink"
@@ -83,6 +84,9 @@ type Links interface {
 	// SetupSegment creates a tenant's segment; flood lists the peers' overlay addresses
 	// that carry it.
 	SetupSegment(seg Segment, local netip.Addr, flood []netip.Addr, mtu int) error
+	// UpdateSegment changes the flood list and routes of a segment SetupSegment made
+	// as prev into next's (the rest of the segment is the same).
+	UpdateSegment(prev, next Segment, flood []netip.Addr) error
 	// RemoveSegment deletes what SetupSegment made.
 	RemoveSegment(seg Segment) error
 }
@@ -131,12 +135,9 @@ func (l NetlinkLinks) SetupSegment(seg Segment, local netip.Addr, flood []netip.
 	if err != nil {
 		return err
 	}
-	zero := net.HardwareAddr{0, 0, 0, 0, 0, 0}
 	for _, a := range flood {
-		n := &netlink.Neigh{LinkIndex: vxl.Attrs().Index, Family: unix.AF_BRIDGE, State: netlink.NUD_PERMANENT,
-			Flags: netlink.NTF_SELF, IP: a.AsSlice(), HardwareAddr: zero}
-		if err := l.NL.NeighAppend(n); err != nil {
-			return fmt.Errorf("segment %s: flood entry to %v: %w", seg.Tenant, a, err)
+		if err := l.addFlood(seg, vxl, a); err != nil {
+			return err
 		}
 	}
 	end := vxl
@@ -214,6 +215,74 @@ func (l NetlinkLinks) SetupSegment(seg Segment, local netip.Addr, flood []netip.
 			return fmt.Errorf("segment %s: rule iif %s: %w", seg.Tenant, end.Attrs().Name, err)
 		}
 	}
+	return l.routes(seg, idx)
+}
+
+// UpdateSegment implements Links.
+func (l NetlinkLinks) UpdateSegment(prev, next Segment, flood []netip.Addr) error {
+	vxl, err := l.NL.LinkByName(next.vxlanName())
+	if err != nil {
+		return fmt.Errorf("segment %s: %w", next.Tenant, err)
+	}
+	entries, err := l.NL.NeighList(vxl.Attrs().Index, unix.AF_BRIDGE)
+	if err != nil {
+		return fmt.Errorf("segment %s: flood entries: %w", next.Tenant, err)
+	}
+	want := map[netip.Addr]bool{}
+	for _, a := range flood {
+		want[a] = true
+	}
+	for _, e := range entries {
+		a, ok := netip.AddrFromSlice(e.IP)
+		if !ok || e.HardwareAddr.String() != floodMAC.String() {
+			continue // learnt entries: the kernel ages them
+		}
+		if a = a.Unmap(); want[a] {
+			delete(want, a)
+			continue
+		}
+		if err := l.NL.NeighDel(&e); err != nil {
+			return fmt.Errorf("segment %s: remove flood entry to %v: %w", next.Tenant, a, err)
+		}
+	}
+	for _, a := range flood {
+		if want[a] {
+			if err := l.addFlood(next, vxl, a); err != nil {
+				return err
+			}
+		}
+	}
+	end := vxl
+	if next.FastPath {
+		if end, err = l.NL.LinkByName(next.FastPathInterface()); err != nil {
+			return err
+		}
+	}
+	for _, rt := range prev.Routes {
+		if !slices.Contains(next.Routes, rt) {
+			r := &netlink.Route{Dst: ipNet(rt.Dst), Gw: rt.Via.AsSlice(), LinkIndex: end.Attrs().Index, Table: prev.Table}
+			if err := l.NL.RouteDel(r); err != nil && !errors.Is(err, unix.ESRCH) {
+				return fmt.Errorf("segment %s: remove route %v via %v: %w", next.Tenant, rt.Dst, rt.Via, err)
+			}
+		}
+	}
+	return l.routes(next, end.Attrs().Index)
+}
+
+// floodMAC marks a VXLAN FDB entry that floods (unknown unicast and broadcasts).
+var floodMAC = net.HardwareAddr{0, 0, 0, 0, 0, 0}
+
+// addFlood sends the segment's floods to a peer's overlay address too.
+func (l NetlinkLinks) addFlood(seg Segment, vxl netlink.Link, a netip.Addr) error {
+	n := &netlink.Neigh{LinkIndex: vxl.Attrs().Index, Family: unix.AF_BRIDGE, State: netlink.NUD_PERMANENT,
+		Flags: netlink.NTF_SELF, IP: a.AsSlice(), HardwareAddr: floodMAC}
+	if err := l.NL.NeighAppend(n); err != nil {
+		return fmt.Errorf("segment %s: flood entry to %v: %w", seg.Tenant, a, err)
+	}
+	return nil
+}
+
+func (l NetlinkLinks) routes(seg Segment, idx int) error {
 	for _, rt := range seg.Routes {
 		r := &netlink.Route{Dst: ipNet(rt.Dst), Gw: rt.Via.AsSlice(), LinkIndex: idx, Table: seg.Table}
 		if err := l.NL.RouteReplace(r); err != nil {

@@ -82,9 +82,16 @@ func (c *Config) setDefaults() error {
 	if !c.Address.IsValid() || !c.Address.Addr().Is4() {
 		errs = append(errs, fmt.Errorf("address %v: want an IPv4 address with the overlay's prefix", c.Address))
 	}
+	return errors.Join(append(errs, c.CheckPeers(c.Peers))...)
+}
+
+// CheckPeers reports peers this node could not configure: subjects empty or repeated,
+// addresses outside the overlay's prefix, repeated or the node's own.
+func (c *Config) CheckPeers(peers []PeerConfig) error {
+	var errs []error
 	seen := map[string]bool{}
 	addrs := map[netip.Addr]bool{c.Address.Addr(): true}
-	for _, p := range c.Peers {
+	for _, p := range peers {
 		switch {
 		case p.Subject == "" || seen[p.Subject]:
 			errs = append(errs, fmt.Errorf("peer %q: empty or duplicate subject", p.Subject))
@@ -136,9 +143,10 @@ type Node struct {
 	log     *slog.Logger
 	private Key
 	self    Party
-	byName  map[string]PeerConfig
 
 	mu     sync.Mutex
+	byName map[string]PeerConfig    // the configured peers (SetPeers changes them)
+	last   map[string]attest.Result // every subject's latest result that is not refused
 	peers  map[string]*peerState
 	rekey  map[string]*rekey // peers this side must rekey with since a rotation
 	epoch  uint64
@@ -166,7 +174,7 @@ func NewNode(cfg Config, se attest.SE, private Key, eng Engine, log *slog.Logger
 	}
 	n := &Node{cfg: cfg, se: se, eng: eng, log: log, private: private,
 		self:   Party{WireGuard: pub, ECDH: ecdhPub.Bytes()},
-		byName: map[string]PeerConfig{}, peers: map[string]*peerState{}, rekey: map[string]*rekey{}, wake: make(chan struct{}, 1),
+		byName: map[string]PeerConfig{}, last: map[string]attest.Result{}, peers: map[string]*peerState{}, rekey: map[string]*rekey{}, wake: make(chan struct{}, 1),
 		epoch: Epoch(cfg.EpochClock(), cfg.Epoch)}
 	for _, p := range cfg.Peers {
 		n.byName[p.Subject] = p
@@ -190,8 +198,7 @@ func (n *Node) OverlayKey() []byte { return slices.Clone(n.self.ECDH) }
 // expired, removes it at once. Refused results change nothing (attest.StatusRefused).
 func (n *Node) Notify(res attest.Result) {
 	arrived := time.Now()
-	pc, ok := n.byName[res.Subject]
-	if !ok || res.Status == attest.StatusRefused {
+	if res.Status == attest.StatusRefused {
 		return
 	}
 	n.mu.Lock()
@@ -199,6 +206,14 @@ func (n *Node) Notify(res attest.Result) {
 	if n.closed {
 		return
 	}
+	n.last[res.Subject] = res
+	if pc, ok := n.byName[res.Subject]; ok {
+		n.resultLocked(pc, res, arrived)
+	}
+}
+
+// resultLocked applies a result about a configured peer.
+func (n *Node) resultLocked(pc PeerConfig, res attest.Result, arrived time.Time) {
 	if !res.Admits(time.Now()) {
 		n.removeLocked(res.Subject, string(res.Status)+" "+fmt.Sprint(res.Reasons), arrived)
 		return
@@ -282,6 +297,44 @@ func (n *Node) poke() {
 	case n.wake <- struct{}{}:
 	default:
 	}
+}
+
+// SetPeers replaces the configured peers (the gateway's desired state changed). A
+// peer no longer configured, or whose address or endpoint changed, is removed from
+// WireGuard at once; a newly configured one is added at once if its latest result
+// still admits it, else at its next admitting result.
+func (n *Node) SetPeers(peers []PeerConfig) error {
+	if err := n.cfg.CheckPeers(peers); err != nil {
+		return fmt.Errorf("overlay peers: %w", err)
+	}
+	arrived := time.Now()
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.closed {
+		return errClosed
+	}
+	byName := map[string]PeerConfig{}
+	for _, p := range peers {
+		byName[p.Subject] = p
+	}
+	for _, s := range slices.Sorted(maps.Keys(n.peers)) {
+		switch pc, ok := byName[s]; {
+		case !ok:
+			n.removeLocked(s, "no longer an overlay peer", arrived)
+		case pc != n.peers[s].cfg:
+			n.removeLocked(s, "its overlay configuration changed", arrived)
+		}
+	}
+	n.byName = byName
+	n.cfg.Peers = slices.Clone(peers)
+	for _, p := range peers {
+		if _, on := n.peers[p.Subject]; !on {
+			if res, ok := n.last[p.Subject]; ok && res.Admits(arrived) {
+				n.resultLocked(p, res, arrived)
+			}
+		}
+	}
+	return nil
 }
 
 // Rotate moves every peer to the PSK of the current epoch, if the epoch changed since

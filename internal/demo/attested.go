@@ -41,6 +41,7 @@ type AttestedScene struct {
 	gateway *exec.Cmd
 	agents  map[string]*exec.Cmd // by backend name
 	peers   []*dataplane.CountPass
+	remote  *RemoteHost // with the overlay
 	log     io.Writer
 }
 
@@ -52,6 +53,10 @@ type AttestedOptions struct {
 	Backends int           // per tenant
 	Interval time.Duration // agents' attestation interval; default 500 ms
 	Log      io.Writer     // progress messages; nil: none
+	// Overlay adds a remote backend host of the first tenant reachable only through the
+	// WireGuard overlay, the gateway running with a simulated SE and the overlay on
+	// (overlay.go).
+	Overlay bool
 }
 
 // AppFile is the measured application binary of a backend host.
@@ -106,6 +111,11 @@ func NewAttestedScene(o AttestedOptions) (s *AttestedScene, err error) {
 			return nil, err
 		}
 	}
+	if o.Overlay {
+		if err := s.buildRemote(); err != nil {
+			return nil, err
+		}
+	}
 	if err := s.writeGatewayConfig(); err != nil {
 		return nil, err
 	}
@@ -124,6 +134,11 @@ func NewAttestedScene(o AttestedOptions) (s *AttestedScene, err error) {
 			if err := s.startAgent(tn, b, o.Interval); err != nil {
 				return nil, err
 			}
+		}
+	}
+	if s.remote != nil {
+		if err := s.startRemote(o.Interval); err != nil {
+			return nil, err
 		}
 	}
 	return s, nil
@@ -146,6 +161,7 @@ tls:
 log:
   level: info
 `, s.Instance, filepath.Join(s.Dir, "state"), strings.Join(s.Topo.GatewayInterfaces(), ", "), topology.ManagementGateway, strings.Join(names, ", "))
+	cfg += s.gatewayOverlayConfig()
 	return os.WriteFile(filepath.Join(s.Dir, "gateway.yaml"), []byte(cfg), 0o600)
 }
 
@@ -205,23 +221,27 @@ func (s *AttestedScene) KillGateway(sig syscall.Signal) error {
 	return nil
 }
 
-func (s *AttestedScene) startAgent(tn *topology.Tenant, b *topology.Backend, interval time.Duration) error {
+// startAgent starts a backend host's agent; with no extra arguments it binds an
+// arbitrary WireGuard key (the host is not in the overlay).
+func (s *AttestedScene) startAgent(tn *topology.Tenant, b *topology.Backend, interval time.Duration, extra ...string) error {
 	dir := filepath.Join(s.Dir, b.Name)
 	logf, err := os.OpenFile(filepath.Join(dir, "agent.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return err
 	}
-	wg := sha256.Sum256([]byte("wireguard key of " + b.Name)) // any 32 bytes: the overlay comes later
-	cmd := b.Host.Command(s.Binary, "agent",
+	if len(extra) == 0 {
+		wg := sha256.Sum256([]byte("wireguard key of " + b.Name)) // any 32 bytes: this host is not in the overlay
+		extra = []string{"--wireguard-key", base64.StdEncoding.EncodeToString(wg[:])}
+	}
+	cmd := b.Host.Command(s.Binary, append([]string{"agent",
 		"--se", "simulator",
-		"--verifier", "https://"+topology.ManagementGateway+":9444/attest",
+		"--verifier", "https://" + topology.ManagementGateway + ":9444/attest",
 		"--verifier-ca", filepath.Join(s.Dir, "state", "ca.crt"),
-		"--identity", tn.Name+"/"+b.Name,
+		"--identity", tn.Name + "/" + b.Name,
 		"--measure", s.AppFile(b.Name),
-		"--wireguard-key", base64.StdEncoding.EncodeToString(wg[:]),
 		"--interval", interval.String(),
 		"--state-dir", filepath.Join(dir, "agent"),
-		"--status-addr", "127.0.0.1:9721")
+		"--status-addr", "127.0.0.1:9721"}, extra...)...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start agent of %s: %w", b.Name, err)
@@ -302,7 +322,7 @@ func (s *AttestedScene) Register() error {
 			method, path string
 			body         any
 		}{
-			{"POST", "/v1/tenants", map[string]any{"name": tn.Name, "fib_table": tc.FIBTable, "attachments": tc.Attachments}},
+			{"POST", "/v1/tenants", state.Tenant{Name: tn.Name, FIBTable: tc.FIBTable, Attachments: tc.Attachments, Overlay: s.tenantOverlay(tn)}},
 			{"POST", "/v1/tenants/" + tn.Name + "/services", map[string]any{"name": "web", "vip": s.Topo.Opts.VIP,
 				"port": s.Topo.Opts.Port, "protocol": "tcp", "maglev_size": 251, "min_trust": "allow-listed"}},
 			{"POST", "/v1/tenants/" + tn.Name + "/rules", map[string]any{"name": "clients", "sources": []string{"10.0.0.0/24"}, "services": []string{"web"}}},
@@ -333,6 +353,9 @@ func (s *AttestedScene) Register() error {
 				return err
 			}
 		}
+	}
+	if s.remote != nil {
+		return s.registerRemote()
 	}
 	return nil
 }
@@ -385,6 +408,9 @@ func (s *AttestedScene) Close() error {
 	}
 	if s.Instance != "" {
 		errs = append(errs, dataplane.Remove(dataplane.DefaultOptions(s.Instance)))
+	}
+	if s.remote != nil {
+		errs = append(errs, s.closeRemote())
 	}
 	if s.Topo != nil {
 		errs = append(errs, s.Topo.Close())

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/seed4c/moat/attest"
 	"github.com/seed4c/moat/controlapi/api"
 	"github.com/seed4c/moat/controlapi/auth"
 	"github.com/seed4c/moat/controlapi/kv"
@@ -50,8 +51,9 @@ func (m ifaces) Index(name string) (uint32, error) {
 	return 0, fmt.Errorf("no interface %q on this gateway", name)
 }
 
-// Interfaces are the gateway's interfaces in the test: eth0 to eth5.
-var Interfaces = ifaces{"eth0": 2, "eth1": 3, "eth2": 4, "eth3": 5, "eth4": 6, "eth5": 7}
+// Interfaces are the gateway's interfaces in the test: eth0 to eth5, and the fast-path
+// ends of overlay segments VNI 11 and 12.
+var Interfaces = ifaces{"eth0": 2, "eth1": 3, "eth2": 4, "eth3": 5, "eth4": 6, "eth5": 7, "ov11": 8, "ov12": 9}
 
 // New starts the API; it is closed when the test ends.
 func New(t testing.TB) *Env {
@@ -139,4 +141,10 @@ func (l *Live) GatewayStatus(p auth.Principal) any {
 		st["backends"] = map[string]int{"registered": 1}
 	}
 	return st
+}
+
+// OverlayPeerStatus implements api.Live: every peer is configured, affirming the
+// gateway, since Since.
+func (l *Live) OverlayPeerStatus(string) state.OverlayPeerStatus {
+	return state.OverlayPeerStatus{Configured: true, Since: Since, Appraisal: attest.StatusAffirming}
 }
