@@ -400,6 +400,14 @@ func (k kind[T, V]) table(vs ...V) func(w io.Writer) {
 	}
 }
 
+// a is the kind's name with its indefinite article.
+func (k kind[T, V]) a() string {
+	if strings.ContainsRune("aeiou", rune(k.name[0])) {
+		return "an " + k.name
+	}
+	return "a " + k.name
+}
+
 func (k kind[T, V]) readFile(name string, v *T) error {
 	if k.read != nil {
 		return k.read(name, v)
@@ -438,7 +446,7 @@ func (k kind[T, V]) commands(o *ctlOptions) (*cobra.Command, func(context.Contex
 		},
 	}
 	get := &cobra.Command{
-		Use: "get NAME", Short: "Show a " + k.name, Args: cobra.ExactArgs(1),
+		Use: "get NAME", Short: "Show " + k.a(), Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return o.run(cmd, func(ctx context.Context, c *client.Client) error {
 				w, err := loc(ctx)
@@ -454,7 +462,7 @@ func (k kind[T, V]) commands(o *ctlOptions) (*cobra.Command, func(context.Contex
 		},
 	}
 	create := &cobra.Command{
-		Use: k.createVerb + " [NAME] [-f FILE] [flags]", Short: strings.ToUpper(k.createVerb[:1]) + k.createVerb[1:] + " a " + k.name + " from flags and/or a JSON or YAML file",
+		Use: k.createVerb + " [NAME] [-f FILE] [flags]", Short: strings.ToUpper(k.createVerb[:1]) + k.createVerb[1:] + " " + k.a() + " from flags and/or a JSON or YAML file",
 		Args: cobra.MaximumNArgs(1),
 	}
 	createFlags := k.flags(create.Flags())
@@ -495,7 +503,7 @@ func (k kind[T, V]) commands(o *ctlOptions) (*cobra.Command, func(context.Contex
 	}
 	update := &cobra.Command{
 		Use:   "update NAME [-f FILE] [flags]",
-		Short: "Change a " + k.name + ": flags replace the fields they name, -f FILE replaces the whole " + k.name + "; written only if unchanged since read",
+		Short: "Change " + k.a() + ": flags replace the fields they name, -f FILE replaces the whole " + k.name + "; written only if unchanged since read",
 		Args:  cobra.ExactArgs(1),
 	}
 	updateFlags := k.flags(update.Flags())
@@ -549,7 +557,7 @@ func (k kind[T, V]) commands(o *ctlOptions) (*cobra.Command, func(context.Contex
 	}
 	update.Flags().Uint64Var(&version, "version", 0, "write only if the "+k.name+" is still at this version (ETag) from an earlier get (default: the file's version, else the version just read)")
 	del := &cobra.Command{
-		Use: "delete NAME", Aliases: []string{"rm"}, Short: "Delete a " + k.name, Args: cobra.ExactArgs(1),
+		Use: "delete NAME", Aliases: []string{"rm"}, Short: "Delete " + k.a(), Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return o.run(cmd, func(ctx context.Context, c *client.Client) error {
 				w, err := loc(ctx)
