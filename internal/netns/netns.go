@@ -18,6 +18,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -295,9 +296,14 @@ func (h *Host) Dial(d *net.Dialer, network, addr string) (net.Conn, error) {
 
 // Command prepares a program to run in the host's network namespace (nsenter --net):
 // only the network namespace changes, so it shares this process's mounts (bpffs
-// included) and files.
+// included) and files. The program is sent SIGTERM if the thread that started it
+// dies (Pdeathsig), so a test or demo killed outright does not leave daemons
+// running against namespaces nobody will delete; nsenter execs the program, so the
+// signal reaches it and not a wrapper.
 func (h *Host) Command(name string, args ...string) *exec.Cmd {
-	return exec.Command("nsenter", append([]string{"--net=/run/netns/" + h.Name, "--", name}, args...)...)
+	cmd := exec.Command("nsenter", append([]string{"--net=/run/netns/" + h.Name, "--", name}, args...)...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
+	return cmd
 }
 
 // HTTPClient returns an HTTP client whose connections are made from inside the host.
