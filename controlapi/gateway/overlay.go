@@ -46,6 +46,7 @@ type gatewayOverlay struct {
 	se       attest.SE
 	dp       *dataplane.Dataplane
 	ov       *overlay.Overlay
+	running  chan struct{} // closed when the node's Run returns (ctx ended)
 	measurer *agent.Measurer
 	cert     tls.Certificate
 
@@ -111,7 +112,8 @@ func startOverlay(ctx context.Context, cfg Config, se attest.SE, dp *dataplane.D
 	if err != nil {
 		return nil, err
 	}
-	go o.ov.Run(ctx)
+	o.running = make(chan struct{})
+	go func() { defer close(o.running); o.ov.Run(ctx) }()
 	return o, nil
 }
 
@@ -327,8 +329,9 @@ func (o *gatewayOverlay) check(sn *state.Snapshot) error {
 
 // close stops the agents and takes the overlay down (the TUN goes with the process
 // anyway: wireguard-go runs in it), removing the segments and the fast path's links
-// to them.
+// to them. The gateway's context has ended.
 func (o *gatewayOverlay) close() error {
+	<-o.running
 	o.mu.Lock()
 	agents := o.agents
 	o.agents = map[string]*peerAgent{}
