@@ -778,9 +778,9 @@ func backendKind() kind[state.Backend, client.BackendView] {
 		},
 		flags: func(fs *pflag.FlagSet) *fields[state.Backend] {
 			var (
-				identity, addr, policy, ek string
-				port                       uint16
-				weight                     uint32
+				identity, addr, policy, ek, peer string
+				port                             uint16
+				weight                           uint32
 			)
 			fs.StringVar(&identity, "identity", "", "the backend host's attestation identity in the tenant")
 			fs.StringVar(&addr, "addr", "", "the backend's IP address")
@@ -788,6 +788,7 @@ func backendKind() kind[state.Backend, client.BackendView] {
 			fs.Uint32Var(&weight, "weight", 1, "relative share of new flows")
 			fs.StringVar(&policy, "policy", "", "the tenant's attestation policy the host is appraised against")
 			fs.StringVar(&ek, "ek-sha256", "", "pin the host's TPM: SHA-256 (hex) of its EK public key (\"\" unpins)")
+			fs.StringVar(&peer, "overlay-peer", "", "another site: the overlay peer (gateway) whose VIP --addr is; no identity, policy or EK")
 			ff := &fields[state.Backend]{fs: fs}
 			ff.on("identity", func(b *state.Backend) error { b.Identity = identity; return nil })
 			ff.on("addr", func(b *state.Backend) (err error) { b.Addr, err = netip.ParseAddr(addr); return err })
@@ -795,6 +796,7 @@ func backendKind() kind[state.Backend, client.BackendView] {
 			ff.on("weight", func(b *state.Backend) error { b.Weight = weight; return nil })
 			ff.on("policy", func(b *state.Backend) error { b.Policy = policy; return nil })
 			ff.on("ek-sha256", func(b *state.Backend) error { b.EKSHA256 = strings.ToLower(ek); return nil })
+			ff.on("overlay-peer", func(b *state.Backend) error { b.OverlayPeer = peer; return nil })
 			return ff
 		},
 		list: func(ctx context.Context, c *client.Client, w where) ([]client.BackendView, error) {

@@ -102,7 +102,7 @@ func (s *Server) routes() []route {
 			return s.State.DeleteBackend(r.PathValue("tenant"), r.PathValue("service"), r.PathValue("backend"), v)
 		},
 		view: func(r *http.Request, v state.Backend) any {
-			out := BackendView{Backend: v, Subject: v.Subject()}
+			out := BackendView{Backend: v, Subject: s.State.SubjectOf(v)}
 			if r != nil && s.Live != nil {
 				out.Status = s.Live.BackendStatus(v.Tenant, v.Service, v.Name)
 			}
@@ -199,7 +199,7 @@ func (s *Server) routes() []route {
 				writeProblem(w, r, http.StatusBadRequest, err.Error())
 				return
 			}
-			items, next, err := s.State.ListResults(b.Subject(), after, limit)
+			items, next, err := s.State.ListResults(s.State.SubjectOf(b), after, limit)
 			if err != nil {
 				s.fail(w, r, err)
 				return

@@ -130,6 +130,11 @@ type Config struct {
 		// AttestInterval is how often the gateway attests to each peer's verifier.
 		// Default 2s.
 		AttestInterval time.Duration `yaml:"attest_interval"`
+		// VerifierListen is the HTTPS address (mutual TLS) of the verifier other gateways
+		// attest to: the gateway's verifier, served with the TLS key its own quotes bind,
+		// so that a peer gateway's agent pins it as it pins a backend host's. Default
+		// ":9445".
+		VerifierListen string `yaml:"verifier_listen"`
 	} `yaml:"overlay"`
 
 	// Subscribers hear every attestation result right after the reconciler (and the
@@ -197,6 +202,7 @@ func (c *Config) Defaults() {
 	if c.Overlay.AttestInterval == 0 {
 		c.Overlay.AttestInterval = agent.DefaultInterval
 	}
+	set(&c.Overlay.VerifierListen, ":9445")
 }
 
 // Validate refuses a configuration the daemon cannot run with.
@@ -332,6 +338,7 @@ overlay:                       # WireGuard links with backend hosts and gateways
   key_file: ""                 # default state_dir/overlay/wireguard.key (sealed by the SE)
   identity: ""                 # the gateway's identity at its peers' verifiers; default: host name
   attest_interval: 2s          # how often the gateway attests to each peer
+  verifier_listen: ":9445"     # where peer gateways attest (TLS key bound into this gateway's quotes)
 log:
   level: info                  # debug, info, warn, error
   format: text                 # text or json

@@ -29,6 +29,19 @@ func buildMoat(t *testing.T) string {
 }
 
 // dumpLogs shows the daemons' logs of a failed test.
+// cleanupScene closes a scene when the test ends, dumping its logs first if the test
+// failed.
+func cleanupScene(t *testing.T, dir string, close func() error) {
+	t.Cleanup(func() {
+		if t.Failed() {
+			dumpLogs(t, dir)
+		}
+		if err := close(); err != nil {
+			t.Errorf("close scene: %v", err)
+		}
+	})
+}
+
 func dumpLogs(t *testing.T, dir string) {
 	filepath.Walk(dir, func(p string, info os.FileInfo, err error) error {
 		if err == nil && strings.HasSuffix(p, ".log") {
@@ -59,14 +72,7 @@ func TestPrivilegedGatewayEndToEnd(t *testing.T) {
 		dumpLogs(t, dir)
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			dumpLogs(t, dir)
-		}
-		if err := s.Close(); err != nil {
-			t.Errorf("close scene: %v", err)
-		}
-	})
+	cleanupScene(t, dir, s.Close)
 	a, b := s.Topo.Tenants[0], s.Topo.Tenants[1]
 	tampered, changing := a.Backends[2], a.Backends[1]
 	if err := os.WriteFile(s.AppFile(tampered.Name), []byte("application of tenant a, release 1, with a backdoor\n"), 0o644); err != nil {

@@ -54,8 +54,9 @@ type Gateway struct {
 	compiler *tenant.Compiler
 	modes    map[string]dataplane.AttachMode
 
-	// Addresses the listeners are bound to (useful with ":0").
-	APIAddr, AgentAddr, MetricsAddr string
+	// Addresses the listeners are bound to (useful with ":0"); PeerVerifierAddr with
+	// the overlay only.
+	APIAddr, AgentAddr, MetricsAddr, PeerVerifierAddr string
 
 	servers []*http.Server
 	cancel  context.CancelFunc
@@ -177,7 +178,7 @@ func Start(parent context.Context, cfg Config, log *slog.Logger) (g *Gateway, er
 			return nil, err
 		}
 		g.State.CheckOverlay(g.overlay.check)
-		recCfg.Devices, subscribers = g.overlay, append(subscribers, g.overlay)
+		recCfg.Devices, recCfg.Links, subscribers = g.overlay, g.overlay, append(subscribers, g.overlay)
 	} else {
 		g.State.CheckOverlay(func(sn *state.Snapshot) error {
 			if len(sn.OverlayPeers) > 0 {
@@ -189,11 +190,21 @@ func Start(parent context.Context, cfg Config, log *slog.Logger) (g *Gateway, er
 	if g.Rec, err = reconcile.New(recCfg); err != nil {
 		return nil, err
 	}
+	if g.overlay != nil {
+		g.overlay.watch(g.Rec.LinksChanged)
+	}
 	// Backend agents reach the verifier through the tenants' interfaces: open its port
 	// on the gateway's addresses there, and nothing else.
 	hs, err := hostServices(cfg.Interfaces, cfg.Verifier.Listen)
 	if err != nil {
 		return nil, err
+	}
+	if cfg.Overlay.Enabled { // peer gateways may reach it through a tenant network too
+		ohs, err := hostServices(cfg.Interfaces, cfg.Overlay.VerifierListen)
+		if err != nil {
+			return nil, fmt.Errorf("overlay.verifier_listen: %w", err)
+		}
+		hs = append(hs, ohs...)
 	}
 	if err := g.DP.Writer().SetHostServices(hs); err != nil {
 		return nil, err
@@ -242,6 +253,15 @@ func Start(parent context.Context, cfg Config, log *slog.Logger) (g *Gateway, er
 	agentMux.Handle(AttestPrefix+"/", http.StripPrefix(AttestPrefix, g.Verifier.Handler()))
 	if g.AgentAddr, err = g.serve("verifier", cfg.Verifier.Listen, agentMux, agentTLS); err != nil {
 		return nil, err
+	}
+	if g.overlay != nil {
+		// Peer gateways attest to the same verifier, served with the TLS key this
+		// gateway's own quotes bind (its agents present it to their peers' verifiers):
+		// a peer's agent pins it as the gateway's agents pin a host's verifier.
+		peerTLS := &tls.Config{Certificates: []tls.Certificate{g.overlay.cert}, ClientAuth: tls.RequireAnyClientCert, MinVersion: tls.VersionTLS13}
+		if g.PeerVerifierAddr, err = g.serve("overlay verifier", cfg.Overlay.VerifierListen, agentMux, peerTLS); err != nil {
+			return nil, err
+		}
 	}
 	if cfg.Metrics.Listen != "off" {
 		if g.MetricsAddr, err = g.serve("metrics", cfg.Metrics.Listen, m.handler(), nil); err != nil {

@@ -17,10 +17,12 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/seed4c/moat/attest"
 	"github.com/seed4c/moat/attest/agent"
 	"github.com/seed4c/moat/attest/tpm"
+	"github.com/seed4c/moat/controlapi/reconcile"
 	"github.com/seed4c/moat/controlapi/state"
 	"github.com/seed4c/moat/dataplane"
 	"github.com/seed4c/moat/dataplane/overlay"
@@ -38,7 +40,9 @@ import (
 //     on the one that evicts it, within the bound of backend eviction;
 //   - its agents attest the gateway to each peer's own verifier (the peer configures the
 //     gateway only from that appraisal), pinning the verifier's TLS key to the one the
-//     peer's latest affirming result at this gateway bound.
+//     peer's latest affirming result at this gateway bound;
+//   - it is the reconciler's reconcile.Links: whether the link with each peer is up
+//     (overlay_links.go), which gates the admission of the backends behind it.
 type gatewayOverlay struct {
 	cfg      Config
 	log      *slog.Logger
@@ -62,6 +66,13 @@ type gatewayOverlay struct {
 	pinMu   sync.Mutex
 	subject map[string]string   // peer name -> subject
 	pins    map[string][32]byte // subject -> TLS key SHA-256 of its latest affirming result
+	first   map[string]bool     // peer name -> this gateway attests first (a peer gateway, a higher address)
+
+	// The links as admission sees them (overlay_links.go), by subject.
+	linkMu    sync.Mutex
+	links     map[string]reconcile.LinkState
+	linkWake  chan struct{}
+	linksDone chan struct{} // closed when the watcher returns (ctx ended)
 }
 
 // peerAgent attests the gateway to one peer's verifier.
@@ -93,7 +104,8 @@ func startOverlay(ctx context.Context, cfg Config, se attest.SE, dp *dataplane.D
 		return nil, err
 	}
 	o := &gatewayOverlay{cfg: cfg, log: log.With("component", "overlay"), ctx: ctx, se: se, dp: dp, measurer: m,
-		subject: map[string]string{}, pins: map[string][32]byte{}, agents: map[string]*peerAgent{}}
+		subject: map[string]string{}, pins: map[string][32]byte{}, agents: map[string]*peerAgent{},
+		linkWake: make(chan struct{}, 1)}
 	if o.cert, err = agent.LoadOrCreateTLSKey(filepath.Join(dir, "tls.key"), cfg.Overlay.Identity); err != nil {
 		return nil, err
 	}
@@ -115,6 +127,13 @@ func startOverlay(ctx context.Context, cfg Config, se attest.SE, dp *dataplane.D
 	o.running = make(chan struct{})
 	go func() { defer close(o.running); o.ov.Run(ctx) }()
 	return o, nil
+}
+
+// watch starts following the links, telling changed (the reconciler's LinksChanged)
+// whenever one goes up or down.
+func (o *gatewayOverlay) watch(changed func()) {
+	o.linksDone = make(chan struct{})
+	go func() { defer close(o.linksDone); o.watchLinks(o.ctx, changed) }()
 }
 
 // desired is the overlay the snapshot asks for: a segment per tenant with an overlay
@@ -147,12 +166,13 @@ func desired(sn *state.Snapshot) ([]overlay.PeerConfig, []overlay.Segment) {
 // Prepare implements reconcile.Devices.
 func (o *gatewayOverlay) Prepare(sn *state.Snapshot) error {
 	peers, segs := desired(sn)
-	subject := map[string]string{}
+	subject, first := map[string]string{}, map[string]bool{}
 	for _, p := range sn.OverlayPeers {
 		subject[p.Name] = p.Subject
+		first[p.Name] = p.Gateway && o.cfg.Overlay.Address.Addr().Less(p.Address)
 	}
 	o.pinMu.Lock()
-	o.subject = subject
+	o.subject, o.first = subject, first
 	o.pinMu.Unlock()
 	o.mu.Lock()
 	defer o.mu.Unlock()
@@ -173,6 +193,7 @@ func (o *gatewayOverlay) Prepare(sn *state.Snapshot) error {
 		}
 	}
 	o.ok, o.peers, o.segs = err == nil, peers, segs
+	o.pokeLinks()
 	return err
 }
 
@@ -241,7 +262,20 @@ func (o *gatewayOverlay) startAgent(name, url string) (*peerAgent, error) {
 	}
 	ctx, cancel := context.WithCancel(o.ctx)
 	pa := &peerAgent{url: url, agent: a, cancel: cancel, done: make(chan struct{})}
-	go func() { defer close(pa.done); a.Run(ctx) }()
+	go func() {
+		defer close(pa.done)
+		t := time.NewTicker(o.cfg.Overlay.AttestInterval)
+		defer t.Stop()
+		for {
+			a.Round(ctx)
+			o.pokeLinks() // the peer's verdict on the gateway may have changed
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+		}
+	}()
 	return pa, nil
 }
 
@@ -252,10 +286,23 @@ func (a *peerAgent) stop() {
 
 // pinned accepts a peer verifier's TLS key when it is the one the peer's latest
 // affirming result at this gateway bound.
+//
+// Two gateways pin each other: each would wait for the other's quotes before sending
+// its own. So while this gateway has no pin for a peer gateway, the one of the two with
+// the lower overlay address attests first, to the configured URL alone; the other pins
+// from the start, and so does this one once the peer has attested to it. What that
+// first round risks is only the disclosure of the gateway's evidence (quotes,
+// measurement log: no secret) to whoever answers at the URL: the peer configures the
+// gateway only from its own appraisal, and a verdict from a stranger cannot bring the
+// link up (that takes a WireGuard handshake with the peer's attested keys).
 func (o *gatewayOverlay) pinned(name string, spki []byte) error {
 	o.pinMu.Lock()
 	pin, ok := o.pins[o.subject[name]]
+	first := o.first[name]
 	o.pinMu.Unlock()
+	if !ok && first {
+		return nil
+	}
 	if got := sha256.Sum256(spki); !ok || !bytes.Equal(got[:], pin[:]) {
 		return errors.New("its TLS key is not the one the peer's own quotes bind (or the peer is not attested now): not attesting to it")
 	}
@@ -272,8 +319,12 @@ func (o *gatewayOverlay) Notify(res attest.Result) {
 	case res.Evicts():
 		delete(o.pins, res.Subject)
 	}
+	peer := slices.Contains(slices.Collect(maps.Values(o.subject)), res.Subject)
 	o.pinMu.Unlock()
 	o.ov.Notify(res)
+	if peer {
+		o.pokeLinks() // the node may have added or removed it
+	}
 }
 
 // peerStatus is a peer's link as the API shows it.
@@ -303,6 +354,8 @@ func (o *gatewayOverlay) peerStatus(name string) state.OverlayPeerStatus {
 		}
 		out.AppraisalError = st.LastError
 	}
+	l := o.Link(subject, time.Now())
+	out.LinkUp, out.Link = l.Up, l.Why
 	return out
 }
 
@@ -332,6 +385,9 @@ func (o *gatewayOverlay) check(sn *state.Snapshot) error {
 // to them. The gateway's context has ended.
 func (o *gatewayOverlay) close() error {
 	<-o.running
+	if o.linksDone != nil {
+		<-o.linksDone
+	}
 	o.mu.Lock()
 	agents := o.agents
 	o.agents = map[string]*peerAgent{}

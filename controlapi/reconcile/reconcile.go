@@ -1,8 +1,10 @@
 // Package reconcile turns the gateway's desired state (controlapi/state) and its
 // backends' attestation results into the fast path's configuration, and is the only
 // path by which anything reaches the map writer. A backend is admitted while its host's
-// latest result admits it at the service's minimum trust level; a failed or expired
-// result evicts it on the next pass, which runs as soon as the result arrives.
+// latest result admits it at the service's minimum trust level and, for a backend
+// reached through an overlay peer, while the link with that peer is up (Links); a
+// failed or expired result, or the link going down, evicts it on the next pass, which
+// runs as soon as the result (or the link's change) arrives.
 package reconcile
 
 import (
@@ -50,6 +52,10 @@ type Config struct {
 	Applier  Applier
 	// Devices, when set, is called around each write (the overlay); nil: none.
 	Devices Devices
+	// Links, when set, gates the backends reached through overlay peers on their
+	// links (see Links); nil: no overlay, and a backend on a segment or behind a
+	// peer's route is never admitted (nothing could carry its traffic).
+	Links Links
 	// Enrolled reports whether a subject has enrolled with the verifier (for the
 	// "attesting" state); nil: never.
 	Enrolled func(subject string) bool
@@ -213,6 +219,7 @@ func (r *Reconciler) Pass() (time.Time, error) {
 	}
 	r.refreshPolicies(sn)
 
+	ov := newOverlayView(sn)
 	r.mu.Lock()
 	arrived := r.arrived
 	r.arrived = time.Time{}
@@ -220,7 +227,7 @@ func (r *Reconciler) Pass() (time.Time, error) {
 	var due time.Time
 	cfg := sn.Config(func(b *state.Backend, sv *state.Service) lb.State {
 		k := backendKey{b.Tenant, b.Service, b.Name}
-		st, admitsUntil := r.derive(b, sv, start, r.statuses[k])
+		st, admitsUntil := r.derive(b, sv, ov, start, r.statuses[k])
 		next[k] = st
 		if !admitsUntil.IsZero() && (due.IsZero() || admitsUntil.Before(due)) {
 			due = admitsUntil
@@ -306,20 +313,28 @@ func (r *Reconciler) fail(arrived time.Time) {
 	r.mu.Unlock()
 }
 
-// derive is a backend's status given its host's standing; admitsUntil is when that
-// status lapses by itself (zero if it does not).
-func (r *Reconciler) derive(b *state.Backend, sv *state.Service, now time.Time, prev state.BackendStatus) (st state.BackendStatus, admitsUntil time.Time) {
-	res, ok := r.standings[b.Subject()]
+// derive is a backend's status given its host's standing and, for a backend reached
+// through an overlay peer, that peer's link; admitsUntil is when that status lapses by
+// itself (zero if it does not).
+func (r *Reconciler) derive(b *state.Backend, sv *state.Service, ov *overlayView, now time.Time, prev state.BackendStatus) (st state.BackendStatus, admitsUntil time.Time) {
+	peer, problem := ov.behind(b)
+	subject := b.Subject()
+	if b.OverlayPeer != "" && peer != nil {
+		subject = peer.Subject // another site: admitted on the peer gateway's attestation
+	}
+	res, ok := r.standings[subject]
 	everAdmitted := prev.State == state.StateAdmitted || prev.State == state.StateDraining || prev.State == state.StateEvicted
 	failed := state.StateRejected
 	if everAdmitted {
 		failed = state.StateEvicted
 	}
 	switch {
-	case !ok && r.cfg.Enrolled != nil && r.cfg.Enrolled(b.Subject()):
+	case subject == "":
+		st = state.BackendStatus{State: failed, Reason: problem}
+	case !ok && r.cfg.Enrolled != nil && r.cfg.Enrolled(subject):
 		st = state.BackendStatus{State: state.StateAttesting, Reason: "enrolled; waiting for its first quote"}
 	case !ok:
-		st = state.BackendStatus{State: state.StateRegistered, Reason: "waiting for the host's agent to enroll as " + b.Subject()}
+		st = state.BackendStatus{State: state.StateRegistered, Reason: "waiting for the host's agent to enroll as " + subject}
 	case res.Admits(now) && res.TrustLevel < sv.MinTrust:
 		st = state.BackendStatus{State: failed, Reason: fmt.Sprintf("trust level %s is below the service's minimum %s", res.TrustLevel, sv.MinTrust)}
 	case res.Admits(now) && b.Drain:
@@ -340,8 +355,44 @@ func (r *Reconciler) derive(b *state.Backend, sv *state.Service, now time.Time, 
 		last := res
 		st.LastResult = &last
 	}
+	if st.State == state.StateAdmitted || st.State == state.StateDraining {
+		st, admitsUntil = r.gate(st, admitsUntil, peer, problem, failed, now)
+	}
 	st.Since = prev.Since
 	return st, admitsUntil
+}
+
+// gate keeps an attested backend out while nothing can carry its traffic: it is on a
+// segment no peer can be told to be its host of, or the link with the peer it is
+// reached through is not up. Before its first admission it waits; afterwards it is
+// evicted, as by a failed result. A backend the gateway reaches directly passes.
+func (r *Reconciler) gate(st state.BackendStatus, until time.Time, peer *state.OverlayPeer, problem string, failed state.BackendState, now time.Time) (state.BackendStatus, time.Time) {
+	out := state.StateWaiting
+	if failed == state.StateEvicted {
+		out = failed
+	}
+	switch {
+	case problem != "":
+		return state.BackendStatus{State: out, Reason: problem, LastResult: st.LastResult}, time.Time{}
+	case peer == nil:
+		return st, until
+	case r.cfg.Links == nil:
+		return state.BackendStatus{State: out, Reason: "reached through overlay peer " + peer.Name + ", but this gateway runs no overlay",
+			LastResult: st.LastResult}, time.Time{}
+	}
+	l := r.cfg.Links.Link(peer.Subject, now)
+	if !l.Up {
+		reason := "waiting for overlay link " + peer.Name + ": " + l.Why
+		if out == state.StateEvicted {
+			reason = "overlay link " + peer.Name + " down: " + l.Why
+		}
+		return state.BackendStatus{State: out, Reason: reason, LastResult: st.LastResult}, time.Time{}
+	}
+	if !l.Until.IsZero() && (until.IsZero() || l.Until.Before(until)) {
+		until = l.Until
+	}
+	st.Reason += "; overlay link " + peer.Name + " up"
+	return st, until
 }
 
 // commit makes next the current statuses, stamping changed ones with when they took
@@ -427,8 +478,9 @@ func (r *Reconciler) refreshPolicies(sn *state.Snapshot) {
 		out[subject] = vp
 	}
 	for i := range sn.Backends {
-		b := &sn.Backends[i]
-		add(b.Subject(), b.Tenant+"/"+b.Policy, b.EKSHA256)
+		if b := &sn.Backends[i]; b.OverlayPeer == "" { // another site is appraised as its peer
+			add(b.Subject(), b.Tenant+"/"+b.Policy, b.EKSHA256)
+		}
 	}
 	for _, p := range sn.OverlayPeers {
 		t, _, _ := strings.Cut(p.Subject, "/")

@@ -69,6 +69,9 @@ func (s *Store) backendParents(b *Backend) func(kv.Tx) error {
 		if err := exists(tx, services, b.Tenant+"/"+b.Service); err != nil {
 			return err
 		}
+		if b.OverlayPeer != "" {
+			return exists(tx, overlayPeers, b.OverlayPeer)
+		}
 		return exists(tx, policies, b.Tenant+"/"+b.Policy)
 	}
 }

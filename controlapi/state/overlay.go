@@ -25,8 +25,30 @@ func (s *Store) UpdateOverlayPeer(p OverlayPeer, ifMatch uint64) (OverlayPeer, e
 func (s *Store) ListOverlayPeers(after string, limit int) ([]OverlayPeer, string, error) {
 	return listSome(s, overlayPeers, "", after, limit)
 }
+
+// DeleteOverlayPeer refuses a peer that backends (other sites) go through.
 func (s *Store) DeleteOverlayPeer(name string, ifMatch uint64) error {
-	return remove(s, overlayPeers, name, ifMatch, nil)
+	return remove(s, overlayPeers, name, ifMatch, func(tx kv.Tx) error {
+		n := 0
+		var derr error
+		err := tx.Scan(backends.bucket, "", "", func(_ string, raw []byte) bool {
+			var b Backend
+			if derr = decodeJSON(raw, &b); derr != nil {
+				return false
+			}
+			if b.OverlayPeer == name {
+				n++
+			}
+			return true
+		})
+		if err := errors.Join(err, derr); err != nil {
+			return err
+		}
+		if n > 0 {
+			return fmt.Errorf("overlay peer %s is the site of %d backends: %w", name, n, ErrInUse)
+		}
+		return nil
+	})
 }
 
 // check covers the peer's own fields; checkOverlay what it refers to.
@@ -74,7 +96,8 @@ func (p *OverlayPeer) check() error {
 
 // checkOverlay checks the overlay part of the configuration as a whole: VNIs unique,
 // every peer's subject tenant and policy present, its tenants present with a segment,
-// its routes' next hops on those segments, subjects and addresses unique.
+// its routes' next hops on those segments, subjects and addresses unique; a backend
+// that is another site names a peer that carries its tenant and routes its address.
 func (sn *Snapshot) checkOverlay() error {
 	var errs []error
 	byName := map[string]*Tenant{}
@@ -95,6 +118,10 @@ func (sn *Snapshot) checkOverlay() error {
 		pols[p.key()] = true
 	}
 	subjects := map[string]string{}
+	peersByName := map[string]*OverlayPeer{}
+	for i := range sn.OverlayPeers {
+		peersByName[sn.OverlayPeers[i].Name] = &sn.OverlayPeers[i]
+	}
 	for _, p := range sn.OverlayPeers {
 		where := "overlay peer " + p.Name
 		t, _, _ := strings.Cut(p.Subject, "/")
@@ -118,7 +145,36 @@ func (sn *Snapshot) checkOverlay() error {
 			}
 		}
 	}
+	for i := range sn.Backends {
+		b := &sn.Backends[i]
+		if b.OverlayPeer == "" {
+			continue
+		}
+		p := peersByName[b.OverlayPeer]
+		where := "backend " + b.key()
+		switch {
+		case p == nil:
+			errs = append(errs, fmt.Errorf("%s: overlay peer %s: %w", where, b.OverlayPeer, ErrNotFound))
+		case !slices.Contains(p.Tenants, b.Tenant):
+			errs = append(errs, fmt.Errorf("%s: overlay peer %s does not carry tenant %s", where, p.Name, b.Tenant))
+		case !slices.ContainsFunc(p.Routes, func(r OverlayRoute) bool { return r.Tenant == b.Tenant && r.Dst.Contains(b.Addr) }):
+			errs = append(errs, fmt.Errorf("%s: address %v: no route of tenant %s through overlay peer %s covers it", where, b.Addr, b.Tenant, p.Name))
+		}
+	}
 	return errors.Join(errs...)
+}
+
+// SubjectOf is the attestation subject that admits a backend: its host's, or for
+// another site (Backend.OverlayPeer) the peer gateway's ("" if the peer is gone).
+func (s *Store) SubjectOf(b Backend) string {
+	if b.OverlayPeer == "" {
+		return b.Subject()
+	}
+	p, err := s.GetOverlayPeer(b.OverlayPeer)
+	if err != nil {
+		return ""
+	}
+	return p.Subject
 }
 
 // peersUsing counts the overlay peers for which used is true.

@@ -128,6 +128,15 @@ func (t *Service) check() error {
 func (r *Rule) check() error { return names("tenant", r.Tenant, "rule", r.Name) }
 
 func (b *Backend) check() error {
+	if b.OverlayPeer != "" {
+		if err := names("tenant", b.Tenant, "service", b.Service, "backend", b.Name, "overlay peer", b.OverlayPeer); err != nil {
+			return err
+		}
+		if b.Identity != "" || b.Policy != "" || b.EKSHA256 != "" {
+			return fmt.Errorf("backend %s: another site (overlay_peer %s) is appraised as that peer: give no identity, policy or ek_sha256", b.Name, b.OverlayPeer)
+		}
+		return nil
+	}
 	if err := names("tenant", b.Tenant, "service", b.Service, "backend", b.Name, "identity", b.Identity, "policy", b.Policy); err != nil {
 		return err
 	}
@@ -430,6 +439,9 @@ func (sn *Snapshot) checkIdentities() error {
 	}
 	for i := range sn.Backends {
 		b := &sn.Backends[i]
+		if b.OverlayPeer != "" {
+			continue // appraised as the peer
+		}
 		if err := check(b.Subject(), appraisal{"backend " + b.key(), b.Tenant + "/" + b.Policy, b.EKSHA256}); err != nil {
 			return err
 		}

@@ -81,6 +81,11 @@ type OverlayPeer struct {
 	// Routes are tenant prefixes behind the peer (another gateway's VIPs), reached via
 	// its address on the tenant's segment.
 	Routes []OverlayRoute `json:"routes,omitempty"`
+	// Gateway: the peer is another moat gateway; Verifier is its peer-facing verifier
+	// (overlay.verifier_listen), served with the TLS key its quotes bind. Each of the two
+	// pins the other's key once it has appraised the other; to start, the one with the
+	// lower overlay address attests first, to the URL alone.
+	Gateway bool `json:"gateway,omitempty"`
 	Meta
 }
 
@@ -106,6 +111,10 @@ type OverlayPeerStatus struct {
 	// the gateway's agent: the peer configures the gateway only while it affirms.
 	Appraisal      attest.Status `json:"appraisal,omitempty"`
 	AppraisalError string        `json:"appraisal_error,omitempty"`
+	// LinkUp: configured here, affirmed by the peer and a handshake completed since:
+	// the backends behind the peer may be admitted. Link says why not, when not.
+	LinkUp bool   `json:"link_up"`
+	Link   string `json:"link,omitempty"`
 }
 
 // Service is a tenant's VIP:port.
@@ -141,11 +150,24 @@ type Backend struct {
 	EKSHA256 string `json:"ek_sha256,omitempty"`
 	// Drain stops new flows to the backend; existing ones continue.
 	Drain bool `json:"drain,omitempty"`
+	// OverlayPeer, when set, makes the backend another site: the same tenant's VIP at
+	// the gateway that overlay peer is, reached through it (one of the peer's routes of
+	// the tenant covers Addr). The other gateway balances over its own attested
+	// backends; this gateway admits the site while the peer's attestation admits it
+	// (at the service's minimum trust) and the link with it is up. Identity, Policy and
+	// EKSHA256 are the peer's: they stay empty.
+	OverlayPeer string `json:"overlay_peer,omitempty"`
 	Meta
 }
 
-// Subject is the verifier's name for the backend's host.
-func (b *Backend) Subject() string { return b.Tenant + "/" + b.Identity }
+// Subject is the verifier's name for the backend's host; empty for another site's
+// VIP (OverlayPeer), whose subject is the peer's (Store.SubjectOf).
+func (b *Backend) Subject() string {
+	if b.OverlayPeer != "" {
+		return ""
+	}
+	return b.Tenant + "/" + b.Identity
+}
 
 // Rule allows sources to reach services of the tenant.
 type Rule struct {
@@ -179,10 +201,13 @@ type Policy struct {
 type BackendState string
 
 // Backend states. registered → attesting → admitted | rejected; admitted → evicted
-// (failed or expired attestation) → admitted (a new success); draining by request.
+// (failed or expired attestation, or its overlay link down) → admitted (a new
+// success); draining by request. A backend reached through an overlay peer waits
+// (attested, its link not up yet) before its first admission.
 const (
 	StateRegistered BackendState = "registered" // no attestation seen yet
 	StateAttesting  BackendState = "attesting"  // enrolled, no verdict yet
+	StateWaiting    BackendState = "waiting"    // attested, never admitted yet: its overlay link is not up
 	StateAdmitted   BackendState = "admitted"   // in its service's Maglev table
 	StateRejected   BackendState = "rejected"   // never admitted: its first verdict failed
 	StateEvicted    BackendState = "evicted"    // was admitted; attestation failed or expired

@@ -272,6 +272,17 @@ func (n *Node) addLocked(pc PeerConfig, party Party, expires time.Time) error {
 	n.peers[pc.Subject] = &peerState{cfg: pc, party: party, expires: expires, since: time.Now()}
 	n.stats.Added++
 	n.log.Info("overlay peer added", "subject", pc.Subject, "public_key", party.WireGuard.String(), "address", pc.Address, "epoch", n.epoch)
+	// Handshake now rather than at the first packet: whichever end configures the
+	// other last completes it at once, so the link is known to carry traffic (a gateway
+	// admits the backends behind it only then) before any tenant packet waits on it.
+	// The first end's initiation fails (its peer does not know it yet) and wireguard-go
+	// retries it 5 s later, by which time the other end has usually initiated. Without
+	// an endpoint the peer initiates (it is behind NAT).
+	if pc.Endpoint.IsValid() {
+		if err := n.eng.Handshake(party.WireGuard); err != nil {
+			n.log.Debug("first handshake", "subject", pc.Subject, "error", err)
+		}
+	}
 	return nil
 }
 

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -42,6 +43,7 @@ type AttestedScene struct {
 	agents  map[string]*exec.Cmd // by backend name
 	peers   []*dataplane.CountPass
 	remote  *RemoteHost // with the overlay
+	site    *Site       // one gateway of a two-site overlay (sites.go)
 	log     io.Writer
 }
 
@@ -57,6 +59,13 @@ type AttestedOptions struct {
 	// WireGuard overlay, the gateway running with a simulated SE and the overlay on
 	// (overlay.go).
 	Overlay bool
+	// Tenants and VIP shape the topology (topology.Options); defaults a, b and
+	// 10.100.0.1.
+	Tenants []string
+	VIP     netip.Addr
+	// Site makes the gateway one site of a two-site overlay (sites.go): its own
+	// simulated SE, the overlay on, a segment per tenant.
+	Site *Site
 }
 
 // AppFile is the measured application binary of a backend host.
@@ -82,14 +91,14 @@ func NewAttestedScene(o AttestedOptions) (s *AttestedScene, err error) {
 	if o.Log == nil {
 		o.Log = io.Discard
 	}
-	s = &AttestedScene{Binary: o.Binary, Dir: o.Dir, Instance: o.Instance, agents: map[string]*exec.Cmd{}, log: o.Log}
+	s = &AttestedScene{Binary: o.Binary, Dir: o.Dir, Instance: o.Instance, agents: map[string]*exec.Cmd{}, log: o.Log, site: o.Site}
 	defer func() {
 		if err != nil {
 			s.Close()
 			s = nil
 		}
 	}()
-	if s.Topo, err = topology.Build(topology.Options{Backends: o.Backends, MaglevSize: 251, Management: true}); err != nil {
+	if s.Topo, err = topology.Build(topology.Options{Tenants: o.Tenants, VIP: o.VIP, Backends: o.Backends, MaglevSize: 251, Management: true}); err != nil {
 		return nil, err
 	}
 	if err := s.Topo.StartServers(); err != nil {
@@ -425,3 +434,21 @@ func (s *AttestedScene) Connect(tn *topology.Tenant, n int) ([]*Conn, error) {
 
 // Agent returns the process of a backend host's agent.
 func (s *AttestedScene) Agent(backend string) *exec.Cmd { return s.agents[backend] }
+
+// Transitions returns a backend's recorded state transitions (service web; every
+// backend's when backend is empty), oldest first.
+func (s *AttestedScene) Transitions(tenantName, backend string) ([]state.Transition, error) {
+	var trs struct {
+		Items []state.Transition `json:"items"`
+	}
+	if _, err := s.Call("GET", "/v1/tenants/"+tenantName+"/transitions?limit=1000", nil, &trs); err != nil {
+		return nil, err
+	}
+	var out []state.Transition
+	for _, t := range trs.Items {
+		if t.Service == "web" && (backend == "" || t.Backend == backend) {
+			out = append(out, t)
+		}
+	}
+	return out, nil
+}

@@ -43,7 +43,14 @@ const (
 type RemoteHost struct {
 	*topology.Backend // Name, Host, Addr (on the segment), MgmtAddr, Server
 	Tenant            *topology.Tenant
+	// VerifierURL is the URL its overlay peer gives for the host's verifier (the
+	// gateway attests there); RemoteVerifierURL unless a test changes it before
+	// Register.
+	VerifierURL string
 }
+
+// RemoteVerifierURL is where the remote host's verifier listens.
+const RemoteVerifierURL = "https://" + RemoteMgmt + ":9445" + overlay.VerifierPrefix
 
 // Remote returns the remote backend host (nil without the overlay).
 func (s *AttestedScene) Remote() *RemoteHost { return s.remote }
@@ -56,7 +63,7 @@ func (s *AttestedScene) buildRemote() error {
 		return err
 	}
 	r := &RemoteHost{Backend: &topology.Backend{Name: RemoteName, Host: h, Addr: netip.MustParseAddr(RemoteSegmentAddr),
-		MgmtAddr: netip.MustParseAddr(RemoteMgmt)}, Tenant: s.Topo.Tenants[0]}
+		MgmtAddr: netip.MustParseAddr(RemoteMgmt)}, Tenant: s.Topo.Tenants[0], VerifierURL: RemoteVerifierURL}
 	s.remote = r
 	// The underlay carries WireGuard and ARP only: no IPv6 chatter.
 	for _, kv := range [][2]string{{"net/ipv6/conf/all/disable_ipv6", "1"}, {"net/ipv6/conf/default/disable_ipv6", "1"}, {"net/ipv4/conf/all/rp_filter", "0"}} {
@@ -104,8 +111,22 @@ func (s *AttestedScene) buildRemote() error {
 	return os.WriteFile(s.AppFile(r.Name), appContent(r.Tenant.Name), 0o644)
 }
 
+// GatewayEK is the SHA-256 (hex) of the gateway's own SE's EK, as its status shows it.
+func (s *AttestedScene) GatewayEK() (string, error) {
+	var st struct {
+		SE struct {
+			EK string `json:"ek_sha256"`
+		} `json:"se"`
+	}
+	_, err := s.Call("GET", "/v1/status", nil, &st)
+	return st.SE.EK, err
+}
+
 // gatewayOverlayConfig is the gateway configuration's SE and overlay sections.
 func (s *AttestedScene) gatewayOverlayConfig() string {
+	if s.site != nil {
+		return s.site.gatewayConfig(s.Dir)
+	}
 	if s.remote == nil {
 		return ""
 	}
@@ -124,12 +145,8 @@ overlay:
 // and starts its agent.
 func (s *AttestedScene) startRemote(interval time.Duration) error {
 	r := s.remote
-	var st struct {
-		SE struct {
-			EK string `json:"ek_sha256"`
-		} `json:"se"`
-	}
-	if _, err := s.Call("GET", "/v1/status", nil, &st); err != nil {
+	ek, err := s.GatewayEK()
+	if err != nil {
 		return err
 	}
 	bin, err := filepath.Abs(s.Binary)
@@ -162,7 +179,7 @@ segments:
     routes: [{dst: 10.0.0.0/24, via: 10.9.0.1}]
     peers: [%s]
 `, RemoteOverlay, RemoteMgmt, GatewayIdentity, GatewayUnderlay, overlay.DefaultListenPort, GatewayOverlay, bin, hex.EncodeToString(sum[:]),
-		st.SE.EK, r.Tenant.Name, SegmentVNI, RemoteSegmentAddr, GatewayIdentity)
+		ek, r.Tenant.Name, SegmentVNI, RemoteSegmentAddr, GatewayIdentity)
 	file := filepath.Join(s.Dir, r.Name, "overlay.yaml")
 	if err := os.WriteFile(file, []byte(cfg), 0o600); err != nil {
 		return err
@@ -195,7 +212,7 @@ func (s *AttestedScene) registerRemote() error {
 			"weight": 1, "policy": r.Name, "ek_sha256": ek}},
 		{"/v1/overlay/peers", state.OverlayPeer{Name: r.Name, Subject: r.Tenant.Name + "/" + r.Name, Policy: r.Name, EKSHA256: ek,
 			Address: netip.MustParseAddr(RemoteOverlay), Endpoint: netip.AddrPortFrom(netip.MustParseAddr(RemoteUnderlay), overlay.DefaultListenPort),
-			Verifier: "https://" + RemoteMgmt + ":9445" + overlay.VerifierPrefix, Tenants: []string{r.Tenant.Name}}},
+			Verifier: r.VerifierURL, Tenants: []string{r.Tenant.Name}}},
 	}
 	for _, st := range steps {
 		if _, err := s.Call("POST", st.path, st.body, nil); err != nil {
@@ -207,6 +224,9 @@ func (s *AttestedScene) registerRemote() error {
 
 // tenantOverlay is the overlay field of a tenant at registration.
 func (s *AttestedScene) tenantOverlay(tn *topology.Tenant) *state.TenantOverlay {
+	if s.site != nil {
+		return &state.TenantOverlay{VNI: s.site.VNIs[tn.Name], Address: s.site.Segment}
+	}
 	if s.remote == nil || tn != s.remote.Tenant {
 		return nil
 	}
@@ -223,14 +243,26 @@ func (s *AttestedScene) OverlayPeer(name string) (state.OverlayPeer, state.Overl
 	return v.OverlayPeer, v.Status, err
 }
 
-// WaitLink waits until the gateway's link with an overlay peer is up (up: configured
-// in WireGuard with a completed handshake, and the peer affirming the gateway) or down.
+// UpdateOverlayPeer changes an overlay peer through the API (read, edit, write with
+// its ETag).
+func (s *AttestedScene) UpdateOverlayPeer(name string, edit func(*state.OverlayPeer)) error {
+	p, _, err := s.OverlayPeer(name)
+	if err != nil {
+		return err
+	}
+	edit(&p)
+	_, err = s.Call("PUT", "/v1/overlay/peers/"+name, p, nil, "If-Match", fmt.Sprintf("%q", fmt.Sprint(p.Version)))
+	return err
+}
+
+// WaitLink waits until the gateway's link with an overlay peer is up (as admission
+// sees it: configured in WireGuard, the peer affirming the gateway, a handshake
+// completed since) or down (not configured).
 func (s *AttestedScene) WaitLink(name string, up bool, timeout time.Duration) (state.OverlayPeerStatus, error) {
 	deadline := time.Now().Add(timeout)
 	for {
 		_, st, err := s.OverlayPeer(name)
-		isUp := st.Configured && !st.LastHandshake.IsZero() && st.Appraisal == "affirming"
-		if err == nil && (up && isUp || !up && !st.Configured) {
+		if err == nil && (up && st.LinkUp || !up && !st.Configured && !st.LinkUp) {
 			return st, nil
 		}
 		if time.Now().After(deadline) {
