@@ -52,7 +52,9 @@ func demoCmd() *cobra.Command {
 the same backend addresses; runs ` + "`moat gateway`" + ` in the gateway's namespace and ` + "`moat agent`" + `
 with a simulated TPM on every backend host; registers the backends through the REST
 API (one host's application tampered with); sends real traffic; attacks one tenant from
-the other; changes a host's application mid-run; prints the state as it goes, and
+the other; balances over a remote host reached only through the attested WireGuard
+overlay (the gateway runs with its own simulated SE) and evicts it when its state
+changes; changes a local host's application mid-run; prints the state as it goes, and
 removes everything it created on exit or Ctrl-C. It needs root.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -64,6 +66,7 @@ removes everything it created on exit or Ctrl-C. It needs root.`,
 	f.IntVar(&o.Backends, "backends", 3, "backend hosts per tenant")
 	f.IntVar(&o.Connections, "connections", 30, "connections per tenant in each step")
 	f.BoolVar(&o.Hold, "hold", false, "keep the scene up after the steps, until Ctrl-C")
+	f.BoolVar(&o.NoOverlay, "no-overlay", false, "leave out the remote host and the WireGuard overlay")
 	return cmd
 }
 

@@ -24,6 +24,7 @@ import (
 	"github.com/seed4c/moat/controlapi/state"
 	"github.com/seed4c/moat/dataplane"
 	"github.com/seed4c/moat/internal/topology"
+	"github.com/seed4c/moat/lb"
 )
 
 // AttestedScene is the reference topology run the production way: `moat gateway` in
@@ -98,7 +99,10 @@ func NewAttestedScene(o AttestedOptions) (s *AttestedScene, err error) {
 			s = nil
 		}
 	}()
-	if s.Topo, err = topology.Build(topology.Options{Tenants: o.Tenants, VIP: o.VIP, Backends: o.Backends, MaglevSize: 251, Management: true}); err != nil {
+	// Maglev wants at least 64 slots per backend (tenant.Validate); the remote host
+	// is one more backend of the first tenant.
+	size := lb.NextPrime(uint32(64 * (o.Backends + 1)))
+	if s.Topo, err = topology.Build(topology.Options{Tenants: o.Tenants, VIP: o.VIP, Backends: o.Backends, MaglevSize: size, Management: true}); err != nil {
 		return nil, err
 	}
 	if err := s.Topo.StartServers(); err != nil {
@@ -333,7 +337,7 @@ func (s *AttestedScene) Register() error {
 		}{
 			{"POST", "/v1/tenants", state.Tenant{Name: tn.Name, FIBTable: tc.FIBTable, Attachments: tc.Attachments, Overlay: s.tenantOverlay(tn)}},
 			{"POST", "/v1/tenants/" + tn.Name + "/services", map[string]any{"name": "web", "vip": s.Topo.Opts.VIP,
-				"port": s.Topo.Opts.Port, "protocol": "tcp", "maglev_size": 251, "min_trust": "allow-listed"}},
+				"port": s.Topo.Opts.Port, "protocol": "tcp", "maglev_size": s.Topo.Opts.MaglevSize, "min_trust": "allow-listed"}},
 			{"POST", "/v1/tenants/" + tn.Name + "/rules", map[string]any{"name": "clients", "sources": []string{"10.0.0.0/24"}, "services": []string{"web"}}},
 		}
 		// Hosts here share one file system, so each measures its own copy of the

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -25,6 +26,9 @@ type RunOptions struct {
 	Backends    int    // per tenant; default 3
 	Connections int    // per tenant and step; default 30
 	Hold        bool   // after the steps, keep everything up until ctx ends
+	// NoOverlay leaves out the remote backend host reached through the attested
+	// WireGuard overlay (and the gateway's own simulated SE).
+	NoOverlay bool
 	// Binary is the moat executable run as gateway and agents; default this one.
 	Binary string
 	Logger *slog.Logger
@@ -63,8 +67,11 @@ func Run(ctx context.Context, w io.Writer, o RunOptions) (err error) {
 
 	p("moat demo: a gateway, two tenants that use the same addresses, %d backend hosts with TPMs", 2*o.Backends)
 	p("  client prefix 10.0.0.0/24, VIP 10.100.0.1:80, backends 10.1.n.2:8080, in both tenants")
+	if !o.NoOverlay {
+		p("  and a remote host of tenant a (%s:8080) reachable only through the attested WireGuard overlay", RemoteSegmentAddr)
+	}
 	start := time.Now()
-	s, err := NewAttestedScene(AttestedOptions{Binary: o.Binary, Dir: dir, Instance: o.Instance, Backends: o.Backends})
+	s, err := NewAttestedScene(AttestedOptions{Binary: o.Binary, Dir: dir, Instance: o.Instance, Backends: o.Backends, Overlay: !o.NoOverlay})
 	if err != nil {
 		return fmt.Errorf("set up the scene (logs were in %s): %w", dir, err)
 	}
@@ -79,15 +86,20 @@ func Run(ctx context.Context, w io.Writer, o RunOptions) (err error) {
 		time.Since(start).Round(time.Millisecond), s.Topo.GW.Name, filepath.Join(dir, "state", "ca.crt"))
 	p("  and `moat agent` with a simulated TPM on every backend host, attesting every 500 ms")
 
-	steps := []struct {
+	type step struct {
 		title string
 		run   func() error
-	}{
+	}
+	steps := []step{
 		{"attestation-gated admission: backends registered through the REST API", func() error { return s.stepAdmission(p) }},
 		{fmt.Sprintf("balancing: %d connections per tenant through the same VIP", o.Connections), func() error { return s.stepBalance(p, o.Connections) }},
 		{"isolation: tenant a attacks tenant b", func() error { return s.stepIsolation(p) }},
+		{"the remote host over the attested WireGuard overlay", func() error { return s.stepOverlay(p, o.Connections) }},
 		{"a host's application changes mid-run", func() error { return s.stepEviction(p, o.Connections) }},
 		{fmt.Sprintf("status (what `moat ctl status` and `moat dataplane status --instance %s` show)", o.Instance), func() error { return s.stepStatus(w) }},
+	}
+	if o.NoOverlay {
+		steps = slices.DeleteFunc(steps, func(st step) bool { return strings.Contains(st.title, "overlay") })
 	}
 	for i, st := range steps {
 		if err := ctx.Err(); err != nil {
@@ -128,6 +140,15 @@ func (s *AttestedScene) stepAdmission(p func(string, ...any)) error {
 			}
 			p("  %-4s %-9s after %-6v %s", b.Name, st.State, time.Since(start).Round(10*time.Millisecond), shorten(st.Reason, 90))
 		}
+	}
+	if r := s.Remote(); r != nil {
+		// Admitted only once the overlay link is up: the host attested to the gateway,
+		// the gateway to the host, and a WireGuard handshake completed.
+		st, err := s.WaitState(r.Tenant.Name, r.Name, 30*time.Second, state.StateAdmitted)
+		if err != nil {
+			return err
+		}
+		p("  %-4s %-9s after %-6v %s", r.Name, st.State, time.Since(start).Round(10*time.Millisecond), shorten(st.Reason, 120))
 	}
 	return nil
 }
