@@ -30,7 +30,9 @@ func (h *Host) OpenRaw(ifname string) (*RawSocket, error) {
 		if err != nil {
 			return fmt.Errorf("raw socket on %s: %w", ifname, err)
 		}
-		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, int(htons(unix.ETH_P_ALL)))
+		// Protocol 0 until bind: created with ETH_P_ALL, the socket would queue frames
+		// of every interface in the namespace before bind narrows it to ifname.
+		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0)
 		if err != nil {
 			return fmt.Errorf("raw socket on %s: %w", ifname, err)
 		}

@@ -31,22 +31,26 @@ type Capture struct {
 // every frame between two nodes).
 func Start(h *netns.Host, ifname string) (*Capture, error) {
 	c := &Capture{done: make(chan struct{})}
+	ifindex := 0
 	err := h.Do(func() error {
-		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, int(htons(unix.ETH_P_ALL)))
+		if ifname != "" {
+			ifi, err := net.InterfaceByName(ifname)
+			if err != nil {
+				return err
+			}
+			ifindex = ifi.Index
+		}
+		// Protocol 0 at creation: the socket receives nothing until bind names the
+		// protocol and the interface. Created with ETH_P_ALL, it would queue frames of
+		// every interface (a TUN's bare IP packets among them) in the window before bind.
+		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0)
 		if err != nil {
 			return err
 		}
 		c.fd = fd
-		if ifname != "" {
-			ifi, err := net.InterfaceByName(ifname)
-			if err != nil {
-				unix.Close(fd)
-				return err
-			}
-			if err := unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ALL), Ifindex: ifi.Index}); err != nil {
-				unix.Close(fd)
-				return err
-			}
+		if err := unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ALL), Ifindex: ifindex}); err != nil {
+			unix.Close(fd)
+			return err
 		}
 		return unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Usec: 100000})
 	})
@@ -64,7 +68,11 @@ func Start(h *netns.Host, ifname string) (*Capture, error) {
 				}
 				return
 			}
-			if ll, ok := from.(*unix.SockaddrLinklayer); ok && (ifname != "" || ll.Pkttype == unix.PACKET_OUTGOING) {
+			ll, ok := from.(*unix.SockaddrLinklayer)
+			if !ok {
+				continue
+			}
+			if (ifindex != 0 && ll.Ifindex == ifindex) || (ifindex == 0 && ll.Pkttype == unix.PACKET_OUTGOING) {
 				c.mu.Lock()
 				c.frames = append(c.frames, bytes.Clone(buf[:n]))
 				c.mu.Unlock()
