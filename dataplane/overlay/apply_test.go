@@ -22,7 +22,7 @@ func TestSetPeersLive(t *testing.T) {
 	if err := a.node.SetPeers(nil); err != nil {
 		t.Fatal(err)
 	}
-	admitBoth(n)
+	notifyBoth(n) // a does not have b as a peer: no handshake to wait for
 	if got := a.node.Peers(); len(got) != 0 {
 		t.Fatalf("a configured %v although b is not its peer", got)
 	}
@@ -31,6 +31,9 @@ func TestSetPeersLive(t *testing.T) {
 	if ping(a, b, 300*time.Millisecond) {
 		t.Fatal("a packet crossed from a node that does not have the receiver as a peer")
 	}
+	// Let b's own first handshake (b has the higher key, or a's was dropped) go out
+	// first: a's, started as a configures b, must not cross it (see admitBoth).
+	waitOwedHandshakesTried(t, b.node)
 	// Configured now: b's result of a moment ago admits it at once.
 	if err := a.node.SetPeers([]PeerConfig{bPeer}); err != nil {
 		t.Fatal(err)

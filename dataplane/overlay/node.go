@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"math/rand/v2"
 	"net/netip"
 	"slices"
 	"sync"
@@ -148,7 +149,7 @@ type Node struct {
 	byName map[string]PeerConfig    // the configured peers (SetPeers changes them)
 	last   map[string]attest.Result // every subject's latest result that is not refused
 	peers  map[string]*peerState
-	rekey  map[string]*rekey // peers this side must rekey with since a rotation
+	rekey  map[string]*rekey // peers owed a handshake (added, or a rotation) that has not completed yet
 	epoch  uint64
 	closed bool
 	stats  Stats
@@ -272,18 +273,43 @@ func (n *Node) addLocked(pc PeerConfig, party Party, expires time.Time) error {
 	n.peers[pc.Subject] = &peerState{cfg: pc, party: party, expires: expires, since: time.Now()}
 	n.stats.Added++
 	n.log.Info("overlay peer added", "subject", pc.Subject, "public_key", party.WireGuard.String(), "address", pc.Address, "epoch", n.epoch)
-	// Handshake now rather than at the first packet: whichever end configures the
-	// other last completes it at once, so the link is known to carry traffic (a gateway
-	// admits the backends behind it only then) before any tenant packet waits on it.
-	// The first end's initiation fails (its peer does not know it yet) and wireguard-go
-	// retries it 5 s later, by which time the other end has usually initiated. Without
-	// an endpoint the peer initiates (it is behind NAT).
+	// Handshake now rather than at the first packet, so the link is known to carry
+	// traffic (a gateway admits the backends behind it only then) before any tenant
+	// packet waits on it. Only one end starts at once, the one with the lower key (as
+	// after a rotation): two initiations crossing each other can leave wireguard-go
+	// with a session that carries one direction only until its 15 s no-reply rekey
+	// (both ends are usually configured within milliseconds of each other, from the
+	// same round of results). The other end starts its own handshake a moment later
+	// unless one has completed by then: it covers the case where it was configured
+	// last and the lower end's initiation, arriving before, was dropped. Without an
+	// endpoint the peer initiates (it is behind NAT).
 	if pc.Endpoint.IsValid() {
-		if err := n.eng.Handshake(party.WireGuard); err != nil {
-			n.log.Debug("first handshake", "subject", pc.Subject, "error", err)
+		now := time.Now()
+		if n.initiates(party) {
+			n.rekey[pc.Subject] = &rekey{since: now, tried: now}
+			if err := n.eng.Handshake(party.WireGuard); err != nil {
+				n.log.Debug("first handshake", "subject", pc.Subject, "error", err)
+			}
+		} else {
+			n.rekey[pc.Subject] = &rekey{since: now, tried: now.Add(followerHandshakeDelay() - rekeyInterval)}
 		}
 	}
 	return nil
+}
+
+// followerHandshakeDelay is how long the end with the higher key waits for the other
+// end's handshake before it starts one itself: well above the time a handshake takes
+// between configured peers (2 ms here), well below wireguard-go's 5 s retry; random
+// in [250 ms, 750 ms) so that no schedule keeps it in step with the other end's
+// initiations.
+func followerHandshakeDelay() time.Duration {
+	return 250*time.Millisecond + rand.N(500*time.Millisecond)
+}
+
+// initiates says whether this end starts the handshakes with party when both could:
+// the end with the lower WireGuard key does.
+func (n *Node) initiates(party Party) bool {
+	return bytes.Compare(n.self.WireGuard[:], party.WireGuard[:]) < 0
 }
 
 func (n *Node) removeLocked(subject, why string, arrived time.Time) {
@@ -373,7 +399,7 @@ func (n *Node) rotateLocked(e uint64) error {
 		if err == nil {
 			err = n.eng.Configure(setPeer(peerConfig{PublicKey: p.party.WireGuard, PSK: psk, UpdateOnly: true}))
 		}
-		if err == nil && bytes.Compare(n.self.WireGuard[:], p.party.WireGuard[:]) < 0 {
+		if err == nil && n.initiates(p.party) {
 			now := time.Now()
 			n.rekey[s] = &rekey{since: now, tried: now}
 			err = n.eng.Handshake(p.party.WireGuard)
@@ -388,15 +414,16 @@ func (n *Node) rotateLocked(e uint64) error {
 	return errors.Join(errs...)
 }
 
-// rekeyInterval is how often a rekey after a rotation is retried until a handshake
-// under the new PSK completes: WireGuard ignores an initiation request within
-// RekeyTimeout (5 s) of the previous one, and fails one the other side answers with the
-// previous epoch's PSK.
+// rekeyInterval is how often a handshake owed to a peer (after it was added, or after
+// a rotation: under the new PSK) is started again until one completes: WireGuard
+// ignores an initiation request within RekeyTimeout (5 s) of the previous one, fails
+// one the other side answers with the previous epoch's PSK, and gives up retrying on
+// its own after 90 s (the other end may admit this one later than that).
 const rekeyInterval = 5*time.Second + 100*time.Millisecond
 
 type rekey struct{ since, tried time.Time }
 
-// rekeyLocked starts again the handshakes a rotation asked for that have not completed
+// rekeyLocked starts again the handshakes owed to peers that have not completed
 // yet, and returns when to look again (zero: nothing pending).
 func (n *Node) rekeyLocked() time.Time {
 	if len(n.rekey) == 0 {
@@ -421,7 +448,7 @@ func (n *Node) rekeyLocked() time.Time {
 		if time.Since(r.tried) >= rekeyInterval {
 			r.tried = time.Now()
 			if err := n.eng.Handshake(p.party.WireGuard); err != nil {
-				n.log.Warn("rekey after rotation", "subject", s, "error", err)
+				n.log.Warn("overlay handshake", "subject", s, "error", err)
 			}
 		}
 		if next := r.tried.Add(rekeyInterval); due.IsZero() || next.Before(due) {

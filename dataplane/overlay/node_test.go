@@ -2,10 +2,13 @@ package overlay
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
+	"log/slog"
 	"net/netip"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -23,9 +26,13 @@ type pairNode struct {
 	node *Node
 	se   *fakese.SE
 	tun  *tuntest.ChannelTUN
-	addr netip.Addr
-	name string
-	key  Key
+	// inbound holds what the node wrote to its TUN: a goroutine empties the channel TUN
+	// at once, since wireguard-go's write to it is unbuffered and a write nobody reads
+	// stalls that peer's receive path (and with it key confirmation and removal).
+	inbound chan []byte
+	addr    netip.Addr
+	name    string
+	key     Key
 	// offset is added to the node's clock: tests move it into another PSK epoch.
 	offset *atomic.Int64
 }
@@ -65,7 +72,15 @@ func newPair(t testing.TB) [2]*pairNode {
 	names := [2]string{"a", "b"}
 	for i := range out {
 		p := &pairNode{offset: new(atomic.Int64), se: newFakeSE(t), tun: tuntest.NewChannelTUN(), name: names[i],
-			addr: netip.AddrFrom4([4]byte{100, 64, 0, byte(i + 1)})}
+			addr: netip.AddrFrom4([4]byte{100, 64, 0, byte(i + 1)}), inbound: make(chan []byte, 1024)}
+		go func() {
+			for pkt := range p.tun.Inbound { // closed with the TUN
+				select {
+				case p.inbound <- pkt:
+				default: // nobody is waiting for it: a stale copy
+				}
+			}
+		}()
 		other := 1 - i
 		cfg := Config{Address: netip.PrefixFrom(p.addr, 24), KeyFile: filepath.Join(t.TempDir(), "wg.sealed"), Epoch: time.Minute,
 			EpochClock: p.clock, Peers: []PeerConfig{{Subject: names[other],
@@ -76,23 +91,50 @@ func newPair(t testing.TB) [2]*pairNode {
 			t.Fatal(err)
 		}
 		p.key = key
-		wg := NewWireGuard(p.tun.TUN(), binds[i], nil)
-		if p.node, err = NewNode(cfg, p.se, key, wg, nil); err != nil {
+		lg := testLog(t, names[i])
+		wg := NewWireGuard(p.tun.TUN(), binds[i], lg)
+		if p.node, err = NewNode(cfg, p.se, key, wg, lg); err != nil {
 			t.Fatal(err)
 		}
 		if err := wg.Up(); err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { p.node.Close() })
+		go p.node.Run(t.Context()) // as its owner does: rotation, expiry, handshakes owed
 		out[i] = p
 	}
 	return out
 }
 
+// pingSeq numbers echoes so that each ping waits for its own packet: a copy of an
+// earlier one (staged during a handshake and delivered after it) must not count as
+// crossing later.
+var pingSeq atomic.Uint32
+
+// echo is tuntest.Ping with a sequence number of its own.
+func echo(dst, src netip.Addr) []byte {
+	pkt := tuntest.Ping(dst, src)
+	const icmp = 20 // tuntest's IPv4 header has no options
+	binary.BigEndian.PutUint16(pkt[len(pkt)-2:], uint16(pingSeq.Add(1)))
+	pkt[icmp+2], pkt[icmp+3] = 0, 0
+	var sum uint32
+	for i := icmp; i+1 < len(pkt); i += 2 {
+		sum += uint32(binary.BigEndian.Uint16(pkt[i:]))
+	}
+	if (len(pkt)-icmp)%2 == 1 {
+		sum += uint32(pkt[len(pkt)-1]) << 8
+	}
+	for sum > 0xffff {
+		sum = sum>>16 + sum&0xffff
+	}
+	binary.BigEndian.PutUint16(pkt[icmp+2:], ^uint16(sum))
+	return pkt
+}
+
 // ping sends an ICMP echo from a's TUN toward b and reports whether b's TUN received it
 // within wait (a bound on a wait, not an assertion on time).
 func ping(from, to *pairNode, wait time.Duration) bool {
-	pkt := tuntest.Ping(to.addr, from.addr)
+	pkt := echo(to.addr, from.addr)
 	select {
 	case from.tun.Outbound <- pkt:
 	case <-time.After(wait):
@@ -101,7 +143,7 @@ func ping(from, to *pairNode, wait time.Duration) bool {
 	deadline := time.After(wait)
 	for {
 		select {
-		case got := <-to.tun.Inbound:
+		case got := <-to.inbound:
 			if bytes.Equal(got, pkt) {
 				return true
 			}
@@ -118,13 +160,57 @@ func mustPing(t *testing.T, from, to *pairNode) {
 			return
 		}
 	}
-	t.Fatalf("no packet from %s reached %s through the overlay", from.name, to.name)
+	fs, _ := from.node.Status()
+	ts, _ := to.node.Status()
+	t.Fatalf("no packet from %s reached %s through the overlay; %s: %+v; %s: %+v", from.name, to.name, from.name, fs, to.name, ts)
 }
 
-func admitBoth(n [2]*pairNode) {
+// waitOwedHandshakesTried waits until n has started every handshake it owes since
+// its peers were added (the end with the higher key starts its first one late).
+func waitOwedHandshakesTried(t *testing.T, n *Node) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		n.mu.Lock()
+		pending := 0
+		for _, r := range n.rekey {
+			if r.tried.Before(r.since) { // the follower's first, still ahead (addLocked)
+				pending++
+			}
+		}
+		n.mu.Unlock()
+		if pending == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d owed handshakes not started within 5 s", pending)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// notifyBoth gives each node the other's affirming result.
+func notifyBoth(n [2]*pairNode) {
 	exp := time.Now().Add(time.Hour)
 	n[0].node.Notify(n[1].result(attest.StatusAffirming, exp))
 	n[1].node.Notify(n[0].result(attest.StatusAffirming, exp))
+}
+
+// admitBoth gives each node the other's affirming result and waits for the handshake
+// the nodes start on their own. Sending before it completes would make the sender
+// initiate too: two initiations crossing can leave wireguard-go (its handshake workers
+// race on one peer's state) with a session that carries one direction only, until its
+// 15 s no-reply rekey. Nodes keep the handshakes they start apart (addLocked).
+func admitBoth(t *testing.T, n [2]*pairNode) {
+	t.Helper()
+	notifyBoth(n)
+	deadline := time.Now().Add(10 * time.Second)
+	for lastHandshake(t, n[0]).IsZero() || lastHandshake(t, n[1]).IsZero() {
+		if time.Now().After(deadline) {
+			t.Fatal("no handshake within 10 s of both nodes admitting each other")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 func TestPeersOnlyFromAttestation(t *testing.T) {
@@ -145,7 +231,7 @@ func TestPeersOnlyFromAttestation(t *testing.T) {
 	if got := n[0].node.Peers(); len(got) != 0 {
 		t.Fatalf("peers configured without a usable attestation: %v", got)
 	}
-	admitBoth(n)
+	admitBoth(t, n)
 	mustPing(t, n[0], n[1])
 	mustPing(t, n[1], n[0])
 }
@@ -196,7 +282,7 @@ func TestMismatchedPSKNeverCompletesAHandshake(t *testing.T) {
 
 func TestEvictionRemovesPeer(t *testing.T) {
 	n := newPair(t)
-	admitBoth(n)
+	admitBoth(t, n)
 	mustPing(t, n[0], n[1])
 	for _, status := range []attest.Status{attest.StatusContraindicated, attest.StatusExpired} {
 		n[0].node.Notify(n[1].result(status, time.Now()))
@@ -224,8 +310,6 @@ func TestEvictionRemovesPeer(t *testing.T) {
 // result expired.
 func TestLocalExpiryRemovesPeer(t *testing.T) {
 	n := newPair(t)
-	ctx := t.Context()
-	go n[0].node.Run(ctx)
 	n[0].node.Notify(n[1].result(attest.StatusAffirming, time.Now().Add(300*time.Millisecond)))
 	if len(n[0].node.Peers()) != 1 {
 		t.Fatal("peer not added")
@@ -243,10 +327,7 @@ func TestLocalExpiryRemovesPeer(t *testing.T) {
 // at once and traffic goes on.
 func TestRotationRekeysWithNewPSK(t *testing.T) {
 	n := newPair(t)
-	for _, p := range n {
-		go p.node.Run(t.Context())
-	}
-	admitBoth(n)
+	admitBoth(t, n)
 	mustPing(t, n[0], n[1])
 	before := lastHandshake(t, n[0])
 	for _, p := range n {
@@ -289,7 +370,7 @@ func lastHandshake(t *testing.T, p *pairNode) time.Time {
 // Nothing the node exposes holds its private key or a pre-shared key, in any encoding.
 func TestStatusHoldsNoSecret(t *testing.T) {
 	n := newPair(t)
-	admitBoth(n)
+	admitBoth(t, n)
 	mustPing(t, n[0], n[1])
 	st, err := n[0].node.Status()
 	if err != nil {
@@ -314,4 +395,33 @@ func TestStatusHoldsNoSecret(t *testing.T) {
 		t.Fatalf("status lost what it should say: %s", raw)
 	}
 	t.Logf("status: %s", raw)
+}
+
+// testLog sends a node's log, wireguard-go's handshakes included, to the test's log
+// (printed when it fails), until the test's cleanups are over: wireguard-go's
+// goroutines may log after its device closed, when t.Log would panic.
+func testLog(t testing.TB, name string) *slog.Logger {
+	w := &testWriter{t: t, name: name}
+	t.Cleanup(func() { // registered before the nodes' own: runs after them
+		w.mu.Lock()
+		w.done = true
+		w.mu.Unlock()
+	})
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+type testWriter struct {
+	t    testing.TB
+	name string
+	mu   sync.Mutex
+	done bool
+}
+
+func (w *testWriter) Write(b []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.done {
+		w.t.Log(w.name + ": " + strings.TrimSpace(string(b)))
+	}
+	return len(b), nil
 }
