@@ -45,28 +45,22 @@ const struct btf_enums *btf_enums __attribute__((unused));
 static __always_inline int drop(struct pkt *p, __u32 tenant_id, enum reason r)
 {
 	count_reason(r, p->len);
-	if (tenant_id) {
-		struct tenant_counters *ts = tenant_stats_of(tenant_id);
-
-		if (ts)
-			traffic_add(&ts->dropped, p->len);
-	}
+	if (p->ts)
+		traffic_add(&p->ts->dropped, p->len);
 	event_emit(EVENT_DROP, r, p, tenant_id, 0, 0, 0);
 	return XDP_DROP;
 }
 
-static __always_inline void count_forwarded(struct pkt *p, __u32 tenant_id)
+static __always_inline void count_forwarded(struct pkt *p)
 {
-	struct tenant_counters *ts = tenant_stats_of(tenant_id);
-
-	if (ts)
-		traffic_add(&ts->fwd, p->len);
+	if (p->ts)
+		traffic_add(&p->ts->fwd, p->len);
 }
 
 static __always_inline int pass(struct pkt *p, __u32 tenant_id, enum reason r)
 {
 	count_reason(r, p->len);
-	count_forwarded(p, tenant_id);
+	count_forwarded(p);
 	return XDP_PASS;
 }
 
@@ -97,7 +91,7 @@ static __always_inline int transmit(struct xdp_md *ctx, struct pkt *p, __u32 ten
 		return drop(p, tenant_id, DROP_ADJUST_FAILED);
 	__builtin_memcpy(eth->h_dest, rt->dmac, ETH_ALEN);
 	__builtin_memcpy(eth->h_source, rt->smac, ETH_ALEN);
-	count_forwarded(p, tenant_id);
+	count_forwarded(p);
 	return bpf_redirect_map(&tx_ports, rt->ifindex, 0);
 }
 
@@ -252,7 +246,6 @@ int xdp_gateway(struct xdp_md *ctx)
 	void *data_end = (void *)(long)ctx->data_end;
 	struct pkt p = {};
 	struct attachment *att;
-	struct tenant_counters *ts;
 	struct service *svc;
 	enum reason r;
 
@@ -265,9 +258,9 @@ int xdp_gateway(struct xdp_md *ctx)
 	att = tenant_classify(p.ifindex, p.vlan);
 	if (!att)
 		return drop(&p, 0, DROP_NO_TENANT);
-	ts = tenant_stats_of(att->tenant_id);
-	if (ts)
-		traffic_add(&ts->rx, p.len);
+	p.ts = tenant_stats_of(att->tenant_id);
+	if (p.ts)
+		traffic_add(&p.ts->rx, p.len);
 
 	if (p.proto == ETH_P_ARP_BE)
 		return pass(&p, att->tenant_id, PASS_ARP);

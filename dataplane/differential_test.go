@@ -21,12 +21,14 @@ import (
 // (10.0.0.0/24 on c1 and c2), the same VIP (10.100.0.1:80) and the same backend
 // addresses (10.1.0.1-3, on b1 for A and b2 for B), a VLAN trunk t carrying A (100)
 // and B (200), a tenant routed by policy rules (C), a tenant whose interface does not
-// forward (D), and routes that would leak if the egress check did not stop them.
+// forward (D), and routes that would leak if the egress check did not stop them. c3's
+// ifindex is beyond the port array, so its untagged attachment is classified through
+// the hash map, as the trunk's tagged ones are, and the others through the array.
 var (
 	diffIfaces = []envIface{
-		{"c1", 1500, true}, {"c2", 1500, true}, {"c3", 1500, true},
-		{"b1", 1400, true}, {"b2", 1500, true}, {"t", 1500, true},
-		{"x", 1500, false}, {"u", 1500, true},
+		{"c1", 1500, true, 0}, {"c2", 1500, true, 0}, {"c3", 1500, true, maxPortIfindex + 904},
+		{"b1", 1400, true, 0}, {"b2", 1500, true, 0}, {"t", 1500, true, 0},
+		{"x", 1500, false, 0}, {"u", 1500, true, 0},
 	}
 	diffRoutes = []envRoute{
 		{table: 100, dst: "10.0.0.0/24", dev: "c1"},
@@ -399,6 +401,9 @@ func diffPackets(t *testing.T) int {
 // checks isolation: nothing classified to one tenant leaves toward another tenant.
 func TestPrivilegedDifferential(t *testing.T) {
 	env := newGWEnv(t, diffIfaces, diffRoutes, diffNeighbors(), diffRules)
+	if env.ifindex["c3"] < maxPortIfindex {
+		t.Fatalf("c3 has ifindex %d: its attachment would not take the hash path", env.ifindex["c3"])
+	}
 	cfg := DefaultConfig()
 	limits := tenant.DefaultLimits()
 	dp := env.open(t, cfg, limits, 1<<20)

@@ -2,6 +2,7 @@ package dataplane
 
 import (
 	"errors"
+	"maps"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -20,7 +21,7 @@ import (
 func smallEnv(t testing.TB, cfg Config) (*gwEnv, *Dataplane, *tenant.Compiled) {
 	t.Helper()
 	env := newGWEnv(t,
-		[]envIface{{"c1", 1500, true}, {"b1", 1500, true}, {"c9", 1500, true}},
+		[]envIface{{"c1", 1500, true, 0}, {"b1", 1500, true, 0}, {"c9", 1500, true, 0}},
 		[]envRoute{{table: 100, dst: "10.0.0.0/24", dev: "c1"}, {table: 100, dst: "10.1.0.0/24", dev: "b1"}},
 		[]envNeigh{{"c1", "10.0.0.2"}, {"b1", "10.1.0.1"}, {"b1", "10.1.0.2"}}, nil)
 	dp := env.open(t, cfg, tenant.DefaultLimits(), 1<<16)
@@ -229,6 +230,9 @@ func TestPrivilegedWriterConverges(t *testing.T) {
 				len(got.attachments), len(got.services), len(got.policy), len(got.backends), len(got.tables),
 				len(want.attachments), len(want.services), len(want.policy), len(want.backends), len(want.tables))
 		}
+		if !maps.Equal(got.attachments, want.attachments) || !maps.Equal(got.ports, want.ports) {
+			t.Fatalf("step %d: attachments %v and by port %v in the maps, want %v and %v", i, got.attachments, got.ports, want.attachments, want.ports)
+		}
 		for k, v := range want.backends {
 			if got.backends[k] != v {
 				t.Fatalf("step %d: backend %d is %+v, want %+v", i, k, got.backends[k], v)
@@ -249,7 +253,7 @@ func TestPrivilegedWriterConverges(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n := len(got.attachments) + len(got.services) + len(got.policy) + len(got.backends) + len(got.tables) + len(got.txPorts) + len(got.egress); n != 0 {
+	if n := len(got.attachments) + len(got.ports) + len(got.services) + len(got.policy) + len(got.backends) + len(got.tables) + len(got.txPorts) + len(got.egress); n != 0 {
 		t.Fatalf("a fresh writer applying nothing left %d entries", n)
 	}
 }
@@ -257,7 +261,7 @@ func TestPrivilegedWriterConverges(t *testing.T) {
 // TestPrivilegedAttachLifecycle: attach pins a link; a second process attaching the
 // same instance swaps its program into the same link; detach and remove leave nothing.
 func TestPrivilegedAttachLifecycle(t *testing.T) {
-	env := newGWEnv(t, []envIface{{"c1", 1500, true}}, nil, nil, nil)
+	env := newGWEnv(t, []envIface{{"c1", 1500, true, 0}}, nil, nil, nil)
 	dp := env.open(t, DefaultConfig(), tenant.DefaultLimits(), 1024)
 	opts := dp.Options()
 	pin := filepath.Join(opts.PinDir(), "links", "xdp_c1")

@@ -258,6 +258,7 @@ const (
 	gatewayMapHostServices             = "host_services"
 	gatewayMapMaglevTables             = "maglev_tables"
 	gatewayMapPolicy                   = "policy"
+	gatewayMapPortAttachments          = "port_attachments"
 	gatewayMapReasonStats              = "reason_stats"
 	gatewayMapServiceStats             = "service_stats"
 	gatewayMapServices                 = "services"
@@ -327,24 +328,25 @@ type gatewayProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type gatewayMapSpecs struct {
-	Attachments  *ebpf.MapSpec `ebpf:"attachments"`
-	BackendStats *ebpf.MapSpec `ebpf:"backend_stats"`
-	Backends     *ebpf.MapSpec `ebpf:"backends"`
-	ConfigGen    *ebpf.MapSpec `ebpf:"config_gen"`
-	Conntrack    *ebpf.MapSpec `ebpf:"conntrack"`
-	EgressPorts  *ebpf.MapSpec `ebpf:"egress_ports"`
-	EventBucket  *ebpf.MapSpec `ebpf:"event_bucket"`
-	EventStats   *ebpf.MapSpec `ebpf:"event_stats"`
-	Events       *ebpf.MapSpec `ebpf:"events"`
-	FloorStats   *ebpf.MapSpec `ebpf:"floor_stats"`
-	HostServices *ebpf.MapSpec `ebpf:"host_services"`
-	MaglevTables *ebpf.MapSpec `ebpf:"maglev_tables"`
-	Policy       *ebpf.MapSpec `ebpf:"policy"`
-	ReasonStats  *ebpf.MapSpec `ebpf:"reason_stats"`
-	ServiceStats *ebpf.MapSpec `ebpf:"service_stats"`
-	Services     *ebpf.MapSpec `ebpf:"services"`
-	TenantStats  *ebpf.MapSpec `ebpf:"tenant_stats"`
-	TxPorts      *ebpf.MapSpec `ebpf:"tx_ports"`
+	Attachments     *ebpf.MapSpec `ebpf:"attachments"`
+	BackendStats    *ebpf.MapSpec `ebpf:"backend_stats"`
+	Backends        *ebpf.MapSpec `ebpf:"backends"`
+	ConfigGen       *ebpf.MapSpec `ebpf:"config_gen"`
+	Conntrack       *ebpf.MapSpec `ebpf:"conntrack"`
+	EgressPorts     *ebpf.MapSpec `ebpf:"egress_ports"`
+	EventBucket     *ebpf.MapSpec `ebpf:"event_bucket"`
+	EventStats      *ebpf.MapSpec `ebpf:"event_stats"`
+	Events          *ebpf.MapSpec `ebpf:"events"`
+	FloorStats      *ebpf.MapSpec `ebpf:"floor_stats"`
+	HostServices    *ebpf.MapSpec `ebpf:"host_services"`
+	MaglevTables    *ebpf.MapSpec `ebpf:"maglev_tables"`
+	Policy          *ebpf.MapSpec `ebpf:"policy"`
+	PortAttachments *ebpf.MapSpec `ebpf:"port_attachments"`
+	ReasonStats     *ebpf.MapSpec `ebpf:"reason_stats"`
+	ServiceStats    *ebpf.MapSpec `ebpf:"service_stats"`
+	Services        *ebpf.MapSpec `ebpf:"services"`
+	TenantStats     *ebpf.MapSpec `ebpf:"tenant_stats"`
+	TxPorts         *ebpf.MapSpec `ebpf:"tx_ports"`
 }
 
 // gatewayVariableSpecs contains global variables before they are loaded into the kernel.
@@ -383,24 +385,25 @@ func (o *gatewayObjects) Close() error {
 //
 // It can be passed to loadGatewayObjects or ebpf.CollectionSpec.LoadAndAssign.
 type gatewayMaps struct {
-	Attachments  *ebpf.Map `ebpf:"attachments"`
-	BackendStats *ebpf.Map `ebpf:"backend_stats"`
-	Backends     *ebpf.Map `ebpf:"backends"`
-	ConfigGen    *ebpf.Map `ebpf:"config_gen"`
-	Conntrack    *ebpf.Map `ebpf:"conntrack"`
-	EgressPorts  *ebpf.Map `ebpf:"egress_ports"`
-	EventBucket  *ebpf.Map `ebpf:"event_bucket"`
-	EventStats   *ebpf.Map `ebpf:"event_stats"`
-	Events       *ebpf.Map `ebpf:"events"`
-	FloorStats   *ebpf.Map `ebpf:"floor_stats"`
-	HostServices *ebpf.Map `ebpf:"host_services"`
-	MaglevTables *ebpf.Map `ebpf:"maglev_tables"`
-	Policy       *ebpf.Map `ebpf:"policy"`
-	ReasonStats  *ebpf.Map `ebpf:"reason_stats"`
-	ServiceStats *ebpf.Map `ebpf:"service_stats"`
-	Services     *ebpf.Map `ebpf:"services"`
-	TenantStats  *ebpf.Map `ebpf:"tenant_stats"`
-	TxPorts      *ebpf.Map `ebpf:"tx_ports"`
+	Attachments     *ebpf.Map `ebpf:"attachments"`
+	BackendStats    *ebpf.Map `ebpf:"backend_stats"`
+	Backends        *ebpf.Map `ebpf:"backends"`
+	ConfigGen       *ebpf.Map `ebpf:"config_gen"`
+	Conntrack       *ebpf.Map `ebpf:"conntrack"`
+	EgressPorts     *ebpf.Map `ebpf:"egress_ports"`
+	EventBucket     *ebpf.Map `ebpf:"event_bucket"`
+	EventStats      *ebpf.Map `ebpf:"event_stats"`
+	Events          *ebpf.Map `ebpf:"events"`
+	FloorStats      *ebpf.Map `ebpf:"floor_stats"`
+	HostServices    *ebpf.Map `ebpf:"host_services"`
+	MaglevTables    *ebpf.Map `ebpf:"maglev_tables"`
+	Policy          *ebpf.Map `ebpf:"policy"`
+	PortAttachments *ebpf.Map `ebpf:"port_attachments"`
+	ReasonStats     *ebpf.Map `ebpf:"reason_stats"`
+	ServiceStats    *ebpf.Map `ebpf:"service_stats"`
+	Services        *ebpf.Map `ebpf:"services"`
+	TenantStats     *ebpf.Map `ebpf:"tenant_stats"`
+	TxPorts         *ebpf.Map `ebpf:"tx_ports"`
 }
 
 func (m *gatewayMaps) Close() error {
@@ -418,6 +421,7 @@ func (m *gatewayMaps) Close() error {
 		m.HostServices,
 		m.MaglevTables,
 		m.Policy,
+		m.PortAttachments,
 		m.ReasonStats,
 		m.ServiceStats,
 		m.Services,

@@ -74,6 +74,7 @@ func TestMapSizesMatchDefaultLimits(t *testing.T) {
 		got, want uint32
 	}{
 		{"attachments", s.Attachments.MaxEntries, l.MaxAttachments},
+		{"port_attachments", s.PortAttachments.MaxEntries, maxPortIfindex},
 		{"services", s.Services.MaxEntries, l.MaxServices},
 		{"backends", s.Backends.MaxEntries, l.MaxBackends},
 		{"tenant_stats", s.TenantStats.MaxEntries, l.MaxTenants},

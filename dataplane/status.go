@@ -97,7 +97,16 @@ func ReadStatus(opts Options) (*Status, error) {
 
 	atts := map[gatewayAttachmentKey]gatewayAttachment{}
 	svcs := map[gatewayServiceKey]gatewayService{}
+	ports := map[uint32]gatewayAttachment{}
 	errs := []error{readHash(m.Attachments, atts), readHash(m.Services, svcs)}
+	if m.PortAttachments != nil { // pinned by moat since the port array exists
+		errs = append(errs, readHash(m.PortAttachments, ports))
+	}
+	for ifindex, v := range ports {
+		if v != (gatewayAttachment{}) {
+			atts[gatewayAttachmentKey{Ifindex: ifindex}] = v
+		}
+	}
 	for k, v := range atts {
 		st.Attachments = append(st.Attachments, AttachmentStatus{Ifindex: k.Ifindex, VLAN: k.Vlan, TenantID: v.TenantId, FIBTable: v.FibTable})
 	}

@@ -23,6 +23,7 @@ type envIface struct {
 	name       string
 	mtu        int
 	forwarding bool
+	index      int // 0: the kernel's next
 }
 
 type envNeigh struct {
@@ -66,7 +67,7 @@ func newGWEnv(t testing.TB, ifaces []envIface, routes []envRoute, neighs []envNe
 		Interfaces: map[uint32]FIBInterface{}, Rules: map[uint32]uint32{},
 	}}
 	for _, ifc := range ifaces {
-		l, _, err := netns.Veth(gw, ifc.name, sink, "s"+ifc.name)
+		l, _, err := netns.VethIndex(gw, ifc.name, ifc.index, sink, "s"+ifc.name)
 		if err != nil {
 			t.Fatal(err)
 		}

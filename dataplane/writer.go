@@ -15,6 +15,10 @@ import (
 	"github.com/seed4c/moat/tenant"
 )
 
+// maxPortIfindex is MAX_PORT_IFINDEX of bpf/lib/common.h: the size of the array that
+// holds untagged attachments by ifindex (TestMapSizesMatchDefaultLimits checks it).
+const maxPortIfindex = 4096
+
 // Writer is the only code that writes the fast path's configuration maps. It applies
 // a whole tenant.Compiled at a time, as the difference from what the maps hold, in an
 // order chosen so that no intermediate state lets a packet reach something the old or
@@ -46,7 +50,8 @@ func newWriter(m *gatewayMaps, inner *ebpf.MapSpec, limits tenant.Limits, maxFlo
 
 // mapState is a configuration in the maps' own key and value types.
 type mapState struct {
-	attachments map[gatewayAttachmentKey]gatewayAttachment
+	attachments map[gatewayAttachmentKey]gatewayAttachment // tagged, or an ifindex beyond the port array
+	ports       map[uint32]gatewayAttachment               // untagged, by ifindex below maxPortIfindex
 	egress      map[gatewayEgressKey]gatewayEgress
 	txPorts     map[uint32]uint32
 	services    map[gatewayServiceKey]gatewayService
@@ -65,6 +70,7 @@ func portRaw(p uint16) uint16     { return bits.ReverseBytes16(p) }
 func newMapState() *mapState {
 	return &mapState{
 		attachments: map[gatewayAttachmentKey]gatewayAttachment{},
+		ports:       map[uint32]gatewayAttachment{},
 		egress:      map[gatewayEgressKey]gatewayEgress{},
 		txPorts:     map[uint32]uint32{},
 		services:    map[gatewayServiceKey]gatewayService{},
@@ -78,7 +84,12 @@ func newMapState() *mapState {
 func toMapState(c *tenant.Compiled) *mapState {
 	s := newMapState()
 	for _, a := range c.Attachments {
-		s.attachments[gatewayAttachmentKey{Ifindex: a.Ifindex, Vlan: a.VLAN}] = gatewayAttachment{TenantId: a.TenantID, FibTable: a.FIBTable}
+		v := gatewayAttachment{TenantId: a.TenantID, FibTable: a.FIBTable}
+		if a.VLAN == 0 && a.Ifindex < maxPortIfindex {
+			s.ports[a.Ifindex] = v
+		} else {
+			s.attachments[gatewayAttachmentKey{Ifindex: a.Ifindex, Vlan: a.VLAN}] = v
+		}
 	}
 	for _, e := range c.Egress {
 		s.egress[gatewayEgressKey{TenantId: e.TenantID, Ifindex: e.Ifindex}] = gatewayEgress{Vlan: e.VLAN}
@@ -127,6 +138,14 @@ func (w *Writer) readMapState() (*mapState, error) {
 	for it.Next(&id, &inner) {
 		s.tables[id/2] = nil // slots 2·id and 2·id+1 belong to service id
 		inner.Close()
+	}
+	errs = append(errs, it.Err())
+	var port gatewayAttachment
+	it = w.m.PortAttachments.Iterate()
+	for it.Next(&id, &port) {
+		if port != (gatewayAttachment{}) {
+			s.ports[id] = port
+		}
 	}
 	errs = append(errs, it.Err())
 	var b gatewayBackend
@@ -260,6 +279,13 @@ func (w *Writer) apply(prev, next *mapState) error {
 	if err := deleteGone(m.Attachments, prev.attachments, next.attachments); err != nil {
 		return err
 	}
+	for ifindex := range prev.ports {
+		if _, ok := next.ports[ifindex]; !ok {
+			if err := m.PortAttachments.Put(ifindex, gatewayAttachment{}); err != nil {
+				return fmt.Errorf("withdraw the attachment of interface %d: %w", ifindex, err)
+			}
+		}
+	}
 	if err := deleteGone(m.EgressPorts, prev.egress, next.egress); err != nil {
 		return err
 	}
@@ -328,6 +354,9 @@ func (w *Writer) apply(prev, next *mapState) error {
 		return err
 	}
 	if err := putChanged(m.Attachments, prev.attachments, next.attachments); err != nil {
+		return err
+	}
+	if err := putChanged(m.PortAttachments, prev.ports, next.ports); err != nil {
 		return err
 	}
 	// 5. tidy: tables of services that are gone (a service left without admitted

@@ -28,6 +28,9 @@
 #define MAX_POLICY      65536
 #define MAX_FLOWS       262144
 #define MAX_TX_PORTS    256
+/* Untagged attachments of interfaces with an ifindex below this live in an array
+ * (tenant.h); a gateway's own interfaces are numbered from 1 in its namespace. */
+#define MAX_PORT_IFINDEX 4096
 
 #define ETH_P_8021Q_BE bpf_htons(0x8100)
 #define ETH_P_8021AD_BE bpf_htons(0x88A8)

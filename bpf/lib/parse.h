@@ -9,11 +9,15 @@
 #include "reason.h"
 #include "csum.h"
 
+struct tenant_counters; /* counters.h */
+
 struct pkt {
 	/* Pointers into the frame, valid until the frame is resized (VLAN push/pop). */
 	struct ethhdr *eth;
 	struct iphdr *ip;
 	void *l4;
+	/* The classified tenant's counters, looked up once per packet (NULL before). */
+	struct tenant_counters *ts;
 
 	__u32 ifindex;   /* ingress */
 	__u32 len;       /* frame length, for byte counters */

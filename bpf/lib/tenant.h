@@ -30,6 +30,13 @@ struct egress {
 	__u16 _pad;
 };
 
+/* An attachment is in exactly one of two maps (the writer keeps it so): an untagged one
+ * of an interface whose ifindex is below MAX_PORT_IFINDEX in port_attachments, an array
+ * indexed by ifindex (a slot with tenant 0 is no attachment); any other in the hash
+ * attachments. Every packet makes this lookup, and an array lookup is a bounds check
+ * and an address computation that the verifier inlines: no hashing, one cache line.
+ * Measured on the conntrack-hit path: about 0.3 of the floor less (BPF_PROG_TEST_RUN,
+ * dataplane's BenchmarkFastPath). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, MAX_ATTACHMENTS);
@@ -37,6 +44,14 @@ struct {
 	__type(value, struct attachment);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } attachments SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MAX_PORT_IFINDEX);
+	__type(key, __u32);
+	__type(value, struct attachment);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} port_attachments SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -49,7 +64,12 @@ struct {
 static __always_inline struct attachment *tenant_classify(__u32 ifindex, __u16 vlan)
 {
 	struct attachment_key k = { .ifindex = ifindex, .vlan = vlan };
+	struct attachment *a;
 
+	if (!vlan && ifindex < MAX_PORT_IFINDEX) {
+		a = bpf_map_lookup_elem(&port_attachments, &ifindex);
+		return a && a->tenant_id ? a : NULL;
+	}
 	return bpf_map_lookup_elem(&attachments, &k);
 }
 

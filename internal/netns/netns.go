@@ -239,8 +239,13 @@ func (h *Host) AddNeighbor(ifname, ip string, mac net.HardwareAddr) error {
 // Veth connects host a (interface aName) to host b (interface bName), both ends up,
 // and returns both ends.
 func Veth(a *Host, aName string, b *Host, bName string) (netlink.Link, netlink.Link, error) {
+	return VethIndex(a, aName, 0, b, bName)
+}
+
+// VethIndex is Veth with the interface index of a's end chosen (0: the kernel's next).
+func VethIndex(a *Host, aName string, aIndex int, b *Host, bName string) (netlink.Link, netlink.Link, error) {
 	v := &netlink.Veth{
-		LinkAttrs:     netlink.LinkAttrs{Name: aName, MTU: 1500},
+		LinkAttrs:     netlink.LinkAttrs{Name: aName, MTU: 1500, Index: aIndex},
 		PeerName:      bName,
 		PeerNamespace: netlink.NsFd(b.ns),
 	}
