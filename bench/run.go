@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
@@ -450,6 +451,13 @@ func DescribeMachine() Machine {
 			if s.Key == "vcs.revision" && len(s.Value) >= 12 {
 				m.Commit = s.Value[:12]
 			}
+		}
+	}
+	if m.Commit == "" {
+		// Built without VCS stamping (GOFLAGS=-buildvcs=false, as on this machine): ask
+		// the checkout the binary runs from, if it is one.
+		if out, err := exec.Command("git", "rev-parse", "--short=12", "HEAD").Output(); err == nil {
+			m.Commit = strings.TrimSpace(string(out))
 		}
 	}
 	return m
