@@ -100,12 +100,10 @@ func ReadStatus(opts Options) (*Status, error) {
 	ports := map[uint32]gatewayAttachment{}
 	errs := []error{readHash(m.Attachments, atts), readHash(m.Services, svcs)}
 	if m.PortAttachments != nil { // pinned by moat since the port array exists
-		errs = append(errs, readHash(m.PortAttachments, ports))
+		errs = append(errs, readArray(m.PortAttachments, ports))
 	}
 	for ifindex, v := range ports {
-		if v != (gatewayAttachment{}) {
-			atts[gatewayAttachmentKey{Ifindex: ifindex}] = v
-		}
+		atts[gatewayAttachmentKey{Ifindex: ifindex}] = v
 	}
 	for k, v := range atts {
 		st.Attachments = append(st.Attachments, AttachmentStatus{Ifindex: k.Ifindex, VLAN: k.Vlan, TenantID: v.TenantId, FIBTable: v.FibTable})

@@ -139,27 +139,30 @@ func (w *Writer) readMapState() (*mapState, error) {
 		s.tables[id/2] = nil // slots 2·id and 2·id+1 belong to service id
 		inner.Close()
 	}
-	errs = append(errs, it.Err())
-	var port gatewayAttachment
-	it = w.m.PortAttachments.Iterate()
-	for it.Next(&id, &port) {
-		if port != (gatewayAttachment{}) {
-			s.ports[id] = port
-		}
-	}
-	errs = append(errs, it.Err())
-	var b gatewayBackend
-	it = w.m.Backends.Iterate()
-	for it.Next(&id, &b) {
-		if b != (gatewayBackend{}) {
-			s.backends[id] = b
-		}
-	}
-	errs = append(errs, it.Err())
+	errs = append(errs, it.Err(), readArray(w.m.PortAttachments, s.ports), readArray(w.m.Backends, s.backends))
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("read fast path maps: %w", err)
 	}
 	return s, nil
+}
+
+// readArray reads the slots of an array map that are not zero (a zero slot is no
+// entry: an evicted backend, an interface without an untagged attachment).
+func readArray[V comparable](m *ebpf.Map, into map[uint32]V) error {
+	var (
+		i    uint32
+		v, z V
+	)
+	it := m.Iterate()
+	for it.Next(&i, &v) {
+		if v != z {
+			into[i] = v
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("iterate %s: %w", m, err)
+	}
+	return nil
 }
 
 func readHash[K comparable, V any](m *ebpf.Map, into map[K]V) error {
