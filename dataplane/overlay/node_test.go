@@ -380,7 +380,10 @@ func TestStatusHoldsNoSecret(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	psk, err := DerivePSK(n[0].se, n[0].node.self, n[0].node.peers["b"].party, n[0].node.epoch)
+	n[0].node.mu.Lock() // its Run loop may be rotating
+	party, epoch := n[0].node.peers["b"].party, n[0].node.epoch
+	n[0].node.mu.Unlock()
+	psk, err := DerivePSK(n[0].se, n[0].node.self, party, epoch)
 	if err != nil {
 		t.Fatal(err)
 	}
