@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/binary"
 	"encoding/hex"
-	"errors"
 	"net/netip"
 	"testing"
 
@@ -42,8 +41,7 @@ func staticModel(t testing.TB) *Model {
 		ifindex[ifc.name] = idx
 		fib.Interfaces[idx] = FIBInterface{Name: ifc.name, MAC: mac("gw-" + ifc.name), MTU: uint32(ifc.mtu), Forwarding: ifc.forwarding}
 	}
-	idx := tenantIfaces(ifindex)
-	c, err := tenant.Compile(diffConfig(0), idx, tenant.IDs{}, tenant.DefaultLimits())
+	c, err := tenant.Compile(diffConfig(0), tenant.StaticInterfaces(ifindex), tenant.IDs{}, tenant.DefaultLimits())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -51,17 +49,6 @@ func staticModel(t testing.TB) *Model {
 	m.Load(c)
 	return m
 }
-
-type tenantIfaces map[string]uint32
-
-func (m tenantIfaces) Index(name string) (uint32, error) {
-	if i, ok := m[name]; ok {
-		return i, nil
-	}
-	return 0, errNoIface
-}
-
-var errNoIface = errors.New("no such interface")
 
 func fuzzSeeds(f *testing.F) {
 	for _, fr := range []packet.Frame{

@@ -10,7 +10,7 @@ import (
 
 // largeConfig has tenants × services × backends, every backend admitted, each tenant
 // on its own VLAN of one trunk and with two rules, one of them over every service.
-func largeConfig(tenants, services, backends int, maglevSize uint32) (Config, ifaceMap) {
+func largeConfig(tenants, services, backends int, maglevSize uint32) (Config, StaticInterfaces) {
 	var cfg Config
 	for ti := range tenants {
 		t := Tenant{
@@ -36,7 +36,7 @@ func largeConfig(tenants, services, backends int, maglevSize uint32) (Config, if
 		}
 		cfg.Tenants = append(cfg.Tenants, t)
 	}
-	return cfg, ifaceMap{"trunk": 2}
+	return cfg, StaticInterfaces{"trunk": 2}
 }
 
 // BenchmarkCompile compiles 100 tenants × 10 services × 20 backends (20,000 backends,

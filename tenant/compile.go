@@ -43,6 +43,18 @@ type Interfaces interface {
 	Index(name string) (uint32, error)
 }
 
+// StaticInterfaces is Interfaces from a fixed table, name → ifindex: what tests and
+// anything that does not ask the kernel give Compile.
+type StaticInterfaces map[string]uint32
+
+// Index implements Interfaces.
+func (m StaticInterfaces) Index(name string) (uint32, error) {
+	if i, ok := m[name]; ok {
+		return i, nil
+	}
+	return 0, fmt.Errorf("no interface %q on this gateway", name)
+}
+
 // IDs are the numeric identities Compile gave to tenants, services and backends. They
 // are kept across compilations (pass the previous Compiled.IDs back in, and store them
 // with the configuration) because connection tracking entries, policy entries and

@@ -11,18 +11,8 @@ import (
 	"github.com/seed4c/moat/lb"
 )
 
-// ifaceMap is the gateway's interfaces for tests: name → ifindex.
-type ifaceMap map[string]uint32
-
-func (m ifaceMap) Index(name string) (uint32, error) {
-	if i, ok := m[name]; ok {
-		return i, nil
-	}
-	return 0, fmt.Errorf("no interface %q on this gateway", name)
-}
-
 // testIfaces are eth0..eth3 with ifindexes 2..5.
-var testIfaces = ifaceMap{"eth0": 2, "eth1": 3, "eth2": 4, "eth3": 5}
+var testIfaces = StaticInterfaces{"eth0": 2, "eth1": 3, "eth2": 4, "eth3": 5}
 
 func addr(s string) netip.Addr  { return netip.MustParseAddr(s) }
 func pfx(s string) netip.Prefix { return netip.MustParsePrefix(s) }

@@ -18,15 +18,6 @@ import (
 	"github.com/seed4c/moat/tenant"
 )
 
-type ifaces map[string]uint32
-
-func (m ifaces) Index(name string) (uint32, error) {
-	if i, ok := m[name]; ok {
-		return i, nil
-	}
-	return 0, fmt.Errorf("no interface %q on this gateway", name)
-}
-
 const digest = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
 
 type fakeLive struct{}
@@ -52,7 +43,7 @@ func newEnv(t testing.TB) *env {
 	t.Helper()
 	kvs := kv.NewMem()
 	st := state.New(kvs, func(c tenant.Config) error {
-		return tenant.Validate(c, ifaces{"eth0": 2, "eth1": 3, "eth2": 4, "ov11": 5}, tenant.IDs{}, tenant.DefaultLimits())
+		return tenant.Validate(c, tenant.StaticInterfaces{"eth0": 2, "eth1": 3, "eth2": 4, "ov11": 5}, tenant.IDs{}, tenant.DefaultLimits())
 	}, nil)
 	for i, tn := range []string{"a", "b"} {
 		var ov *state.TenantOverlay

@@ -14,7 +14,7 @@ import (
 	"github.com/seed4c/moat/tenant"
 )
 
-var overlayIfaces = ifaces{"eth0": 2, "ov11": 3}
+var overlayIfaces = tenant.StaticInterfaces{"eth0": 2, "ov11": 3}
 
 // overlaySetup: tenant a with segment VNI 11 (10.9.0.1/24); service web with a local
 // backend w1 (host h1), a backend wr on host r (10.9.0.3, reached through overlay peer

@@ -3,7 +3,6 @@ package reconcile
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net/netip"
 	"strings"
 	"sync"
@@ -17,16 +16,7 @@ import (
 	"github.com/seed4c/moat/tenant"
 )
 
-type ifaces map[string]uint32
-
-func (m ifaces) Index(name string) (uint32, error) {
-	if i, ok := m[name]; ok {
-		return i, nil
-	}
-	return 0, fmt.Errorf("no interface %q", name)
-}
-
-var testIfaces = ifaces{"eth0": 2}
+var testIfaces = tenant.StaticInterfaces{"eth0": 2}
 
 // fakeApplier records what it is given; fail makes the next Apply fail.
 type fakeApplier struct {

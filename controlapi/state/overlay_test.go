@@ -15,7 +15,7 @@ import (
 func overlayStore(t *testing.T) *Store {
 	t.Helper()
 	validate := func(c tenant.Config) error {
-		return tenant.Validate(c, ifaces{"eth0": 2, "eth1": 3, "ov11": 4, "ov12": 5}, tenant.IDs{}, tenant.DefaultLimits())
+		return tenant.Validate(c, tenant.StaticInterfaces{"eth0": 2, "eth1": 3, "ov11": 4, "ov12": 5}, tenant.IDs{}, tenant.DefaultLimits())
 	}
 	s := New(newStore(t).kv, validate, nil)
 	populate(t, s)

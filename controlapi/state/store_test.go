@@ -14,19 +14,10 @@ import (
 	"github.com/seed4c/moat/tenant"
 )
 
-type ifaces map[string]uint32
-
-func (m ifaces) Index(name string) (uint32, error) {
-	if i, ok := m[name]; ok {
-		return i, nil
-	}
-	return 0, fmt.Errorf("no interface %q on this gateway", name)
-}
-
 func newStore(t *testing.T) *Store {
 	t.Helper()
 	validate := func(c tenant.Config) error {
-		return tenant.Validate(c, ifaces{"eth0": 2, "eth1": 3}, tenant.IDs{}, tenant.DefaultLimits())
+		return tenant.Validate(c, tenant.StaticInterfaces{"eth0": 2, "eth1": 3}, tenant.IDs{}, tenant.DefaultLimits())
 	}
 	clock := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
 	return New(kv.NewMem(), validate, func() time.Time { clock = clock.Add(time.Second); return clock })

@@ -2,7 +2,6 @@ package underlay
 
 import (
 	"bytes"
-	"net"
 	"testing"
 	"time"
 
@@ -27,30 +26,12 @@ func TestPrivilegedCaptureOnlyItsInterface(t *testing.T) {
 	if _, _, err := netns.Veth(h, "wan", peer, "other"); err != nil {
 		t.Fatal(err)
 	}
-	sink, err := h.ListenPacket("udp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sink.Close()
-	c, err := h.Dial(&net.Dialer{}, "udp4", sink.LocalAddr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
 	marker := []byte("moat-capture-leak-marker")
-	stop, done := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			select {
-			case <-stop:
-				return
-			default:
-				_, _ = c.Write(marker)
-			}
-		}
-	}()
-	defer func() { close(stop); <-done }()
+	stop, err := h.FloodLoopback(marker)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
 
 	for i := range 20 {
 		capture, err := Start(h, "wan")

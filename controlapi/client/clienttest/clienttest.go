@@ -42,18 +42,9 @@ type Env struct {
 	Live   *Live
 }
 
-type ifaces map[string]uint32
-
-func (m ifaces) Index(name string) (uint32, error) {
-	if i, ok := m[name]; ok {
-		return i, nil
-	}
-	return 0, fmt.Errorf("no interface %q on this gateway", name)
-}
-
 // Interfaces are the gateway's interfaces in the test: eth0 to eth5, and the fast-path
 // ends of overlay segments VNI 11 and 12.
-var Interfaces = ifaces{"eth0": 2, "eth1": 3, "eth2": 4, "eth3": 5, "eth4": 6, "eth5": 7, "ov11": 8, "ov12": 9}
+var Interfaces = tenant.StaticInterfaces{"eth0": 2, "eth1": 3, "eth2": 4, "eth3": 5, "eth4": 6, "eth5": 7, "ov11": 8, "ov12": 9}
 
 // New starts the API; it is closed when the test ends.
 func New(t testing.TB) *Env {
