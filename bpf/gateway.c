@@ -7,6 +7,8 @@
  *   parse IPv4 and TCP/UDP -> service of (tenant, dst, dport, proto)?
  *     yes: conntrack (its backend still usable?) -> policy -> else Maglev pick of an
  *          admitted backend -> DNAT -> route -> out
+ *          (an established flow with a route checked under the current configuration
+ *          skips the service lookup: see to_service)
  *     no:  reply conntrack entry? -> backend still usable? -> reverse NAT -> route -> out
  *          else one of the gateway's own services (host.h)? -> the kernel stack
  *   anything else is dropped with a reason.
@@ -15,6 +17,7 @@
 
 #include "lib/common.h"
 #include "lib/config.h"
+#include "lib/clock.h"
 #include "lib/reason.h"
 #include "lib/parse.h"
 #include "lib/tenant.h"
@@ -95,20 +98,29 @@ static __always_inline int transmit(struct xdp_md *ctx, struct pkt *p, __u32 ten
 	return bpf_redirect_map(&tx_ports, rt->ifindex, 0);
 }
 
-/* to_backend handles a packet addressed to one of the tenant's services. */
-static __always_inline int to_backend(struct xdp_md *ctx, struct pkt *p, struct attachment *att,
-				      struct service *svc)
+/* to_service handles a packet that may be addressed to one of the tenant's services.
+ * It looks up the packet's forward conntrack entry first: when that entry's route was
+ * checked under the current configuration generation, no configuration has changed
+ * since, so the destination is still the entry's service and the service lookup is
+ * skipped (the route, egress and policy checks it would repeat are skipped the same
+ * way). Otherwise the service lookup decides; for a packet that is for no service it
+ * sets *no_service and returns nothing the caller may use. (A flag, not a special
+ * return value: the verifier would follow that value out of bpf_redirect_map, into
+ * to_client with packet pointers that vlan_set_egress invalidated.) */
+static __always_inline int to_service(struct xdp_md *ctx, struct pkt *p, struct attachment *att,
+				      int *no_service)
 {
-	__u32 tenant_id = att->tenant_id, service_id = svc->id, backend_id = 0;
-	struct service_counters *ss = service_stats_of(service_id);
+	__u32 tenant_id = att->tenant_id, service_id, backend_id = 0;
 	__u16 tot_len = bpf_ntohs(p->ip->tot_len);
+	struct service_counters *ss;
 	struct backend_counters *bs;
 	struct backend *b = NULL;
+	struct service *svc;
 	struct ct_entry *e;
 	struct ct_key k;
 	struct route rt = {};
 	int existing = 0, ended = 0, cached = 0, found;
-	__u64 now = bpf_ktime_get_coarse_ns();
+	__u64 now = clock_now();
 	__u32 gen = config_generation();
 	__be32 baddr;
 	__be16 bport;
@@ -119,33 +131,46 @@ static __always_inline int to_backend(struct xdp_md *ctx, struct pkt *p, struct 
 	if (e) {
 		backend_id = e->backend_id;
 		b = backend_lookup(backend_id);
-		if (b && backend_usable(b, tenant_id, service_id)) {
-			existing = 1;
-			cached = route_reusable(&e->route, gen, now, tot_len);
+		/* The slow path below stores the service id with every route it marks. */
+		cached = b && backend_usable(b, tenant_id, e->service_id) &&
+			 route_reusable(&e->route, gen, now, tot_len);
+	}
+	if (cached) {
+		existing = 1;
+		service_id = e->service_id;
+	} else {
+		svc = service_lookup(tenant_id, p->daddr, p->dport, p->l4proto);
+		if (!svc) {
+			*no_service = 1;
+			return XDP_ABORTED;
+		}
+		service_id = svc->id;
+		existing = e && b && backend_usable(b, tenant_id, service_id);
+		if (!policy_allows(tenant_id, service_id, p->saddr)) {
+			ss = service_stats_of(service_id);
+			if (ss)
+				ss->denied++;
+			return drop(p, tenant_id, DROP_POLICY_DENIED);
+		}
+		if (!existing) {
+			/* A miss, or the flow's backend lost admission: pick again. For TCP
+			 * the new backend answers mid-stream segments with a reset, which is
+			 * the point. */
+			backend_id = maglev_pick(svc, flow_hash(cfg_hash_seed, tenant_id, p->saddr, p->daddr,
+								p->sport, p->dport, p->l4proto), &found);
+			if (!found)
+				return drop(p, tenant_id, DROP_BACKEND_UNAVAILABLE);
+			b = backend_lookup(backend_id);
+			if (!b || b->state != BACKEND_ADMITTED)
+				return drop(p, tenant_id, DROP_BACKEND_UNAVAILABLE);
+			if (b->tenant_id != tenant_id || b->service_id != service_id)
+				return drop(p, tenant_id, DROP_TENANT_MISMATCH);
 		}
 	}
-	/* A cached route was checked under this generation of the policy: no rule has
-	 * changed since, so the answer is the same. */
-	if (!cached && !policy_allows(tenant_id, service_id, p->saddr)) {
-		if (ss)
-			ss->denied++;
-		return drop(p, tenant_id, DROP_POLICY_DENIED);
-	}
-	if (existing) {
+	if (!b) /* existing or picked: never NULL here; the verifier wants it said */
+		return drop(p, tenant_id, DROP_BACKEND_UNAVAILABLE);
+	if (existing)
 		ended = ct_refresh(e, p, now);
-	} else {
-		/* A miss, or the flow's backend lost admission: pick again. For TCP the new
-		 * backend answers mid-stream segments with a reset, which is the point. */
-		backend_id = maglev_pick(svc, flow_hash(cfg_hash_seed, tenant_id, p->saddr, p->daddr,
-							p->sport, p->dport, p->l4proto), &found);
-		if (!found)
-			return drop(p, tenant_id, DROP_BACKEND_UNAVAILABLE);
-		b = backend_lookup(backend_id);
-		if (!b || b->state != BACKEND_ADMITTED)
-			return drop(p, tenant_id, DROP_BACKEND_UNAVAILABLE);
-		if (b->tenant_id != tenant_id || b->service_id != service_id)
-			return drop(p, tenant_id, DROP_TENANT_MISMATCH);
-	}
 	baddr = b->addr;
 	bport = b->port;
 
@@ -160,6 +185,7 @@ static __always_inline int to_backend(struct xdp_md *ctx, struct pkt *p, struct 
 			route_mark_reusable(&rt, gen, now, tot_len);
 	}
 
+	ss = service_stats_of(service_id);
 	bs = backend_stats_of(backend_id);
 	if (!existing) {
 		ct_create(tenant_id, p, baddr, bport, backend_id, service_id, &rt, now);
@@ -170,6 +196,7 @@ static __always_inline int to_backend(struct xdp_md *ctx, struct pkt *p, struct 
 		event_emit(EVENT_FLOW_NEW, REASON_NONE, p, tenant_id, service_id, backend_id, 0);
 	} else if (!cached) {
 		e->route = rt;
+		e->service_id = service_id;
 	}
 	if (ended)
 		event_emit(EVENT_FLOW_END, REASON_NONE, p, tenant_id, service_id, backend_id, 0);
@@ -196,7 +223,7 @@ static __always_inline int to_client(struct xdp_md *ctx, struct pkt *p, struct a
 	__be16 vport;
 	enum reason r = REASON_NONE;
 	int ended, cached;
-	__u64 now = bpf_ktime_get_coarse_ns();
+	__u64 now = clock_now();
 	__u32 gen = config_generation();
 
 	ct_key_of(&k, tenant_id, p, CT_DIR_REPLY);
@@ -246,7 +273,6 @@ int xdp_gateway(struct xdp_md *ctx)
 	void *data_end = (void *)(long)ctx->data_end;
 	struct pkt p = {};
 	struct attachment *att;
-	struct service *svc;
 	enum reason r;
 
 	p.ifindex = ctx->ingress_ifindex;
@@ -276,9 +302,12 @@ int xdp_gateway(struct xdp_md *ctx)
 	if (r)
 		return drop(&p, att->tenant_id, r);
 
-	svc = service_lookup(att->tenant_id, p.daddr, p.dport, p.l4proto);
-	if (svc)
-		return to_backend(ctx, &p, att, svc);
+	if (service_maybe(att->tenant_id, p.daddr, p.dport, p.l4proto)) {
+		int no_service = 0, action = to_service(ctx, &p, att, &no_service);
+
+		if (!no_service)
+			return action;
+	}
 	return to_client(ctx, &p, att);
 }
 

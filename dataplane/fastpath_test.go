@@ -238,6 +238,9 @@ func TestPrivilegedWriterConverges(t *testing.T) {
 				t.Fatalf("step %d: backend %d is %+v, want %+v", i, k, got.backends[k], v)
 			}
 		}
+		if !maps.Equal(got.filter, want.filter) {
+			t.Fatalf("step %d: service filter words %v, want %v", i, got.filter, want.filter)
+		}
 	}
 	// A fresh writer over the same maps (what a restarted daemon has) applies the
 	// empty configuration: everything goes, nothing is left behind.
@@ -253,7 +256,7 @@ func TestPrivilegedWriterConverges(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n := len(got.attachments) + len(got.ports) + len(got.services) + len(got.policy) + len(got.backends) + len(got.tables) + len(got.txPorts) + len(got.egress); n != 0 {
+	if n := len(got.attachments) + len(got.ports) + len(got.services) + len(got.policy) + len(got.backends) + len(got.tables) + len(got.txPorts) + len(got.egress) + len(got.filter); n != 0 {
 		t.Fatalf("a fresh writer applying nothing left %d entries", n)
 	}
 }

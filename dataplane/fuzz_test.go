@@ -122,6 +122,9 @@ func FuzzDifferential(f *testing.F) {
 				t.Fatalf("on ifindex %d:\n%s\nkernel %s:\n%s\nmodel %s (%s):\n%s", ifindex, hex.Dump(frame),
 					v, hex.Dump(out), want.Verdict, want.Reason, hex.Dump(want.Frame))
 			}
+			if model.Shortcuts.Wrong != 0 {
+				t.Fatalf("on ifindex %d:\n%s\nthe established shortcut would have been wrong", ifindex, hex.Dump(frame))
+			}
 			return nil
 		})
 		if err != nil {

@@ -245,37 +245,38 @@ type gatewayTraffic struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	gatewayMapAttachments              = "attachments"
-	gatewayMapBackendStats             = "backend_stats"
-	gatewayMapBackends                 = "backends"
-	gatewayMapConfigGen                = "config_gen"
-	gatewayMapConntrack                = "conntrack"
-	gatewayMapEgressPorts              = "egress_ports"
-	gatewayMapEventBucket              = "event_bucket"
-	gatewayMapEventStats               = "event_stats"
-	gatewayMapEvents                   = "events"
-	gatewayMapFloorStats               = "floor_stats"
-	gatewayMapHostServices             = "host_services"
-	gatewayMapMaglevTables             = "maglev_tables"
-	gatewayMapPolicy                   = "policy"
-	gatewayMapPortAttachments          = "port_attachments"
-	gatewayMapReasonStats              = "reason_stats"
-	gatewayMapServiceStats             = "service_stats"
-	gatewayMapServices                 = "services"
-	gatewayMapTenantStats              = "tenant_stats"
-	gatewayMapTxPorts                  = "tx_ports"
-	gatewayProgXdpCountPass            = "xdp_count_pass"
-	gatewayProgXdpGateway              = "xdp_gateway"
-	gatewayVarBtfEnums                 = "btf_enums"
-	gatewayVarCfgCtRefreshNs           = "cfg_ct_refresh_ns"
-	gatewayVarCfgCtTcpClosingTimeoutNs = "cfg_ct_tcp_closing_timeout_ns"
-	gatewayVarCfgCtTcpTimeoutNs        = "cfg_ct_tcp_timeout_ns"
-	gatewayVarCfgCtUdpTimeoutNs        = "cfg_ct_udp_timeout_ns"
-	gatewayVarCfgEventBurst            = "cfg_event_burst"
-	gatewayVarCfgEventMask             = "cfg_event_mask"
-	gatewayVarCfgEventRate             = "cfg_event_rate"
-	gatewayVarCfgHashSeed              = "cfg_hash_seed"
-	gatewayVarCfgRouteTtlNs            = "cfg_route_ttl_ns"
+	gatewayMapAttachments                   = "attachments"
+	gatewayMapBackendStats                  = "backend_stats"
+	gatewayMapBackends                      = "backends"
+	gatewayMapConfigGen                     = "config_gen"
+	gatewayMapConntrack                     = "conntrack"
+	gatewayMapEgressPorts                   = "egress_ports"
+	gatewayMapEventBucket                   = "event_bucket"
+	gatewayMapEventStats                    = "event_stats"
+	gatewayMapEvents                        = "events"
+	gatewayMapFloorStats                    = "floor_stats"
+	gatewayMapHostServices                  = "host_services"
+	gatewayMapMaglevTables                  = "maglev_tables"
+	gatewayMapPolicy                        = "policy"
+	gatewayMapPortAttachments               = "port_attachments"
+	gatewayMapReasonStats                   = "reason_stats"
+	gatewayMapServiceFilter                 = "service_filter"
+	gatewayMapServiceStats                  = "service_stats"
+	gatewayMapServices                      = "services"
+	gatewayMapTenantStats                   = "tenant_stats"
+	gatewayMapTxPorts                       = "tx_ports"
+	gatewayProgXdpCountPass                 = "xdp_count_pass"
+	gatewayProgXdpGateway                   = "xdp_gateway"
+	gatewayVarBtfEnums                      = "btf_enums"
+	gatewayVarCfgCtRefreshJiffies           = "cfg_ct_refresh_jiffies"
+	gatewayVarCfgCtTcpClosingTimeoutJiffies = "cfg_ct_tcp_closing_timeout_jiffies"
+	gatewayVarCfgCtTcpTimeoutJiffies        = "cfg_ct_tcp_timeout_jiffies"
+	gatewayVarCfgCtUdpTimeoutJiffies        = "cfg_ct_udp_timeout_jiffies"
+	gatewayVarCfgEventBurst                 = "cfg_event_burst"
+	gatewayVarCfgEventMask                  = "cfg_event_mask"
+	gatewayVarCfgEventRate                  = "cfg_event_rate"
+	gatewayVarCfgHashSeed                   = "cfg_hash_seed"
+	gatewayVarCfgRouteTtlJiffies            = "cfg_route_ttl_jiffies"
 )
 
 // loadGateway returns the embedded CollectionSpec for gateway.
@@ -343,6 +344,7 @@ type gatewayMapSpecs struct {
 	Policy          *ebpf.MapSpec `ebpf:"policy"`
 	PortAttachments *ebpf.MapSpec `ebpf:"port_attachments"`
 	ReasonStats     *ebpf.MapSpec `ebpf:"reason_stats"`
+	ServiceFilter   *ebpf.MapSpec `ebpf:"service_filter"`
 	ServiceStats    *ebpf.MapSpec `ebpf:"service_stats"`
 	Services        *ebpf.MapSpec `ebpf:"services"`
 	TenantStats     *ebpf.MapSpec `ebpf:"tenant_stats"`
@@ -353,16 +355,16 @@ type gatewayMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type gatewayVariableSpecs struct {
-	BtfEnums                 *ebpf.VariableSpec `ebpf:"btf_enums"`
-	CfgCtRefreshNs           *ebpf.VariableSpec `ebpf:"cfg_ct_refresh_ns"`
-	CfgCtTcpClosingTimeoutNs *ebpf.VariableSpec `ebpf:"cfg_ct_tcp_closing_timeout_ns"`
-	CfgCtTcpTimeoutNs        *ebpf.VariableSpec `ebpf:"cfg_ct_tcp_timeout_ns"`
-	CfgCtUdpTimeoutNs        *ebpf.VariableSpec `ebpf:"cfg_ct_udp_timeout_ns"`
-	CfgEventBurst            *ebpf.VariableSpec `ebpf:"cfg_event_burst"`
-	CfgEventMask             *ebpf.VariableSpec `ebpf:"cfg_event_mask"`
-	CfgEventRate             *ebpf.VariableSpec `ebpf:"cfg_event_rate"`
-	CfgHashSeed              *ebpf.VariableSpec `ebpf:"cfg_hash_seed"`
-	CfgRouteTtlNs            *ebpf.VariableSpec `ebpf:"cfg_route_ttl_ns"`
+	BtfEnums                      *ebpf.VariableSpec `ebpf:"btf_enums"`
+	CfgCtRefreshJiffies           *ebpf.VariableSpec `ebpf:"cfg_ct_refresh_jiffies"`
+	CfgCtTcpClosingTimeoutJiffies *ebpf.VariableSpec `ebpf:"cfg_ct_tcp_closing_timeout_jiffies"`
+	CfgCtTcpTimeoutJiffies        *ebpf.VariableSpec `ebpf:"cfg_ct_tcp_timeout_jiffies"`
+	CfgCtUdpTimeoutJiffies        *ebpf.VariableSpec `ebpf:"cfg_ct_udp_timeout_jiffies"`
+	CfgEventBurst                 *ebpf.VariableSpec `ebpf:"cfg_event_burst"`
+	CfgEventMask                  *ebpf.VariableSpec `ebpf:"cfg_event_mask"`
+	CfgEventRate                  *ebpf.VariableSpec `ebpf:"cfg_event_rate"`
+	CfgHashSeed                   *ebpf.VariableSpec `ebpf:"cfg_hash_seed"`
+	CfgRouteTtlJiffies            *ebpf.VariableSpec `ebpf:"cfg_route_ttl_jiffies"`
 }
 
 // gatewayObjects contains all objects after they have been loaded into the kernel.
@@ -400,6 +402,7 @@ type gatewayMaps struct {
 	Policy          *ebpf.Map `ebpf:"policy"`
 	PortAttachments *ebpf.Map `ebpf:"port_attachments"`
 	ReasonStats     *ebpf.Map `ebpf:"reason_stats"`
+	ServiceFilter   *ebpf.Map `ebpf:"service_filter"`
 	ServiceStats    *ebpf.Map `ebpf:"service_stats"`
 	Services        *ebpf.Map `ebpf:"services"`
 	TenantStats     *ebpf.Map `ebpf:"tenant_stats"`
@@ -423,6 +426,7 @@ func (m *gatewayMaps) Close() error {
 		m.Policy,
 		m.PortAttachments,
 		m.ReasonStats,
+		m.ServiceFilter,
 		m.ServiceStats,
 		m.Services,
 		m.TenantStats,
@@ -434,16 +438,16 @@ func (m *gatewayMaps) Close() error {
 //
 // It can be passed to loadGatewayObjects or ebpf.CollectionSpec.LoadAndAssign.
 type gatewayVariables struct {
-	BtfEnums                 *ebpf.Variable `ebpf:"btf_enums"`
-	CfgCtRefreshNs           *ebpf.Variable `ebpf:"cfg_ct_refresh_ns"`
-	CfgCtTcpClosingTimeoutNs *ebpf.Variable `ebpf:"cfg_ct_tcp_closing_timeout_ns"`
-	CfgCtTcpTimeoutNs        *ebpf.Variable `ebpf:"cfg_ct_tcp_timeout_ns"`
-	CfgCtUdpTimeoutNs        *ebpf.Variable `ebpf:"cfg_ct_udp_timeout_ns"`
-	CfgEventBurst            *ebpf.Variable `ebpf:"cfg_event_burst"`
-	CfgEventMask             *ebpf.Variable `ebpf:"cfg_event_mask"`
-	CfgEventRate             *ebpf.Variable `ebpf:"cfg_event_rate"`
-	CfgHashSeed              *ebpf.Variable `ebpf:"cfg_hash_seed"`
-	CfgRouteTtlNs            *ebpf.Variable `ebpf:"cfg_route_ttl_ns"`
+	BtfEnums                      *ebpf.Variable `ebpf:"btf_enums"`
+	CfgCtRefreshJiffies           *ebpf.Variable `ebpf:"cfg_ct_refresh_jiffies"`
+	CfgCtTcpClosingTimeoutJiffies *ebpf.Variable `ebpf:"cfg_ct_tcp_closing_timeout_jiffies"`
+	CfgCtTcpTimeoutJiffies        *ebpf.Variable `ebpf:"cfg_ct_tcp_timeout_jiffies"`
+	CfgCtUdpTimeoutJiffies        *ebpf.Variable `ebpf:"cfg_ct_udp_timeout_jiffies"`
+	CfgEventBurst                 *ebpf.Variable `ebpf:"cfg_event_burst"`
+	CfgEventMask                  *ebpf.Variable `ebpf:"cfg_event_mask"`
+	CfgEventRate                  *ebpf.Variable `ebpf:"cfg_event_rate"`
+	CfgHashSeed                   *ebpf.Variable `ebpf:"cfg_hash_seed"`
+	CfgRouteTtlJiffies            *ebpf.Variable `ebpf:"cfg_route_ttl_jiffies"`
 }
 
 // gatewayPrograms contains all programs after they have been loaded into the kernel.

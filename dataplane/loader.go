@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/rlimit"
@@ -121,6 +122,10 @@ func Open(opts Options) (*Dataplane, error) {
 		return nil, fmt.Errorf("load fast path: %w", err)
 	}
 	d.writer = newWriter(&d.objs.gatewayMaps, spec.Maps[gatewayMapMaglevTables].InnerMap, opts.Limits, opts.MaxFlows)
+	if err := d.writer.fillServiceFilter(); err != nil {
+		d.objs.Close()
+		return nil, fmt.Errorf("load fast path: %w", err)
+	}
 	return d, nil
 }
 
@@ -148,15 +153,26 @@ func newSpec(opts Options) (*ebpf.CollectionSpec, error) {
 	s.Conntrack.MaxEntries = opts.MaxFlows
 
 	c := opts.Config
+	hz, err := KernelHZ()
+	if err != nil {
+		return nil, err
+	}
+	tcp, closing, udp := toJiffies(c.CTTCPTimeout, hz), toJiffies(c.CTTCPClosingTimeout, hz), toJiffies(c.CTUDPTimeout, hz)
+	refresh := toJiffies(c.CTRefresh, hz)
+	if refresh >= min(tcp, closing, udp) {
+		return nil, fmt.Errorf("conntrack refresh interval %v and timeouts %v, %v, %v are the same number of ticks at HZ=%d: "+
+			"the refresh interval must be shorter by a tick (%v)", c.CTRefresh, c.CTTCPTimeout, c.CTTCPClosingTimeout, c.CTUDPTimeout,
+			hz, time.Second/time.Duration(hz))
+	}
 	for _, v := range []struct {
 		spec *ebpf.VariableSpec
 		val  any
 	}{
-		{s.CfgCtTcpTimeoutNs, uint64(c.CTTCPTimeout)},
-		{s.CfgCtTcpClosingTimeoutNs, uint64(c.CTTCPClosingTimeout)},
-		{s.CfgCtUdpTimeoutNs, uint64(c.CTUDPTimeout)},
-		{s.CfgCtRefreshNs, uint64(c.CTRefresh)},
-		{s.CfgRouteTtlNs, uint64(c.RouteTTL)},
+		{s.CfgCtTcpTimeoutJiffies, tcp},
+		{s.CfgCtTcpClosingTimeoutJiffies, closing},
+		{s.CfgCtUdpTimeoutJiffies, udp},
+		{s.CfgCtRefreshJiffies, refresh},
+		{s.CfgRouteTtlJiffies, toJiffies(c.RouteTTL, hz)},
 		{s.CfgHashSeed, c.HashSeed},
 		{s.CfgEventMask, c.EventMask},
 		{s.CfgEventRate, c.EventRate},

@@ -65,6 +65,10 @@ type Model struct {
 	CT       map[CTKey]*CTEntry
 	Counters Counters
 	gen      uint32 // configuration generation, bumped by Load like the writer's
+
+	// Shortcuts counts the packets for which the fast path skips the service lookup,
+	// and those for which doing so would be wrong (checkEstablishedShortcut).
+	Shortcuts struct{ Taken, Wrong int }
 }
 
 type attachKey struct {
@@ -94,7 +98,7 @@ type CTKey struct {
 
 // CTEntry is a connection tracking entry (struct ct_entry).
 type CTEntry struct {
-	LastSeen  uint64
+	LastSeen  uint64 // the fast path's jiffies; the model's own clock in nanoseconds
 	BackendID uint32
 	ServiceID uint32
 	VIP       [4]byte
@@ -107,7 +111,7 @@ type CTEntry struct {
 // Route is a route the fast path found and checked (struct route), kept in
 // connection tracking entries for reuse while its generation, age and length allow.
 type Route struct {
-	Time    uint64 // 0: not reusable
+	Time    uint64 // jiffies (the model: nanoseconds); 0: not reusable
 	Gen     uint32
 	Ifindex uint32
 	VLAN    uint16
@@ -128,7 +132,9 @@ const (
 )
 
 // NewModel returns a model of a freshly loaded fast path holding c. now returns
-// CLOCK_MONOTONIC_COARSE nanoseconds, as bpf_ktime_get_coarse_ns does.
+// CLOCK_MONOTONIC_COARSE nanoseconds: the model keeps time in nanoseconds against
+// c's durations, where the fast path counts jiffies against the same durations
+// rounded up to whole ticks (bpf/lib/clock.h); the two agree to within a tick.
 func NewModel(cfg Config, limits tenant.Limits, fib FIB, now func() uint64) *Model {
 	m := &Model{cfg: cfg, limits: limits, fib: fib, now: now, CT: map[CTKey]*CTEntry{}}
 	m.Counters = newCounters()
@@ -242,10 +248,35 @@ func (m *Model) Process(frame []byte, ifindex uint32) Result {
 	if r := parseL4(p); r != ReasonNone {
 		return m.drop(p, tid, r)
 	}
-	if svc, ok := m.services[svcKey{tid, p.daddr, p.dport, p.l4proto}]; ok {
-		return m.toBackend(p, att, svc)
+	now := m.now()
+	svc, ok := m.services[svcKey{tid, p.daddr, p.dport, p.l4proto}]
+	m.checkEstablishedShortcut(p, tid, svc, now)
+	if ok {
+		return m.toBackend(p, att, svc, now)
 	}
 	return m.toClient(p, att)
+}
+
+// checkEstablishedShortcut checks the claim that lets the fast path skip the service
+// lookup (to_service in bpf/gateway.c): when a packet's forward conntrack entry has a
+// usable backend of the entry's service and a route reusable under the current
+// generation, the packet is for that same service. The model itself always looks the
+// service up; it counts the packets for which the fast path takes the shortcut, and
+// those for which the shortcut would be wrong (a bug the differential test reports).
+func (m *Model) checkEstablishedShortcut(p *pkt, tid uint32, svc *tenant.ServiceEntry, now uint64) {
+	e := m.ctLookup(CTKey{tid, p.saddr, p.daddr, p.sport, p.dport, p.l4proto, CTDirForward}, p, now)
+	if e == nil {
+		return
+	}
+	b, ok := m.backend(e.BackendID)
+	totLen := be.Uint16(p.frame[p.l3+2:])
+	if !ok || !usable(b, tid, e.ServiceID) || !m.routeReusable(&e.Route, now, totLen) {
+		return
+	}
+	m.Shortcuts.Taken++
+	if svc == nil || svc.ID != e.ServiceID {
+		m.Shortcuts.Wrong++
+	}
 }
 
 func parseL2(p *pkt) Reason {
@@ -362,11 +393,10 @@ func (m *Model) policyAllows(tid, sid uint32, src [4]byte) bool {
 	return false
 }
 
-func (m *Model) toBackend(p *pkt, att tenant.AttachmentEntry, svc *tenant.ServiceEntry) Result {
+func (m *Model) toBackend(p *pkt, att tenant.AttachmentEntry, svc *tenant.ServiceEntry, now uint64) Result {
 	tid, sid := att.TenantID, svc.ID
 	ss := m.Counters.service(sid, m.limits)
 	totLen := be.Uint16(p.frame[p.l3+2:])
-	now := m.now()
 	var (
 		b                tenant.BackendEntry
 		bid              uint32
@@ -378,7 +408,9 @@ func (m *Model) toBackend(p *pkt, att tenant.AttachmentEntry, svc *tenant.Servic
 		bid = e.BackendID
 		if cand, ok := m.backend(bid); ok && usable(cand, tid, sid) {
 			b, existing = cand, true
-			cached = m.routeReusable(&e.Route, now, totLen)
+			// The fast path reuses the route only through the shortcut, which
+			// checks the entry's own service id.
+			cached = e.ServiceID == sid && m.routeReusable(&e.Route, now, totLen)
 		}
 	}
 	if !cached && !m.policyAllows(tid, sid, p.saddr) {
@@ -430,6 +462,7 @@ func (m *Model) toBackend(p *pkt, att tenant.AttachmentEntry, svc *tenant.Servic
 		}
 	} else if !cached {
 		e.Route = rt
+		e.ServiceID = sid // what the established shortcut relies on
 	}
 	if ss != nil {
 		ss.Fwd.add(p.len)

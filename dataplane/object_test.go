@@ -27,11 +27,12 @@ func TestDefaultConfigMatchesObject(t *testing.T) {
 		got  func() (uint64, error)
 		want uint64
 	}{
-		{"tcp timeout", get64(s.CfgCtTcpTimeoutNs.Get), uint64(c.CTTCPTimeout)},
-		{"tcp closing timeout", get64(s.CfgCtTcpClosingTimeoutNs.Get), uint64(c.CTTCPClosingTimeout)},
-		{"udp timeout", get64(s.CfgCtUdpTimeoutNs.Get), uint64(c.CTUDPTimeout)},
-		{"refresh", get64(s.CfgCtRefreshNs.Get), uint64(c.CTRefresh)},
-		{"route ttl", get64(s.CfgRouteTtlNs.Get), uint64(c.RouteTTL)},
+		// The object's defaults are in jiffies at HZ=250 (bpf/lib/config.h).
+		{"tcp timeout", get64(s.CfgCtTcpTimeoutJiffies.Get), toJiffies(c.CTTCPTimeout, 250)},
+		{"tcp closing timeout", get64(s.CfgCtTcpClosingTimeoutJiffies.Get), toJiffies(c.CTTCPClosingTimeout, 250)},
+		{"udp timeout", get64(s.CfgCtUdpTimeoutJiffies.Get), toJiffies(c.CTUDPTimeout, 250)},
+		{"refresh", get64(s.CfgCtRefreshJiffies.Get), toJiffies(c.CTRefresh, 250)},
+		{"route ttl", get64(s.CfgRouteTtlJiffies.Get), toJiffies(c.RouteTTL, 250)},
 		{"hash seed", get32(s.CfgHashSeed.Get), uint64(c.HashSeed)},
 		{"event mask", get32(s.CfgEventMask.Get), uint64(c.EventMask)},
 		{"event rate", get32(s.CfgEventRate.Get), uint64(c.EventRate)},
@@ -75,6 +76,7 @@ func TestMapSizesMatchDefaultLimits(t *testing.T) {
 	}{
 		{"attachments", s.Attachments.MaxEntries, l.MaxAttachments},
 		{"port_attachments", s.PortAttachments.MaxEntries, maxPortIfindex},
+		{"service_filter", s.ServiceFilter.MaxEntries, serviceFilterWords},
 		{"services", s.Services.MaxEntries, l.MaxServices},
 		{"backends", s.Backends.MaxEntries, l.MaxBackends},
 		{"tenant_stats", s.TenantStats.MaxEntries, l.MaxTenants},

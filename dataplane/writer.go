@@ -59,6 +59,7 @@ type mapState struct {
 	sizes       map[uint32]uint32   // Maglev size by service id (table or not): what its slots are made for
 	backends    map[uint32]gatewayBackend
 	policy      map[gatewayPolicyKey]gatewayPolicyRule
+	filter      map[uint32]uint64 // service filter words (bpf/lib/lb.h), non-zero only
 }
 
 // Byte order: fields the C declares __be16/__be32 hold network-order bytes; the Go
@@ -78,6 +79,7 @@ func newMapState() *mapState {
 		sizes:       map[uint32]uint32{},
 		backends:    map[uint32]gatewayBackend{},
 		policy:      map[gatewayPolicyKey]gatewayPolicyRule{},
+		filter:      map[uint32]uint64{},
 	}
 }
 
@@ -116,6 +118,7 @@ func toMapState(c *tenant.Compiled) *mapState {
 		}
 		s.policy[k] = gatewayPolicyRule{RuleId: p.RuleID}
 	}
+	s.filter = serviceFilterOf(s.services)
 	return s
 }
 
@@ -139,7 +142,8 @@ func (w *Writer) readMapState() (*mapState, error) {
 		s.tables[id/2] = nil // slots 2·id and 2·id+1 belong to service id
 		inner.Close()
 	}
-	errs = append(errs, it.Err(), readArray(w.m.PortAttachments, s.ports), readArray(w.m.Backends, s.backends))
+	errs = append(errs, it.Err(), readArray(w.m.PortAttachments, s.ports), readArray(w.m.Backends, s.backends),
+		readArray(w.m.ServiceFilter, s.filter))
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("read fast path maps: %w", err)
 	}
@@ -190,11 +194,12 @@ func readHash[K comparable, V any](m *ebpf.Map, into map[K]V) error {
 //     evicted state;
 //  3. each changed Maglev table is written into its service's slot not in use (a new
 //     service gets both slots now);
-//  4. services (each pointing at its freshly written slot: one atomic flip), then
-//     policy entries, then redirect ports, egress ports, and finally attachments are
-//     written: a tenant's traffic is classified only once everything it may reach is
-//     in place;
-//  5. the table slots of removed services are dropped.
+//  4. the service filter bits of new services are set, then services (each pointing
+//     at its freshly written slot: one atomic flip), then policy entries, then
+//     redirect ports, egress ports, and finally attachments are written: a tenant's
+//     traffic is classified only once everything it may reach is in place;
+//  5. the table slots of removed services are dropped, and the filter bits that only
+//     removed services needed are cleared.
 //
 // The configuration generation is bumped before and after, so that flows re-check the
 // routes, egress and policy they cached. On error the writer tries to restore the
@@ -343,7 +348,10 @@ func (w *Writer) apply(prev, next *mapState) error {
 		}
 		next.services[k] = v
 	}
-	// 4. publish
+	// 4. publish: a service's filter bit before the service
+	if err := setFilterBits(m.ServiceFilter, prev.filter, next.filter); err != nil {
+		return err
+	}
 	if err := putChanged(m.Services, prev.services, next.services); err != nil {
 		return err
 	}
@@ -381,6 +389,9 @@ func (w *Writer) apply(prev, next *mapState) error {
 				return err
 			}
 		}
+	}
+	if err := clearFilterBits(m.ServiceFilter, prev.filter, next.filter); err != nil {
+		return err
 	}
 	return deleteGone(m.TxPorts, prev.txPorts, next.txPorts)
 }

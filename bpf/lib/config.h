@@ -7,22 +7,22 @@
 
 #include "common.h"
 
+/* Lifetimes are in jiffies, the fast path's clock (clock.h); the loader converts the
+ * configured durations with the kernel's HZ. These defaults assume HZ=250. */
+#define DEFAULT_HZ 250ULL
+
 #define NSEC_PER_SEC 1000000000ULL
 
-/* Times come from bpf_ktime_get_coarse_ns (CLOCK_MONOTONIC_COARSE, one tick of
- * resolution): reading the TSC for every packet costs more than every lifetime below
- * needs to be exact to. */
-
 /* Connection tracking lifetimes, per entry since its last refresh. */
-volatile const __u64 cfg_ct_tcp_timeout_ns = 3600ULL * NSEC_PER_SEC;
-volatile const __u64 cfg_ct_tcp_closing_timeout_ns = 10ULL * NSEC_PER_SEC;
-volatile const __u64 cfg_ct_udp_timeout_ns = 60ULL * NSEC_PER_SEC;
+volatile const __u64 cfg_ct_tcp_timeout_jiffies = 3600ULL * DEFAULT_HZ;
+volatile const __u64 cfg_ct_tcp_closing_timeout_jiffies = 10ULL * DEFAULT_HZ;
+volatile const __u64 cfg_ct_udp_timeout_jiffies = 60ULL * DEFAULT_HZ;
 /* An entry's last_seen is rewritten at most this often: a write per packet would
  * bounce the entry's cache line between CPUs for nothing. */
-volatile const __u64 cfg_ct_refresh_ns = 1ULL * NSEC_PER_SEC;
+volatile const __u64 cfg_ct_refresh_jiffies = 1ULL * DEFAULT_HZ;
 
 /* How long an established flow reuses the route it found (route.h). */
-volatile const __u64 cfg_route_ttl_ns = 1ULL * NSEC_PER_SEC;
+volatile const __u64 cfg_route_ttl_jiffies = 1ULL * DEFAULT_HZ;
 
 /* Seed of the flow hash that indexes Maglev tables. */
 volatile const __u32 cfg_hash_seed = 0x6d6f6174; /* "moat" */

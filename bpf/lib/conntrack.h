@@ -8,6 +8,7 @@
 #define MOAT_CONNTRACK_H
 
 #include "common.h"
+#include "clock.h"
 #include "config.h"
 #include "parse.h"
 #include "route.h"
@@ -29,7 +30,7 @@ struct ct_key {
 };
 
 struct ct_entry {
-	__u64 last_seen; /* bpf_ktime_get_coarse_ns at creation or last refresh */
+	__u64 last_seen; /* clock_now() (jiffies) at creation or last refresh */
 	__u32 backend_id;
 	__u32 service_id;
 	__be32 vip;      /* reply entry: source address to restore */
@@ -64,8 +65,8 @@ static __always_inline void ct_key_of(struct ct_key *k, __u32 tenant_id, struct 
 static __always_inline __u64 ct_timeout(struct ct_entry *e, __u8 proto)
 {
 	if (proto == IPPROTO_TCP)
-		return (e->flags & CT_F_CLOSING) ? cfg_ct_tcp_closing_timeout_ns : cfg_ct_tcp_timeout_ns;
-	return cfg_ct_udp_timeout_ns;
+		return (e->flags & CT_F_CLOSING) ? cfg_ct_tcp_closing_timeout_jiffies : cfg_ct_tcp_timeout_jiffies;
+	return cfg_ct_udp_timeout_jiffies;
 }
 
 /* ct_lookup returns the live entry for k, or NULL when there is none or it expired. A
@@ -95,7 +96,7 @@ static __always_inline int ct_refresh(struct ct_entry *e, struct pkt *p, __u64 n
 		e->flags |= CT_F_CLOSING;
 		ended = 1;
 	}
-	if (ended || now - e->last_seen >= cfg_ct_refresh_ns)
+	if (ended || now - e->last_seen >= cfg_ct_refresh_jiffies)
 		e->last_seen = now;
 	return ended;
 }

@@ -4,7 +4,7 @@
  * lookup, the tenant's egress check, the redirect-map check and (forward direction)
  * the policy lookup, which together are most of the per-packet cost. The reuse is
  * exact, not optimistic: the writer bumps the configuration generation on every change
- * of the maps those checks read, routes are revalidated after cfg_route_ttl_ns (the
+ * of the maps those checks read, routes are revalidated after cfg_route_ttl_jiffies (the
  * kernel's routes and neighbours change without telling moat), and a packet longer
  * than any the route was checked for is looked up again (the MTU). */
 #ifndef MOAT_ROUTE_H
@@ -14,7 +14,7 @@
 #include "config.h"
 
 struct route {
-	__u64 time;    /* when it was looked up; 0: none */
+	__u64 time;    /* when it was looked up (jiffies); 0: none */
 	__u32 gen;     /* configuration generation it was checked under */
 	__u32 ifindex; /* egress */
 	__u16 vlan;    /* egress tag of the tenant on ifindex */
@@ -43,7 +43,7 @@ static __always_inline __u32 config_generation(void)
 
 static __always_inline int route_reusable(struct route *r, __u32 gen, __u64 now, __u16 tot_len)
 {
-	return r->time && r->gen == gen && now - r->time < cfg_route_ttl_ns && tot_len <= r->len_ok;
+	return r->time && r->gen == gen && now - r->time < cfg_route_ttl_jiffies && tot_len <= r->len_ok;
 }
 
 /* route_mark_reusable stamps a route fib_route just found and checked. */
