@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"time"
 
@@ -45,12 +46,15 @@ var Profiles = map[string]Profile{
 
 // Options configure a run.
 type Options struct {
-	Profile  Profile
-	Systems  []string // default: all
-	Instance string   // fast path instance; default "bench"
-	Command  string   // recorded in the report
-	Progress io.Writer
-	Logger   *slog.Logger
+	Profile Profile
+	Systems []string // default: all
+	// Scenarios limits the run to these scenarios (Sc… names; default: all), for
+	// looking at one path without waiting for the others.
+	Scenarios []string
+	Instance  string // fast path instance; default "bench"
+	Command   string // recorded in the report
+	Progress  io.Writer
+	Logger    *slog.Logger
 }
 
 // AllSystems lists the systems in the order they are measured.
@@ -81,6 +85,44 @@ func (o *Options) wants(system string) bool {
 	return false
 }
 
+func (o *Options) wantsScenario(name string) bool {
+	return len(o.Scenarios) == 0 || slices.Contains(o.Scenarios, name)
+}
+
+// AllScenarios lists every scenario name a run can measure.
+var AllScenarios = []string{ScIsolationCross, ScIsolationUnknown, ScNewFlows, ScEstablished, ScReply, ScMixed,
+	ScEstablishedSweep, ScTCPConnections, ScTCPThroughput, ScTCPRR}
+
+// packetScenarios are the profile's packet scenarios this run measures.
+func (b *bencher) packetScenarios() []packetScenario {
+	var out []packetScenario
+	for _, sc := range b.profile.packetScenarios() {
+		if b.opts.wantsScenario(sc.name) {
+			out = append(out, sc)
+		}
+	}
+	return out
+}
+
+// sweepFlows are the flow counts of the established sweep this run measures.
+func (b *bencher) sweepFlows() []int {
+	if !b.opts.wantsScenario(ScEstablishedSweep) {
+		return nil
+	}
+	return b.profile.SweepFlows
+}
+
+// tcpScenarios are the TCP scenarios this run measures on system.
+func (b *bencher) tcpScenarios(system string) []string {
+	var out []string
+	for _, sc := range tcpScenarios(system) {
+		if b.opts.wantsScenario(sc) {
+			out = append(out, sc)
+		}
+	}
+	return out
+}
+
 // Run measures moat and its baselines on a scene it builds and always removes, and
 // returns the report. Errors of single measurements are recorded in the report;
 // errors that stop the run are returned with the report so far.
@@ -93,6 +135,11 @@ func Run(ctx context.Context, o Options) (rep *Report, err error) {
 	}
 	if o.Progress == nil {
 		o.Progress = io.Discard
+	}
+	for _, sc := range o.Scenarios {
+		if !slices.Contains(AllScenarios, sc) {
+			return nil, fmt.Errorf("unknown scenario %q: want one of %s", sc, strings.Join(AllScenarios, ", "))
+		}
 	}
 	if runtime.NumCPU() < 2 {
 		return nil, errors.New("moat bench needs two CPUs: one for the load, one for the system under test")
@@ -155,9 +202,9 @@ func (b *bencher) steps() int {
 	n := 0
 	for _, s := range systemsOf(b.opts) {
 		if s != SysHAProxy {
-			n += b.profile.Reps*len(b.profile.packetScenarios()) + len(b.profile.SweepFlows)
+			n += b.profile.Reps*len(b.packetScenarios()) + len(b.sweepFlows())
 		}
-		n += b.profile.TCPReps * len(tcpScenarios(s))
+		n += b.profile.TCPReps * len(b.tcpScenarios(s))
 	}
 	return n
 }
@@ -218,7 +265,8 @@ func (b *bencher) packetPhase(ctx context.Context) error {
 			systems = append(systems, s)
 		}
 	}
-	if len(systems) == 0 {
+	scs := b.packetScenarios()
+	if len(systems) == 0 || len(scs) == 0 && len(b.sweepFlows()) == 0 {
 		return nil
 	}
 	for _, h := range b.scene.Peers() {
@@ -231,8 +279,7 @@ func (b *bencher) packetPhase(ctx context.Context) error {
 			return err
 		}
 	}
-	scs := b.profile.packetScenarios()
-	for rep := 0; rep < b.profile.Reps; rep++ {
+	for rep := 0; rep < b.profile.Reps && len(scs) > 0; rep++ {
 		for _, system := range systems {
 			if err := b.withSystem(system, KindPackets, func(sys *sut) error {
 				for _, sc := range scs {
@@ -257,8 +304,11 @@ func (b *bencher) packetPhase(ctx context.Context) error {
 		}
 	}
 	for _, system := range systems {
+		if len(b.sweepFlows()) == 0 {
+			break
+		}
 		if err := b.withSystem(system, KindPackets, func(sys *sut) error {
-			for _, n := range b.profile.SweepFlows {
+			for _, n := range b.sweepFlows() {
 				b.prog.step(fmt.Sprintf("%-8s %-25s %d flows", system, ScEstablishedSweep, n))
 				s, err := b.measurePackets(ctx, sys, packetScenario{name: ScEstablishedSweep, flows: n})
 				if err != nil {
@@ -297,6 +347,9 @@ func (b *bencher) withSystem(system, kind string, f func(*sut) error) error {
 // tcpPhase: count-and-pass programs on the far ends, servers on the backends, the
 // whole bench process on the load core; each system in turn.
 func (b *bencher) tcpPhase(ctx context.Context) error {
+	if !slices.ContainsFunc(systemsOf(b.opts), func(s string) bool { return len(b.tcpScenarios(s)) > 0 }) {
+		return nil
+	}
 	var (
 		cps     []*dataplane.CountPass
 		servers []*tcpServer
@@ -345,7 +398,7 @@ func (b *bencher) tcpPhase(ctx context.Context) error {
 	for rep := 0; rep < b.profile.TCPReps; rep++ {
 		for _, system := range systemsOf(b.opts) {
 			if err := b.withSystem(system, KindTCP, func(sys *sut) error {
-				for _, sc := range tcpScenarios(system) {
+				for _, sc := range b.tcpScenarios(system) {
 					b.prog.step(fmt.Sprintf("%-8s %-25s run %d/%d", system, sc, rep+1, b.profile.TCPReps))
 					s, err := b.measureTCP(ctx, sys, sc)
 					if err != nil {

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -89,5 +90,32 @@ func TestPrivilegedSmoke(t *testing.T) {
 		if st, err := os.Stat(filepath.Join(dir, f)); err != nil || st.Size() == 0 {
 			t.Errorf("%s not written: %v", f, err)
 		}
+	}
+}
+
+// TestPrivilegedScenarioFilter: a run limited to some scenarios measures those and
+// nothing else.
+func TestPrivilegedScenarioFilter(t *testing.T) {
+	netns.RequireRoot(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	rep, err := Run(ctx, Options{Profile: Profiles["smoke"], Systems: []string{SysMoat}, Scenarios: []string{ScNewFlows, ScTCPRR},
+		Instance: netns.UniqueName("bfilter"), Command: t.Name()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]bool{}
+	for _, r := range rep.Records {
+		got[r.Scenario] = true
+	}
+	if len(got) != 2 || !got[ScNewFlows] || !got[ScTCPRR] {
+		t.Fatalf("measured %v, want exactly %s and %s", got, ScNewFlows, ScTCPRR)
+	}
+}
+
+func TestUnknownScenarioRefused(t *testing.T) {
+	_, err := Run(context.Background(), Options{Profile: Profiles["smoke"], Scenarios: []string{ScNewFlows, "syn_flood"}})
+	if err == nil || !strings.Contains(err.Error(), `unknown scenario "syn_flood"`) {
+		t.Fatalf("got %v, want the unknown scenario named", err)
 	}
 }

@@ -191,8 +191,8 @@ verifier its gateways attest to, configuring each only while that passes.`,
 
 func benchCmd() *cobra.Command {
 	var (
-		profile, out string
-		systems      []string
+		profile, out       string
+		systems, scenarios []string
 	)
 	cmd := &cobra.Command{
 		Use:   "bench [--profile quick|full] [--out DIR]",
@@ -208,7 +208,7 @@ needs root and two CPUs; it installs HAProxy from Debian when missing.`,
 			if !ok {
 				return fmt.Errorf("--profile %q: want quick, full or smoke", profile)
 			}
-			o := bench.Options{Profile: p, Systems: systems, Progress: os.Stderr,
+			o := bench.Options{Profile: p, Systems: systems, Scenarios: scenarios, Progress: os.Stderr,
 				Command: "moat " + strings.Join(os.Args[1:], " ")}
 			rep, err := bench.Run(cmd.Context(), o)
 			if rep != nil {
@@ -226,6 +226,7 @@ needs root and two CPUs; it installs HAProxy from Debian when missing.`,
 	f.StringVar(&profile, "profile", "quick", "quick (under 5 minutes), full (long) or smoke (seconds)")
 	f.StringVar(&out, "out", "bench/results/latest", "directory for the report")
 	f.StringSliceVar(&systems, "systems", nil, "systems to measure (default all): moat, plain, nftables, haproxy")
+	f.StringSliceVar(&scenarios, "scenarios", nil, "scenarios to measure (default all): "+strings.Join(bench.AllScenarios, ", "))
 	return cmd
 }
 
