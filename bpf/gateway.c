@@ -9,7 +9,8 @@
  *          admitted backend -> DNAT -> route -> out
  *          (an established flow with a route checked under the current configuration
  *          skips the service lookup: see to_service)
- *     no:  reply conntrack entry? -> backend still usable? -> reverse NAT -> route -> out
+ *     no:  from a backend (filter.h)? -> reply conntrack entry? -> backend still usable?
+ *          -> reverse NAT -> route -> out
  *          else one of the gateway's own services (host.h)? -> the kernel stack
  *   anything else is dropped with a reason.
  * An established flow reuses the route, egress and policy checks its conntrack entry
@@ -23,6 +24,7 @@
 #include "lib/tenant.h"
 #include "lib/policy.h"
 #include "lib/lb.h"
+#include "lib/filter.h"
 #include "lib/conntrack.h"
 #include "lib/nat.h"
 #include "lib/vlan.h"
@@ -216,7 +218,7 @@ static __always_inline int to_client(struct xdp_md *ctx, struct pkt *p, struct a
 	__u16 tot_len = bpf_ntohs(p->ip->tot_len);
 	struct backend_counters *bs;
 	struct backend *b;
-	struct ct_entry *e;
+	struct ct_entry *e = NULL;
 	struct ct_key k;
 	struct route rt = {};
 	__be32 vip;
@@ -226,8 +228,12 @@ static __always_inline int to_client(struct xdp_md *ctx, struct pkt *p, struct a
 	__u64 now = clock_now();
 	__u32 gen = config_generation();
 
-	ct_key_of(&k, tenant_id, p, CT_DIR_REPLY);
-	e = ct_lookup(&k, p, now);
+	/* Only a backend sends replies: a source no backend has (its filter bit clear)
+	 * needs no conntrack lookup to be refused. */
+	if (filter_has(&backend_filter, tenant_id, p->saddr, p->sport, p->l4proto)) {
+		ct_key_of(&k, tenant_id, p, CT_DIR_REPLY);
+		e = ct_lookup(&k, p, now);
+	}
 	if (!e) {
 		if (!p->tagged && host_service(p->ifindex, p->daddr, p->dport, p->l4proto))
 			return pass(p, tenant_id, PASS_HOST_SERVICE);
@@ -302,7 +308,7 @@ int xdp_gateway(struct xdp_md *ctx)
 	if (r)
 		return drop(&p, att->tenant_id, r);
 
-	if (service_maybe(att->tenant_id, p.daddr, p.dport, p.l4proto)) {
+	if (filter_has(&service_filter, att->tenant_id, p.daddr, p.dport, p.l4proto)) {
 		int no_service = 0, action = to_service(ctx, &p, att, &no_service);
 
 		if (!no_service)

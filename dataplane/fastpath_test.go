@@ -238,8 +238,8 @@ func TestPrivilegedWriterConverges(t *testing.T) {
 				t.Fatalf("step %d: backend %d is %+v, want %+v", i, k, got.backends[k], v)
 			}
 		}
-		if !maps.Equal(got.filter, want.filter) {
-			t.Fatalf("step %d: service filter words %v, want %v", i, got.filter, want.filter)
+		if !maps.Equal(got.serviceFilter, want.serviceFilter) || !maps.Equal(got.backendFilter, want.backendFilter) {
+			t.Fatalf("step %d: filter words %v and %v, want %v and %v", i, got.serviceFilter, got.backendFilter, want.serviceFilter, want.backendFilter)
 		}
 	}
 	// A fresh writer over the same maps (what a restarted daemon has) applies the
@@ -256,7 +256,7 @@ func TestPrivilegedWriterConverges(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n := len(got.attachments) + len(got.ports) + len(got.services) + len(got.policy) + len(got.backends) + len(got.tables) + len(got.txPorts) + len(got.egress) + len(got.filter); n != 0 {
+	if n := len(got.attachments) + len(got.ports) + len(got.services) + len(got.policy) + len(got.backends) + len(got.tables) + len(got.txPorts) + len(got.egress) + len(got.serviceFilter) + len(got.backendFilter); n != 0 {
 		t.Fatalf("a fresh writer applying nothing left %d entries", n)
 	}
 }

@@ -232,7 +232,7 @@ type gatewayTenantCounters struct {
 type gatewayTokenBucket struct {
 	_      structs.HostLayout
 	Tokens uint64
-	LastNs uint64
+	Last   uint64
 }
 
 type gatewayTraffic struct {
@@ -246,6 +246,7 @@ type gatewayTraffic struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	gatewayMapAttachments                   = "attachments"
+	gatewayMapBackendFilter                 = "backend_filter"
 	gatewayMapBackendStats                  = "backend_stats"
 	gatewayMapBackends                      = "backends"
 	gatewayMapConfigGen                     = "config_gen"
@@ -276,6 +277,7 @@ const (
 	gatewayVarCfgEventMask                  = "cfg_event_mask"
 	gatewayVarCfgEventRate                  = "cfg_event_rate"
 	gatewayVarCfgHashSeed                   = "cfg_hash_seed"
+	gatewayVarCfgHz                         = "cfg_hz"
 	gatewayVarCfgRouteTtlJiffies            = "cfg_route_ttl_jiffies"
 )
 
@@ -330,6 +332,7 @@ type gatewayProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type gatewayMapSpecs struct {
 	Attachments     *ebpf.MapSpec `ebpf:"attachments"`
+	BackendFilter   *ebpf.MapSpec `ebpf:"backend_filter"`
 	BackendStats    *ebpf.MapSpec `ebpf:"backend_stats"`
 	Backends        *ebpf.MapSpec `ebpf:"backends"`
 	ConfigGen       *ebpf.MapSpec `ebpf:"config_gen"`
@@ -364,6 +367,7 @@ type gatewayVariableSpecs struct {
 	CfgEventMask                  *ebpf.VariableSpec `ebpf:"cfg_event_mask"`
 	CfgEventRate                  *ebpf.VariableSpec `ebpf:"cfg_event_rate"`
 	CfgHashSeed                   *ebpf.VariableSpec `ebpf:"cfg_hash_seed"`
+	CfgHz                         *ebpf.VariableSpec `ebpf:"cfg_hz"`
 	CfgRouteTtlJiffies            *ebpf.VariableSpec `ebpf:"cfg_route_ttl_jiffies"`
 }
 
@@ -388,6 +392,7 @@ func (o *gatewayObjects) Close() error {
 // It can be passed to loadGatewayObjects or ebpf.CollectionSpec.LoadAndAssign.
 type gatewayMaps struct {
 	Attachments     *ebpf.Map `ebpf:"attachments"`
+	BackendFilter   *ebpf.Map `ebpf:"backend_filter"`
 	BackendStats    *ebpf.Map `ebpf:"backend_stats"`
 	Backends        *ebpf.Map `ebpf:"backends"`
 	ConfigGen       *ebpf.Map `ebpf:"config_gen"`
@@ -412,6 +417,7 @@ type gatewayMaps struct {
 func (m *gatewayMaps) Close() error {
 	return _GatewayClose(
 		m.Attachments,
+		m.BackendFilter,
 		m.BackendStats,
 		m.Backends,
 		m.ConfigGen,
@@ -447,6 +453,7 @@ type gatewayVariables struct {
 	CfgEventMask                  *ebpf.Variable `ebpf:"cfg_event_mask"`
 	CfgEventRate                  *ebpf.Variable `ebpf:"cfg_event_rate"`
 	CfgHashSeed                   *ebpf.Variable `ebpf:"cfg_hash_seed"`
+	CfgHz                         *ebpf.Variable `ebpf:"cfg_hz"`
 	CfgRouteTtlJiffies            *ebpf.Variable `ebpf:"cfg_route_ttl_jiffies"`
 }
 

@@ -122,7 +122,7 @@ func Open(opts Options) (*Dataplane, error) {
 		return nil, fmt.Errorf("load fast path: %w", err)
 	}
 	d.writer = newWriter(&d.objs.gatewayMaps, spec.Maps[gatewayMapMaglevTables].InnerMap, opts.Limits, opts.MaxFlows)
-	if err := d.writer.fillServiceFilter(); err != nil {
+	if err := d.writer.fillFilters(); err != nil {
 		d.objs.Close()
 		return nil, fmt.Errorf("load fast path: %w", err)
 	}
@@ -173,6 +173,7 @@ func newSpec(opts Options) (*ebpf.CollectionSpec, error) {
 		{s.CfgCtUdpTimeoutJiffies, udp},
 		{s.CfgCtRefreshJiffies, refresh},
 		{s.CfgRouteTtlJiffies, toJiffies(c.RouteTTL, hz)},
+		{s.CfgHz, hz},
 		{s.CfgHashSeed, c.HashSeed},
 		{s.CfgEventMask, c.EventMask},
 		{s.CfgEventRate, c.EventRate},

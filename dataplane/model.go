@@ -58,6 +58,7 @@ type Model struct {
 	egress      map[egressKey]uint16
 	services    map[svcKey]*tenant.ServiceEntry
 	backends    map[uint32]tenant.BackendEntry
+	backendBits map[uint32]bool // the backend filter (bpf/lib/filter.h): bits of backends' keys
 	policy      map[policyScope][]netip.Prefix
 	txPorts     map[uint32]bool
 	host        map[HostService]bool
@@ -160,8 +161,16 @@ func (m *Model) Load(c *tenant.Compiled) {
 		m.services[svcKey{s.TenantID, s.VIP.As4(), s.Port, uint8(s.Protocol)}] = s
 	}
 	m.backends = map[uint32]tenant.BackendEntry{}
+	m.backendBits = map[uint32]bool{}
 	for _, b := range c.Backends {
 		m.backends[b.ID] = b
+		var proto uint8
+		for _, s := range c.Services {
+			if s.ID == b.ServiceID {
+				proto = uint8(s.Protocol)
+			}
+		}
+		m.backendBits[FilterHash(b.TenantID, b.Addr.As4(), b.Port, proto)] = true
 	}
 	m.policy = map[policyScope][]netip.Prefix{}
 	for _, p := range c.Policy {
@@ -477,7 +486,10 @@ func (m *Model) toClient(p *pkt, att tenant.AttachmentEntry) Result {
 	tid := att.TenantID
 	totLen := be.Uint16(p.frame[p.l3+2:])
 	now := m.now()
-	e := m.ctLookup(CTKey{tid, p.saddr, p.daddr, p.sport, p.dport, p.l4proto, CTDirReply}, p, now)
+	var e *CTEntry
+	if m.backendBits[FilterHash(tid, p.saddr, p.sport, p.l4proto)] { // replies come from backends
+		e = m.ctLookup(CTKey{tid, p.saddr, p.daddr, p.sport, p.dport, p.l4proto, CTDirReply}, p, now)
+	}
 	if e == nil {
 		if !p.tagged && m.host[HostService{p.ifindex, netip.AddrFrom4(p.daddr), p.dport, p.l4proto}] {
 			return m.pass(p, tid, PassHostService)

@@ -33,6 +33,7 @@ func TestDefaultConfigMatchesObject(t *testing.T) {
 		{"udp timeout", get64(s.CfgCtUdpTimeoutJiffies.Get), toJiffies(c.CTUDPTimeout, 250)},
 		{"refresh", get64(s.CfgCtRefreshJiffies.Get), toJiffies(c.CTRefresh, 250)},
 		{"route ttl", get64(s.CfgRouteTtlJiffies.Get), toJiffies(c.RouteTTL, 250)},
+		{"hz", get64(s.CfgHz.Get), 250},
 		{"hash seed", get32(s.CfgHashSeed.Get), uint64(c.HashSeed)},
 		{"event mask", get32(s.CfgEventMask.Get), uint64(c.EventMask)},
 		{"event rate", get32(s.CfgEventRate.Get), uint64(c.EventRate)},
@@ -76,7 +77,8 @@ func TestMapSizesMatchDefaultLimits(t *testing.T) {
 	}{
 		{"attachments", s.Attachments.MaxEntries, l.MaxAttachments},
 		{"port_attachments", s.PortAttachments.MaxEntries, maxPortIfindex},
-		{"service_filter", s.ServiceFilter.MaxEntries, serviceFilterWords},
+		{"service_filter", s.ServiceFilter.MaxEntries, filterWords},
+		{"backend_filter", s.BackendFilter.MaxEntries, filterWords},
 		{"services", s.Services.MaxEntries, l.MaxServices},
 		{"backends", s.Backends.MaxEntries, l.MaxBackends},
 		{"tenant_stats", s.TenantStats.MaxEntries, l.MaxTenants},

@@ -59,7 +59,9 @@ type mapState struct {
 	sizes       map[uint32]uint32   // Maglev size by service id (table or not): what its slots are made for
 	backends    map[uint32]gatewayBackend
 	policy      map[gatewayPolicyKey]gatewayPolicyRule
-	filter      map[uint32]uint64 // service filter words (bpf/lib/lb.h), non-zero only
+	// key filter words (bpf/lib/filter.h), non-zero only
+	serviceFilter map[uint32]uint64
+	backendFilter map[uint32]uint64
 }
 
 // Byte order: fields the C declares __be16/__be32 hold network-order bytes; the Go
@@ -70,16 +72,17 @@ func portRaw(p uint16) uint16     { return bits.ReverseBytes16(p) }
 
 func newMapState() *mapState {
 	return &mapState{
-		attachments: map[gatewayAttachmentKey]gatewayAttachment{},
-		ports:       map[uint32]gatewayAttachment{},
-		egress:      map[gatewayEgressKey]gatewayEgress{},
-		txPorts:     map[uint32]uint32{},
-		services:    map[gatewayServiceKey]gatewayService{},
-		tables:      map[uint32][]uint32{},
-		sizes:       map[uint32]uint32{},
-		backends:    map[uint32]gatewayBackend{},
-		policy:      map[gatewayPolicyKey]gatewayPolicyRule{},
-		filter:      map[uint32]uint64{},
+		attachments:   map[gatewayAttachmentKey]gatewayAttachment{},
+		ports:         map[uint32]gatewayAttachment{},
+		egress:        map[gatewayEgressKey]gatewayEgress{},
+		txPorts:       map[uint32]uint32{},
+		services:      map[gatewayServiceKey]gatewayService{},
+		tables:        map[uint32][]uint32{},
+		sizes:         map[uint32]uint32{},
+		backends:      map[uint32]gatewayBackend{},
+		policy:        map[gatewayPolicyKey]gatewayPolicyRule{},
+		serviceFilter: map[uint32]uint64{},
+		backendFilter: map[uint32]uint64{},
 	}
 }
 
@@ -118,7 +121,8 @@ func toMapState(c *tenant.Compiled) *mapState {
 		}
 		s.policy[k] = gatewayPolicyRule{RuleId: p.RuleID}
 	}
-	s.filter = serviceFilterOf(s.services)
+	s.serviceFilter = serviceFilterOf(s.services)
+	s.backendFilter = backendFilterOf(c)
 	return s
 }
 
@@ -143,7 +147,7 @@ func (w *Writer) readMapState() (*mapState, error) {
 		inner.Close()
 	}
 	errs = append(errs, it.Err(), readArray(w.m.PortAttachments, s.ports), readArray(w.m.Backends, s.backends),
-		readArray(w.m.ServiceFilter, s.filter))
+		readArray(w.m.ServiceFilter, s.serviceFilter), readArray(w.m.BackendFilter, s.backendFilter))
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("read fast path maps: %w", err)
 	}
@@ -189,9 +193,9 @@ func readHash[K comparable, V any](m *ebpf.Map, into map[K]V) error {
 //  1. attachments, egress ports and policy entries that go away, and services whose
 //     key goes away, are deleted first: nothing new is reachable through something
 //     old;
-//  2. backends are written (new ones, and state changes: an eviction takes effect
-//     here, before any table changes); removed backends are zeroed, which is the
-//     evicted state;
+//  2. the backend filter bits of new backends are set, then backends are written (new
+//     ones, and state changes: an eviction takes effect here, before any table
+//     changes); removed backends are zeroed, which is the evicted state;
 //  3. each changed Maglev table is written into its service's slot not in use (a new
 //     service gets both slots now);
 //  4. the service filter bits of new services are set, then services (each pointing
@@ -199,7 +203,7 @@ func readHash[K comparable, V any](m *ebpf.Map, into map[K]V) error {
 //     redirect ports, egress ports, and finally attachments are written: a tenant's
 //     traffic is classified only once everything it may reach is in place;
 //  5. the table slots of removed services are dropped, and the filter bits that only
-//     removed services needed are cleared.
+//     removed services or backends needed are cleared.
 //
 // The configuration generation is bumped before and after, so that flows re-check the
 // routes, egress and policy they cached. On error the writer tries to restore the
@@ -307,7 +311,11 @@ func (w *Writer) apply(prev, next *mapState) error {
 			}
 		}
 	}
-	// 2. backends: write changed and new, zero removed
+	// 2. backends: their filter bits first (before any table can pick them), then
+	// write changed and new, zero removed
+	if err := setFilterBits(m.BackendFilter, prev.backendFilter, next.backendFilter); err != nil {
+		return err
+	}
 	for id, b := range next.backends {
 		if old, ok := prev.backends[id]; !ok || old != b {
 			if err := m.Backends.Put(id, b); err != nil {
@@ -349,7 +357,7 @@ func (w *Writer) apply(prev, next *mapState) error {
 		next.services[k] = v
 	}
 	// 4. publish: a service's filter bit before the service
-	if err := setFilterBits(m.ServiceFilter, prev.filter, next.filter); err != nil {
+	if err := setFilterBits(m.ServiceFilter, prev.serviceFilter, next.serviceFilter); err != nil {
 		return err
 	}
 	if err := putChanged(m.Services, prev.services, next.services); err != nil {
@@ -390,7 +398,10 @@ func (w *Writer) apply(prev, next *mapState) error {
 			}
 		}
 	}
-	if err := clearFilterBits(m.ServiceFilter, prev.filter, next.filter); err != nil {
+	if err := clearFilterBits(m.ServiceFilter, prev.serviceFilter, next.serviceFilter); err != nil {
+		return err
+	}
+	if err := clearFilterBits(m.BackendFilter, prev.backendFilter, next.backendFilter); err != nil {
 		return err
 	}
 	return deleteGone(m.TxPorts, prev.txPorts, next.txPorts)

@@ -11,7 +11,8 @@
  * configured durations with the kernel's HZ. These defaults assume HZ=250. */
 #define DEFAULT_HZ 250ULL
 
-#define NSEC_PER_SEC 1000000000ULL
+/* The kernel's HZ: jiffies per second (the event token bucket refills per jiffy). */
+volatile const __u64 cfg_hz = DEFAULT_HZ;
 
 /* Connection tracking lifetimes, per entry since its last refresh. */
 volatile const __u64 cfg_ct_tcp_timeout_jiffies = 3600ULL * DEFAULT_HZ;

@@ -6,6 +6,7 @@
 #define MOAT_EVENTS_H
 
 #include "common.h"
+#include "clock.h"
 #include "config.h"
 #include "parse.h"
 
@@ -44,8 +45,8 @@ enum event_counter {
 };
 
 struct token_bucket {
-	__u64 tokens; /* in nanoevents: 1e9 per event, so refill needs no division */
-	__u64 last_ns;
+	__u64 tokens; /* in 1/HZ events: cfg_hz per event, so refill needs no division */
+	__u64 last;   /* clock_now() (jiffies) of the last refill */
 };
 
 struct {
@@ -78,26 +79,27 @@ static __always_inline void event_count(enum event_counter c)
 		(*v)++;
 }
 
-/* event_admit takes one token from this CPU's bucket. */
-static __always_inline int event_admit(__u64 now)
+/* event_admit takes one token from this CPU's bucket. It runs on the inlined jiffies
+ * clock, so that a flood of drops, most of them refused here, costs no helper call. */
+static __always_inline int event_admit(void)
 {
-	const __u64 one = NSEC_PER_SEC;
-	__u64 cap = (__u64)cfg_event_burst * one;
+	const __u64 one = cfg_hz;
+	__u64 cap = (__u64)cfg_event_burst * one, now = clock_now();
 	__u32 k = 0;
 	struct token_bucket *b = bpf_map_lookup_elem(&event_bucket, &k);
 
 	if (!b)
 		return 0;
-	if (now > b->last_ns) {
-		__u64 elapsed = now - b->last_ns;
+	if (now > b->last) {
+		__u64 elapsed = now - b->last;
 
 		/* The loader keeps burst <= rate, so a second's refill fills the bucket;
 		 * bounding elapsed also keeps elapsed*rate far from overflow. */
-		if (elapsed >= NSEC_PER_SEC || b->tokens + elapsed * cfg_event_rate > cap)
+		if (elapsed >= cfg_hz || b->tokens + elapsed * cfg_event_rate > cap)
 			b->tokens = cap;
 		else
 			b->tokens += elapsed * cfg_event_rate;
-		b->last_ns = now;
+		b->last = now;
 	}
 	if (b->tokens < one)
 		return 0;
@@ -111,12 +113,10 @@ static __always_inline void event_emit(__u8 type, enum reason reason, struct pkt
 	__u32 bit = type == EVENT_FLOW_NEW ? EVENT_MASK_NEW :
 		    type == EVENT_FLOW_END ? EVENT_MASK_END : EVENT_MASK_DROP;
 	struct flow_event *e;
-	__u64 now;
 
 	if (!(cfg_event_mask & bit))
 		return;
-	now = bpf_ktime_get_coarse_ns();
-	if (!event_admit(now)) {
+	if (!event_admit()) {
 		event_count(EVENTS_RATE_LIMITED);
 		return;
 	}
@@ -125,7 +125,7 @@ static __always_inline void event_emit(__u8 type, enum reason reason, struct pkt
 		event_count(EVENTS_RINGBUF_FULL);
 		return;
 	}
-	e->ts_ns = now;
+	e->ts_ns = bpf_ktime_get_coarse_ns();
 	e->type = type;
 	e->reason = reason;
 	e->proto = p->l4proto;

@@ -14,13 +14,6 @@
 #include "config.h"
 #include "hash.h"
 
-/* The service filter: one bit per hash of a service key (service_filter_hash), so
- * that a packet whose bit is clear is known to be for no service without the service
- * hash lookup (replies, stray traffic), and a packet whose bit is set may look up its
- * conntrack entry first (gateway.c). The map writer sets a service's bit before it
- * publishes the service and clears bits only after the services are withdrawn, so a
- * clear bit is always right; a set bit may be another key's. */
-#define SERVICE_FILTER_WORDS 1024 /* 65536 bits: a few per cent set at MAX_SERVICES */
 
 struct service_key {
 	__u32 tenant_id;
@@ -85,35 +78,6 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 	__array(values, struct maglev_table);
 } maglev_tables SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, SERVICE_FILTER_WORDS);
-	__type(key, __u32);
-	__type(value, __u64);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} service_filter SEC(".maps");
-
-/* service_filter_hash: 16 bits of MurmurHash3 over the service key's words, read as
- * flow_hash reads them (dataplane.ServiceFilterHash is its Go twin). */
-static __always_inline __u32 service_filter_hash(__u32 tenant_id, __be32 addr, __be16 port, __u8 proto)
-{
-	__u32 h = 0;
-
-	h = murmur_mix(h, tenant_id);
-	h = murmur_mix(h, addr);
-	h = murmur_mix(h, ((__u32)port << 16) | proto);
-	return murmur_fmix(h ^ 12) >> 16;
-}
-
-/* service_maybe returns 0 when no service has the key (tenant, addr, port, proto). */
-static __always_inline int service_maybe(__u32 tenant_id, __be32 addr, __be16 port, __u8 proto)
-{
-	__u32 h = service_filter_hash(tenant_id, addr, port, proto), word = h >> 6;
-	__u64 *w = bpf_map_lookup_elem(&service_filter, &word);
-
-	return w && (*w & (1ULL << (h & 63)));
-}
 
 static __always_inline struct service *service_lookup(__u32 tenant_id, __be32 addr, __be16 port,
 						       __u8 proto)

@@ -1,0 +1,168 @@
+package dataplane
+
+import (
+	"errors"
+	"maps"
+	"math/rand/v2"
+	"net/netip"
+	"testing"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/seed4c/moat/internal/netns"
+	"github.com/seed4c/moat/internal/packet"
+)
+
+// A key filter's contract is "a clear bit means no such key": for any sequence of key
+// sets, setFilterBits leaves every bit of the old and the new set set (so the keys
+// published after it, and those still published, all have theirs), and
+// clearFilterBits then leaves exactly the new set's bits.
+func TestPrivilegedFilterNeverClearsALiveBit(t *testing.T) {
+	netns.RequireRoot(t)
+	m, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 8, MaxEntries: filterWords})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	r := rand.New(rand.NewPCG(1, 2))
+	randomServices := func() map[gatewayServiceKey]gatewayService {
+		s := map[gatewayServiceKey]gatewayService{}
+		for range r.IntN(300) {
+			k := gatewayServiceKey{TenantId: 1 + r.Uint32N(4), Addr: r.Uint32(), Port: uint16(r.Uint32N(4)), Proto: uint8(6 + 11*r.IntN(2))}
+			s[k] = gatewayService{Id: 1}
+		}
+		return s
+	}
+	read := func() map[uint32]uint64 {
+		got := map[uint32]uint64{}
+		if err := readArray(m, got); err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	hasAll := func(words map[uint32]uint64, services map[gatewayServiceKey]gatewayService) bool {
+		for k := range services {
+			h := filterHashRaw(k.TenantId, k.Addr, k.Port, k.Proto)
+			if words[h>>6]&(1<<(h&63)) == 0 {
+				return false
+			}
+		}
+		return true
+	}
+	prevSvcs := map[gatewayServiceKey]gatewayService{}
+	prev := serviceFilterOf(prevSvcs)
+	for step := range 200 {
+		nextSvcs := randomServices()
+		if step%3 == 0 { // often a small change of the previous set, as in operation
+			nextSvcs = maps.Clone(prevSvcs)
+			for k := range randomServices() {
+				nextSvcs[k] = gatewayService{Id: 1}
+				break
+			}
+		}
+		next := serviceFilterOf(nextSvcs)
+		if err := setFilterBits(m, prev, next); err != nil {
+			t.Fatal(err)
+		}
+		mid := read()
+		if !hasAll(mid, prevSvcs) || !hasAll(mid, nextSvcs) {
+			t.Fatalf("step %d: a bit of the old or the new services is clear between the two writes", step)
+		}
+		if err := clearFilterBits(m, prev, next); err != nil {
+			t.Fatal(err)
+		}
+		if got := read(); !maps.Equal(got, next) {
+			t.Fatalf("step %d: filter holds %d words, want exactly the new set's %d", step, len(got), len(next))
+		}
+		prevSvcs, prev = nextSvcs, next
+	}
+}
+
+// A fast path opened over maps whose filters lost their bits (pins left by a version
+// without them) refills them from the services and backends maps before any Apply: a
+// service's traffic is never taken for traffic to no service, nor a backend's reply
+// for a stray.
+func TestPrivilegedFiltersRefilledOnOpen(t *testing.T) {
+	env, dp, _ := smallEnv(t, DefaultConfig())
+	c1, b1 := env.ifindex["c1"], env.ifindex["b1"]
+	run := func(d *Dataplane, frame []byte, ifindex uint32) Verdict {
+		t.Helper()
+		var v Verdict
+		if err := env.gw.Do(func() (err error) { v, _, err = TimedRun(d.Program(), frame, ifindex); return err }); err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	// A flow established before the bits are lost, and its reply.
+	if v := run(dp, clientFrame(6, 7100, 80, packet.SYN), c1); v != XDPRedirect {
+		t.Fatalf("SYN got %s", v)
+	}
+	var reply []byte
+	cts, err := dp.ConntrackEntries()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k := range cts {
+		if k.Dir == CTDirReply && k.Dport == 7100 {
+			reply = packet.Frame{SrcIP: netip.AddrFrom4(k.Saddr), DstIP: ap("10.0.0.2"), Proto: 6, SrcPort: k.Sport, DstPort: 7100, TCPFlags: packet.SYN | packet.ACK}.Build()
+		}
+	}
+	if reply == nil {
+		t.Fatal("no reply entry for the flow")
+	}
+	want, err := dp.Writer().readMapState()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(want.serviceFilter) == 0 || len(want.backendFilter) == 0 {
+		t.Fatal("no filter bit set for the configured services and backends")
+	}
+	for i := range uint32(filterWords) {
+		if err := errors.Join(dp.objs.ServiceFilter.Put(i, uint64(0)), dp.objs.BackendFilter.Put(i, uint64(0))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// With the bits gone, the program takes the service's packets and the backend's
+	// replies for strays: what the refill must prevent.
+	syn := clientFrame(6, 7101, 80, packet.SYN)
+	if v := run(dp, syn, c1); v != XDPDrop {
+		t.Fatalf("with empty filters a SYN got %s: the test does not show what the refill fixes", v)
+	}
+	if v := run(dp, reply, b1); v != XDPDrop {
+		t.Fatalf("with empty filters a reply got %s: the test does not show what the refill fixes", v)
+	}
+	var again *Dataplane
+	if err := env.gw.Do(func() (err error) { again, err = Open(dp.Options()); return err }); err != nil {
+		t.Fatal(err)
+	}
+	defer again.Close()
+	got, err := again.Writer().readMapState()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !maps.Equal(got.serviceFilter, want.serviceFilter) || !maps.Equal(got.backendFilter, want.backendFilter) {
+		t.Fatalf("after Open the filters hold %v and %v, want %v and %v", got.serviceFilter, got.backendFilter, want.serviceFilter, want.backendFilter)
+	}
+	if v := run(again, syn, c1); v != XDPRedirect {
+		t.Fatalf("after Open a SYN got %s, want redirect", v)
+	}
+	if v := run(again, reply, b1); v != XDPRedirect {
+		t.Fatalf("after Open the reply got %s, want redirect", v)
+	}
+}
+
+// A filter saves lookups only if its hash spreads keys over its bits. (That the Go hash
+// is the program's is shown by every test that reaches a service or gets a reply: the
+// program finds the bits the writer set, or drops the packet.)
+func TestFilterHashSpreads(t *testing.T) {
+	// 4096 services (the default MAX_SERVICES) set at most 4096 of 65536 bits; a hash
+	// that clusters would set far fewer distinct bits than a uniform one (about 3,970).
+	bitsSet := map[uint32]bool{}
+	for i := range uint32(4096) {
+		addr := [4]byte{10, 100, byte(i >> 8), byte(i)}
+		bitsSet[FilterHash(1+i%16, addr, 80, 6)] = true
+	}
+	if len(bitsSet) < 3900 {
+		t.Fatalf("4096 services set only %d distinct bits", len(bitsSet))
+	}
+}
