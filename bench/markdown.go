@@ -147,6 +147,26 @@ func (rep *Report) WriteMarkdown(w io.Writer) error {
 		}
 		p("")
 	}
+	if len(rep.ProgramTimes) > 0 {
+		p("## XDP programs alone")
+		p("")
+		p("Mean run time of the system's XDP program per frame, from the kernel's BPF run-time statistics during a separate %v burst of the same traffic (statistics cost two clock reads per run: they are off while rates are measured), and the share of the system's busy core that this accounts for at the measured rate; the rest is the kernel's work around the program (veth receive, redirect, waking the far end).", programBurst)
+		p("")
+		p("| scenario | flows | system | ns per frame | frames | share of busy core |")
+		p("|---|---|---|---|---|---|")
+		for _, pt := range rep.ProgramTimes {
+			flows := "–"
+			if pt.Flows > 0 {
+				flows = fmt.Sprint(pt.Flows)
+			}
+			share := "–"
+			if pt.CoreShare > 0 {
+				share = fmt.Sprintf("%.0f%%", 100*pt.CoreShare)
+			}
+			p("| %s | %s | %s | %.0f | %s | %s |", pt.Scenario, flows, pt.System, pt.NsPerRun, fmtRate(float64(pt.Runs)), share)
+		}
+		p("")
+	}
 	p("## Measurements (median of runs; spread = min–max of the per-core figure)")
 	p("")
 	p("| scenario | flows | system | handled/s | per core | SUT cores | offered/s | conns/s | trans/s | Gbit/s | latency p50 / p99 µs | spread per core |")

@@ -117,7 +117,9 @@ type Report struct {
 	// RatiosAbsolute is the same without dividing by CPU.
 	RatiosAbsolute map[string]map[string]float64 `json:"ratios_absolute"`
 	Targets        []Target                      `json:"targets"`
-	Errors         []string                      `json:"errors,omitempty"`
+	// ProgramTimes: what the XDP systems' programs cost per frame (progtime.go).
+	ProgramTimes []ProgramTime `json:"program_times,omitempty"`
+	Errors       []string      `json:"errors,omitempty"`
 }
 
 // median of the values (0 for none).
@@ -205,6 +207,7 @@ func ratioKey(r *Record) string {
 // ComputeRatios fills Ratios and RatiosAbsolute: moat against every other system, per
 // scenario both measured.
 func (rep *Report) ComputeRatios() {
+	rep.computeCoreShares()
 	rep.Ratios = map[string]map[string]float64{}
 	rep.RatiosAbsolute = map[string]map[string]float64{}
 	moat := map[string]*Record{}
@@ -269,4 +272,19 @@ func (rep *Report) Find(scenario, system string, flows int) *Record {
 		}
 	}
 	return nil
+}
+
+// computeCoreShares sets each program time's share of its system's busy core: its run
+// time per frame times the frames the system handled per busy core in the same
+// scenario.
+func (rep *Report) computeCoreShares() {
+	for i := range rep.ProgramTimes {
+		pt := &rep.ProgramTimes[i]
+		for j := range rep.Records {
+			r := &rep.Records[j]
+			if r.Scenario == pt.Scenario && r.System == pt.System && r.Flows == pt.Flows && r.PPSPerCore > 0 {
+				pt.CoreShare = pt.NsPerRun * 1e-9 * r.PPSPerCore
+			}
+		}
+	}
 }

@@ -297,6 +297,21 @@ func (b *bencher) packetPhase(ctx context.Context) error {
 					}
 					b.record(sc.name, system, KindPackets, sc.flows, s)
 				}
+				if rep > 0 || sys.prog == nil {
+					return nil
+				}
+				for _, sc := range scs {
+					b.prog.note(fmt.Sprintf("%-8s %-25s program time", system, sc.name))
+					pt, err := b.measureProgramTime(ctx, sys, sc)
+					if err != nil {
+						if ctx.Err() != nil {
+							return ctx.Err()
+						}
+						b.fail(fmt.Errorf("%s %s program time: %w", system, sc.name, err))
+						continue
+					}
+					b.rep.ProgramTimes = append(b.rep.ProgramTimes, pt)
+				}
 				return nil
 			}); err != nil {
 				return err

@@ -67,6 +67,23 @@ func TestPrivilegedSmoke(t *testing.T) {
 	for k := range want {
 		t.Errorf("no record for %s", k)
 	}
+	// The XDP systems' programs are timed on every packet scenario; their run time is
+	// a real duration (not the clock's resolution) and less than a busy core.
+	timed := map[string]int{}
+	for _, pt := range rep.ProgramTimes {
+		timed[pt.System]++
+		if pt.Runs == 0 || pt.NsPerRun < 10 || pt.NsPerRun > 1e6 {
+			t.Errorf("%s %s: program time %.0f ns over %d runs", pt.System, pt.Scenario, pt.NsPerRun, pt.Runs)
+		}
+	}
+	for _, s := range []string{SysMoat, SysPlain} {
+		if n := len(Profiles["smoke"].packetScenarios()); timed[s] != n {
+			t.Errorf("%s: %d program times, want one per packet scenario (%d)", s, timed[s], n)
+		}
+	}
+	if timed[SysNft] != 0 {
+		t.Errorf("nftables has %d program times: it is no XDP system", timed[SysNft])
+	}
 	if len(rep.Namespaces) == 0 {
 		t.Error("report lists no namespaces")
 	}

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cilium/ebpf"
+
 	"github.com/seed4c/moat/dataplane"
 	"github.com/seed4c/moat/internal/netns"
 )
@@ -27,6 +29,7 @@ type sut struct {
 	drops   func() (uint64, error) // its own count of dropped frames
 	close   func() error           // takes it off the scene
 	extra   func() ([]int, error)  // more threads to account, looked up per measurement
+	prog    *ebpf.Program          // its XDP program on the gateway (nil: not an XDP system)
 }
 
 // cpuTime sums the run time of the system's threads, in nanoseconds.
@@ -93,6 +96,7 @@ func (s *Scene) setupMoat(gwPrio int) (*sut, error) {
 			return c.Drops().Packets, nil
 		},
 		close: s.DetachMoat,
+		prog:  dp.Program(),
 	}, nil
 }
 
@@ -106,7 +110,7 @@ func (s *Scene) setupPlain(gwPrio int) (*sut, error) {
 	if err != nil {
 		return nil, errors.Join(err, f.Close())
 	}
-	return &sut{name: SysPlain, threads: tids, drops: func() (uint64, error) { return 0, nil }, close: f.Close}, nil
+	return &sut{name: SysPlain, threads: tids, drops: func() (uint64, error) { return 0, nil }, close: f.Close, prog: f.objs.XdpFwd}, nil
 }
 
 // setupNftPackets loads the nftables baseline and feeds it live frames through a
