@@ -150,7 +150,7 @@ func (rep *Report) WriteMarkdown(w io.Writer) error {
 	if len(rep.ProgramTimes) > 0 {
 		p("## XDP programs alone")
 		p("")
-		p("Mean run time of the system's XDP program per frame, from the kernel's BPF run-time statistics during a separate %v burst of the same traffic (statistics cost two clock reads per run: they are off while rates are measured), and the share of the system's busy core that this accounts for at the measured rate; the rest is the kernel's work around the program (veth receive, redirect, waking the far end).", programBurst)
+		p("Mean run time of the system's XDP program per frame, from the kernel's BPF run-time statistics during a separate %v burst of the same traffic after each measurement (statistics cost two clock reads per run, included here: they are off while rates are measured); median of the bursts, and the share of the system's busy core that this accounts for at the measured rate. The rest is the kernel's work around the program (veth receive, redirect, waking the far end).", programBurst)
 		p("")
 		p("| scenario | flows | system | ns per frame | frames | share of busy core |")
 		p("|---|---|---|---|---|---|")

@@ -24,8 +24,10 @@ type ProgramTime struct {
 	Scenario string  `json:"scenario"`
 	System   string  `json:"system"`
 	Flows    int     `json:"flows,omitempty"`
-	NsPerRun float64 `json:"ns_per_run"` // mean run time of the program per frame
-	Runs     uint64  `json:"runs"`       // frames it was measured over
+	NsPerRun float64 `json:"ns_per_run"` // median over the bursts of the mean run time per frame
+	Runs     uint64  `json:"runs"`       // frames it was measured over, all bursts
+	// Bursts holds each burst's mean run time per frame, one burst per repetition.
+	Bursts []float64 `json:"bursts_ns_per_run"`
 	// CoreShare is the share of the system's busy core that its program accounts for
 	// in the rate measurement: NsPerRun × frames handled per busy core.
 	CoreShare float64 `json:"core_share,omitempty"`
@@ -61,7 +63,22 @@ func (b *bencher) measureProgramTime(ctx context.Context, sys *sut, sc packetSce
 	}
 	pt.Runs = n1 - n0
 	pt.NsPerRun = float64(t1-t0) / float64(pt.Runs)
+	pt.Bursts = []float64{pt.NsPerRun}
 	return pt, nil
+}
+
+// addProgramTime adds a burst to the report's program time of its scenario and system.
+func (b *bencher) addProgramTime(pt ProgramTime) {
+	for i := range b.rep.ProgramTimes {
+		p := &b.rep.ProgramTimes[i]
+		if p.Scenario == pt.Scenario && p.System == pt.System && p.Flows == pt.Flows {
+			p.Runs += pt.Runs
+			p.Bursts = append(p.Bursts, pt.Bursts...)
+			p.NsPerRun = median(p.Bursts)
+			return
+		}
+	}
+	b.rep.ProgramTimes = append(b.rep.ProgramTimes, pt)
 }
 
 func programStats(p *ebpf.Program) (time.Duration, uint64, error) {

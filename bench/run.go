@@ -297,7 +297,7 @@ func (b *bencher) packetPhase(ctx context.Context) error {
 					}
 					b.record(sc.name, system, KindPackets, sc.flows, s)
 				}
-				if rep > 0 || sys.prog == nil {
+				if sys.prog == nil {
 					return nil
 				}
 				for _, sc := range scs {
@@ -310,7 +310,7 @@ func (b *bencher) packetPhase(ctx context.Context) error {
 						b.fail(fmt.Errorf("%s %s program time: %w", system, sc.name, err))
 						continue
 					}
-					b.rep.ProgramTimes = append(b.rep.ProgramTimes, pt)
+					b.addProgramTime(pt)
 				}
 				return nil
 			}); err != nil {
