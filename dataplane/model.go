@@ -160,17 +160,15 @@ func (m *Model) Load(c *tenant.Compiled) {
 		s := &c.Services[i]
 		m.services[svcKey{s.TenantID, s.VIP.As4(), s.Port, uint8(s.Protocol)}] = s
 	}
+	protocol := map[uint32]uint8{} // by service id
+	for _, s := range c.Services {
+		protocol[s.ID] = uint8(s.Protocol)
+	}
 	m.backends = map[uint32]tenant.BackendEntry{}
 	m.backendBits = map[uint32]bool{}
 	for _, b := range c.Backends {
 		m.backends[b.ID] = b
-		var proto uint8
-		for _, s := range c.Services {
-			if s.ID == b.ServiceID {
-				proto = uint8(s.Protocol)
-			}
-		}
-		m.backendBits[FilterHash(b.TenantID, b.Addr.As4(), b.Port, proto)] = true
+		m.backendBits[FilterHash(b.TenantID, b.Addr.As4(), b.Port, protocol[b.ServiceID])] = true
 	}
 	m.policy = map[policyScope][]netip.Prefix{}
 	for _, p := range c.Policy {
