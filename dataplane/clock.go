@@ -138,6 +138,10 @@ func readJiffies() (uint64, time.Time, error) {
 	return 0, now, errors.New("/proc/timer_list: no jiffies line")
 }
 
+// maxStampAge bounds every lifetime, in ticks: the fast path keeps 32-bit stamps and
+// compares them modulo 2^32 (bpf/lib/clock.h), which is exact below 2^31.
+const maxStampAge = 1 << 31
+
 // toJiffies converts a duration to whole jiffies, rounding up: a lifetime is never
 // shorter than configured, and a positive one is never zero.
 func toJiffies(d time.Duration, hz uint64) uint64 {

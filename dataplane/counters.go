@@ -225,8 +225,8 @@ func (d *Dataplane) ConntrackEntries() (map[CTKey]CTEntry, error) {
 		key := CTKey{Tenant: k.TenantId, Sport: portRaw(k.Sport), Dport: portRaw(k.Dport), Proto: k.Proto, Dir: k.Dir}
 		binary.LittleEndian.PutUint32(key.Saddr[:], k.Saddr)
 		binary.LittleEndian.PutUint32(key.Daddr[:], k.Daddr)
-		e := CTEntry{LastSeen: v.LastSeen, BackendID: v.BackendId, ServiceID: v.ServiceId, VPort: portRaw(v.Vport), Flags: v.Flags, Ifindex: v.Ifindex,
-			Route: Route{Time: v.Route.Time, Gen: v.Route.Gen, Ifindex: v.Route.Ifindex, VLAN: v.Route.Vlan, LenOK: v.Route.LenOk, SMAC: v.Route.Smac, DMAC: v.Route.Dmac}}
+		e := CTEntry{LastSeen: uint64(v.LastSeen), BackendID: v.BackendId, ServiceID: v.ServiceId, VPort: portRaw(v.Vport), Flags: v.Flags, Ifindex: v.Ifindex,
+			Route: Route{Time: uint64(v.Route.Time), Gen: v.Route.Gen, Ifindex: v.Route.Ifindex, VLAN: v.Route.Vlan, LenOK: v.Route.LenOk, SMAC: v.Route.Smac, DMAC: v.Route.Dmac}}
 		binary.LittleEndian.PutUint32(e.VIP[:], v.Vip)
 		out[key] = e
 	}

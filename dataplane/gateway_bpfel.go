@@ -53,7 +53,7 @@ const (
 
 type gatewayCtEntry struct {
 	_         structs.HostLayout
-	LastSeen  uint64
+	LastSeen  uint32
 	BackendId uint32
 	ServiceId uint32
 	Vip       uint32
@@ -61,18 +61,15 @@ type gatewayCtEntry struct {
 	Flags     uint8
 	Pad       uint8
 	Ifindex   uint32
-	Pad2      uint32
 	Route     struct {
 		_       structs.HostLayout
-		Time    uint64
+		Time    uint32
 		Gen     uint32
 		Ifindex uint32
 		Vlan    uint16
 		LenOk   uint16
 		Smac    [6]uint8
 		Dmac    [6]uint8
-		Pad     uint32
-		_       [4]byte
 	}
 }
 

@@ -108,6 +108,9 @@ func Open(opts Options) (*Dataplane, error) {
 	if err := os.MkdirAll(filepath.Join(dir, "links"), 0o700); err != nil {
 		return nil, fmt.Errorf("create pin directory %s: %w", dir, err)
 	}
+	if err := replaceStaleConntrack(dir, spec.Maps[gatewayMapConntrack], opts.Logger); err != nil {
+		return nil, err
+	}
 	d := &Dataplane{opts: opts, log: opts.Logger}
 	err = spec.LoadAndAssign(&d.objs, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: dir}})
 	var ve *ebpf.VerifierError
@@ -127,6 +130,36 @@ func Open(opts Options) (*Dataplane, error) {
 		return nil, fmt.Errorf("load fast path: %w", err)
 	}
 	return d, nil
+}
+
+// replaceStaleConntrack removes the instance's pinned conntrack map when it was made
+// by a version with another entry layout (same number of flows, other key or value
+// size): flows are the one state the fast path rebuilds by itself (each flow's next
+// packet is balanced again, to the same backend while its service's Maglev table is
+// unchanged), and the alternative is refusing to load until the operator removes the
+// whole instance. A map of another size is left alone: that is a configuration that
+// differs from the running instance's, which Open refuses.
+func replaceStaleConntrack(dir string, want *ebpf.MapSpec, log *slog.Logger) error {
+	path := filepath.Join(dir, want.Name)
+	m, err := ebpf.LoadPinnedMap(path, nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("open pinned conntrack map %s: %w", path, err)
+	}
+	incompatible := want.Compatible(m)
+	sameSize := m.MaxEntries() == want.MaxEntries
+	m.Close()
+	if incompatible == nil || !sameSize {
+		return nil
+	}
+	log.Warn("replacing the pinned conntrack map, which this version cannot use: tracked flows are balanced again",
+		"pin", path, "reason", incompatible)
+	if err := os.Remove(path); err != nil {
+		return fmt.Errorf("replace pinned conntrack map: %w", err)
+	}
+	return nil
 }
 
 // newSpec returns the object's collection spec sized and configured by opts.
@@ -158,7 +191,14 @@ func newSpec(opts Options) (*ebpf.CollectionSpec, error) {
 		return nil, err
 	}
 	tcp, closing, udp := toJiffies(c.CTTCPTimeout, hz), toJiffies(c.CTTCPClosingTimeout, hz), toJiffies(c.CTUDPTimeout, hz)
-	refresh := toJiffies(c.CTRefresh, hz)
+	refresh, routeTTL := toJiffies(c.CTRefresh, hz), toJiffies(c.RouteTTL, hz)
+	// Stamps are 32-bit jiffies compared modulo 2^32 (bpf/lib/clock.h).
+	for _, d := range []time.Duration{c.CTTCPTimeout, c.CTTCPClosingTimeout, c.CTUDPTimeout, c.CTRefresh, c.RouteTTL} {
+		if toJiffies(d, hz) >= maxStampAge {
+			return nil, fmt.Errorf("lifetime %v: the fast path's clock measures at most %v at HZ=%d", d,
+				time.Duration(maxStampAge/hz)*time.Second, hz)
+		}
+	}
 	if refresh >= min(tcp, closing, udp) {
 		return nil, fmt.Errorf("conntrack refresh interval %v and timeouts %v, %v, %v are the same number of ticks at HZ=%d: "+
 			"the refresh interval must be shorter by a tick (%v)", c.CTRefresh, c.CTTCPTimeout, c.CTTCPClosingTimeout, c.CTUDPTimeout,
@@ -172,7 +212,7 @@ func newSpec(opts Options) (*ebpf.CollectionSpec, error) {
 		{s.CfgCtTcpClosingTimeoutJiffies, closing},
 		{s.CfgCtUdpTimeoutJiffies, udp},
 		{s.CfgCtRefreshJiffies, refresh},
-		{s.CfgRouteTtlJiffies, toJiffies(c.RouteTTL, hz)},
+		{s.CfgRouteTtlJiffies, routeTTL},
 		{s.CfgHz, hz},
 		{s.CfgHashSeed, c.HashSeed},
 		{s.CfgEventMask, c.EventMask},

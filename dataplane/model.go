@@ -99,7 +99,7 @@ type CTKey struct {
 
 // CTEntry is a connection tracking entry (struct ct_entry).
 type CTEntry struct {
-	LastSeen  uint64 // the fast path's jiffies; the model's own clock in nanoseconds
+	LastSeen  uint64 // the fast path's 32-bit jiffies stamp; the model's own clock in nanoseconds
 	BackendID uint32
 	ServiceID uint32
 	VIP       [4]byte
@@ -112,7 +112,7 @@ type CTEntry struct {
 // Route is a route the fast path found and checked (struct route), kept in
 // connection tracking entries for reuse while its generation, age and length allow.
 type Route struct {
-	Time    uint64 // jiffies (the model: nanoseconds); 0: not reusable
+	Time    uint64 // 32-bit jiffies stamp (the model: nanoseconds); 0: not reusable
 	Gen     uint32
 	Ifindex uint32
 	VLAN    uint16

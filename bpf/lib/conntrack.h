@@ -30,7 +30,7 @@ struct ct_key {
 };
 
 struct ct_entry {
-	__u64 last_seen; /* clock_now() (jiffies) at creation or last refresh */
+	__u32 last_seen; /* clock_stamp() at creation or last refresh */
 	__u32 backend_id;
 	__u32 service_id;
 	__be32 vip;      /* reply entry: source address to restore */
@@ -38,7 +38,6 @@ struct ct_entry {
 	__u8 flags;      /* CT_F_* */
 	__u8 _pad;
 	__u32 ifindex;   /* reply entry: where the backend is, so where replies come from */
-	__u32 _pad2;
 	struct route route; /* last route of this direction, for reuse (route.h) */
 };
 
@@ -74,10 +73,12 @@ static __always_inline __u64 ct_timeout(struct ct_entry *e, __u8 proto)
 static __always_inline struct ct_entry *ct_lookup(struct ct_key *k, struct pkt *p, __u64 now)
 {
 	struct ct_entry *e = bpf_map_lookup_elem(&conntrack, k);
+	__s32 age;
 
 	if (!e)
 		return NULL;
-	if (now > e->last_seen && now - e->last_seen > ct_timeout(e, p->l4proto))
+	age = clock_since(now, e->last_seen);
+	if (age > 0 && (__u64)age > ct_timeout(e, p->l4proto))
 		return NULL;
 	if (p->l4proto == IPPROTO_TCP && (e->flags & CT_F_CLOSING) &&
 	    (p->tcp_flags & (TCPF_SYN | TCPF_ACK)) == TCPF_SYN)
@@ -89,6 +90,7 @@ static __always_inline struct ct_entry *ct_lookup(struct ct_key *k, struct pkt *
  * in this direction (first FIN or RST). */
 static __always_inline int ct_refresh(struct ct_entry *e, struct pkt *p, __u64 now)
 {
+	__s32 age = clock_since(now, e->last_seen);
 	int ended = 0;
 
 	if (p->l4proto == IPPROTO_TCP && (p->tcp_flags & (TCPF_FIN | TCPF_RST)) &&
@@ -96,8 +98,8 @@ static __always_inline int ct_refresh(struct ct_entry *e, struct pkt *p, __u64 n
 		e->flags |= CT_F_CLOSING;
 		ended = 1;
 	}
-	if (ended || now - e->last_seen >= cfg_ct_refresh_jiffies)
-		e->last_seen = now;
+	if (ended || age < 0 || (__u64)age >= cfg_ct_refresh_jiffies)
+		e->last_seen = clock_stamp(now);
 	return ended;
 }
 
@@ -109,7 +111,7 @@ static __always_inline void ct_create(__u32 tenant_id, struct pkt *p, __be32 bac
 {
 	struct ct_key k;
 	struct ct_entry e = {
-		.last_seen = now,
+		.last_seen = clock_stamp(now),
 		.backend_id = backend_id,
 		.service_id = service_id,
 		.route = *rt, /* the caller marked it reusable or not */

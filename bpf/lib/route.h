@@ -11,17 +11,17 @@
 #define MOAT_ROUTE_H
 
 #include "common.h"
+#include "clock.h"
 #include "config.h"
 
 struct route {
-	__u64 time;    /* when it was looked up (jiffies); 0: none */
+	__u32 time;    /* clock_stamp() of when it was looked up; 0: none */
 	__u32 gen;     /* configuration generation it was checked under */
 	__u32 ifindex; /* egress */
 	__u16 vlan;    /* egress tag of the tenant on ifindex */
 	__u16 len_ok;  /* IPv4 total length known to fit the egress MTU */
 	__u8 smac[ETH_ALEN];
 	__u8 dmac[ETH_ALEN];
-	__u32 _pad;
 };
 
 /* The writer's generation counter: one slot, bumped at the start and the end of every
@@ -43,13 +43,16 @@ static __always_inline __u32 config_generation(void)
 
 static __always_inline int route_reusable(struct route *r, __u32 gen, __u64 now, __u16 tot_len)
 {
-	return r->time && r->gen == gen && now - r->time < cfg_route_ttl_jiffies && tot_len <= r->len_ok;
+	__s32 age = clock_since(now, r->time);
+
+	return r->time && r->gen == gen && age >= 0 && (__u64)age < cfg_route_ttl_jiffies &&
+	       tot_len <= r->len_ok;
 }
 
 /* route_mark_reusable stamps a route fib_route just found and checked. */
 static __always_inline void route_mark_reusable(struct route *r, __u32 gen, __u64 now, __u16 tot_len)
 {
-	r->time = now;
+	r->time = clock_stamp(now);
 	r->gen = gen;
 	r->len_ok = tot_len;
 }

@@ -1,0 +1,159 @@
+package dataplane
+
+import (
+	"bytes"
+	"encoding/binary"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/seed4c/moat/internal/netns"
+	"github.com/seed4c/moat/internal/packet"
+	"github.com/seed4c/moat/tenant"
+)
+
+// TestPrivilegedConntrackStamps: entries keep 32-bit jiffies stamps compared modulo
+// 2^32 (bpf/lib/clock.h). An entry stamped within its lifetime is alive, one stamped
+// beyond it is expired, and one stamped a little after the clock the program read
+// (another CPU refreshed it meanwhile) is alive, not taken for 2^32 ticks old.
+func TestPrivilegedConntrackStamps(t *testing.T) {
+	env, dp, c := smallEnv(t, DefaultConfig())
+	hz, err := KernelHZ()
+	if err != nil {
+		t.Fatal(err)
+	}
+	lifetime := uint32(toJiffies(DefaultConfig().CTTCPTimeout, hz))
+	var tid, other uint32
+	for _, b := range c.Backends {
+		tid = b.TenantID
+	}
+	c1 := env.ifindex["c1"]
+	for i, tc := range []struct {
+		name  string
+		age   int64 // ticks before the clock; negative: after it
+		alive bool
+	}{
+		{"fresh", 0, true},
+		{"within its lifetime", int64(lifetime) - 100, true},
+		{"beyond its lifetime", int64(lifetime) + 100, false},
+		{"stamped after the clock was read", -50, true},
+	} {
+		sport := uint16(7300 + i)
+		var picked uint32
+		err := env.gw.Do(func() error {
+			if v, _ := runProg(t, dp, clientFrame(6, sport, 80, packet.SYN), c1); v != XDPRedirect {
+				t.Fatalf("%s: SYN got %s", tc.name, v)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		k := gatewayCtKey{TenantId: tid, Saddr: addrRaw(ap("10.0.0.2")), Daddr: addrRaw(ap("10.100.0.1")), Sport: portRaw(sport),
+			Dport: portRaw(80), Proto: 6, Dir: CTDirForward}
+		var e gatewayCtEntry
+		if err := dp.objs.Conntrack.Lookup(&k, &e); err != nil {
+			t.Fatalf("%s: forward entry: %v", tc.name, err)
+		}
+		picked = e.BackendId
+		// Point the entry at the other backend: a live entry keeps the flow there, an
+		// expired one lets Maglev pick again (picked).
+		for _, b := range c.Backends {
+			if b.ServiceID == e.ServiceId && b.ID != picked {
+				other = b.ID
+			}
+		}
+		now, _, err := readJiffies()
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.BackendId = other
+		e.LastSeen = uint32(int64(uint32(now)) - tc.age)
+		e.Route.Time = 0 // no cached route: the entry is read, not short-cut
+		if err := dp.objs.Conntrack.Put(&k, &e); err != nil {
+			t.Fatal(err)
+		}
+		var out []byte
+		if err := env.gw.Do(func() error {
+			var v Verdict
+			v, out = runProg(t, dp, clientFrame(6, sport, 80, packet.ACK), c1)
+			if v != XDPRedirect {
+				t.Fatalf("%s: ACK got %s", tc.name, v)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		dst := netip.AddrFrom4([4]byte(out[30:34]))
+		want := c.Backends[indexOfBackend(c.Backends, picked)].Addr
+		if tc.alive {
+			want = c.Backends[indexOfBackend(c.Backends, other)].Addr
+		}
+		if dst != want {
+			t.Errorf("%s (stamp %d ticks old): ACK sent to %s, want %s", tc.name, tc.age, dst, want)
+		}
+	}
+}
+
+func indexOfBackend(bs []tenant.BackendEntry, id uint32) int {
+	for i, b := range bs {
+		if b.ID == id {
+			return i
+		}
+	}
+	return -1
+}
+
+// A lifetime the 32-bit stamps cannot measure is refused at load time.
+func TestLifetimeBeyondClockRefused(t *testing.T) {
+	opts := DefaultOptions("x")
+	opts.Config.CTTCPTimeout = 200 * 24 * time.Hour
+	_, err := newSpec(opts)
+	if err == nil || !strings.Contains(err.Error(), "the fast path's clock measures at most") {
+		t.Fatalf("got %v, want the lifetime refused", err)
+	}
+}
+
+// TestPrivilegedStaleConntrackReplaced: a conntrack map pinned by a version with
+// another entry layout is replaced on Open, with a warning, instead of making the
+// instance unloadable.
+func TestPrivilegedStaleConntrackReplaced(t *testing.T) {
+	netns.RequireRoot(t)
+	opts := DefaultOptions(netns.UniqueName("t"))
+	opts.MaxFlows = 1024
+	var logs bytes.Buffer
+	opts.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+	t.Cleanup(func() { Remove(opts) })
+	if err := ensureBPFFS(opts.PinRoot); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(opts.PinDir(), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	// The previous version's entry: 72 bytes.
+	old, err := ebpf.NewMap(&ebpf.MapSpec{Name: "conntrack", Type: ebpf.LRUHash, KeySize: 20, ValueSize: 72, MaxEntries: 1024})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := old.Pin(filepath.Join(opts.PinDir(), "conntrack")); err != nil {
+		t.Fatal(err)
+	}
+	old.Close()
+	dp, err := Open(opts)
+	if err != nil {
+		t.Fatalf("Open over a stale conntrack pin: %v", err)
+	}
+	defer dp.Close()
+	if got, want := dp.objs.Conntrack.ValueSize(), uint32(binary.Size(gatewayCtEntry{})); got != want {
+		t.Fatalf("conntrack value size %d, want %d", got, want)
+	}
+	if !strings.Contains(logs.String(), "replacing the pinned conntrack map") {
+		t.Fatalf("no warning logged: %q", logs.String())
+	}
+}
