@@ -7,17 +7,13 @@ import (
 	"strings"
 )
 
-// scenarioOrder is the order of the tables.
-var scenarioOrder = []string{ScIsolationCross, ScIsolationUnknown, ScNewFlows, ScEstablished, ScReply, ScMixed,
-	ScEstablishedSweep, ScTCPConnections, ScTCPThroughput, ScTCPRR}
-
 func scenarioRank(s string) int {
-	for i, x := range scenarioOrder {
+	for i, x := range AllScenarios {
 		if strings.HasPrefix(s, x) {
 			return i
 		}
 	}
-	return len(scenarioOrder)
+	return len(AllScenarios)
 }
 
 func systemRank(s string) int {

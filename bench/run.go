@@ -89,7 +89,8 @@ func (o *Options) wantsScenario(name string) bool {
 	return len(o.Scenarios) == 0 || slices.Contains(o.Scenarios, name)
 }
 
-// AllScenarios lists every scenario name a run can measure.
+// AllScenarios lists every scenario name a run can measure, in the order of the
+// report's tables.
 var AllScenarios = []string{ScIsolationCross, ScIsolationUnknown, ScNewFlows, ScEstablished, ScReply, ScMixed,
 	ScEstablishedSweep, ScTCPConnections, ScTCPThroughput, ScTCPRR}
 

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -91,23 +92,15 @@ func TestPrivilegedConntrackStamps(t *testing.T) {
 			t.Fatal(err)
 		}
 		dst := netip.AddrFrom4([4]byte(out[30:34]))
-		want := c.Backends[indexOfBackend(c.Backends, picked)].Addr
+		wantID := picked
 		if tc.alive {
-			want = c.Backends[indexOfBackend(c.Backends, other)].Addr
+			wantID = other
 		}
+		want := c.Backends[slices.IndexFunc(c.Backends, func(b tenant.BackendEntry) bool { return b.ID == wantID })].Addr
 		if dst != want {
 			t.Errorf("%s (stamp %d ticks old): ACK sent to %s, want %s", tc.name, tc.age, dst, want)
 		}
 	}
-}
-
-func indexOfBackend(bs []tenant.BackendEntry, id uint32) int {
-	for i, b := range bs {
-		if b.ID == id {
-			return i
-		}
-	}
-	return -1
 }
 
 // A lifetime the 32-bit stamps cannot measure is refused at load time.

@@ -5,8 +5,6 @@ import (
 	"fmt"
 
 	"github.com/cilium/ebpf"
-
-	"github.com/seed4c/moat/tenant"
 )
 
 // filterWords is FILTER_WORDS of bpf/lib/filter.h: each key filter has 64 times as
@@ -47,16 +45,18 @@ func serviceFilterOf(services map[gatewayServiceKey]gatewayService) map[uint32]u
 	return filterWordsOf(hashes)
 }
 
-// backendFilterOf: the backend filter of a configuration, one key per backend (any
-// state) with its service's protocol.
-func backendFilterOf(c *tenant.Compiled) map[uint32]uint64 {
-	proto := map[uint32]uint8{}
-	for _, s := range c.Services {
-		proto[s.ID] = uint8(s.Protocol)
+// backendFilterOf: the backend filter of these backends (any state, removed ones
+// zeroed and skipped), each with its service's protocol.
+func backendFilterOf(backends map[uint32]gatewayBackend, services map[gatewayServiceKey]gatewayService) map[uint32]uint64 {
+	proto := map[uint32]uint8{} // by service id
+	for k, v := range services {
+		proto[v.Id] = k.Proto
 	}
-	hashes := make([]uint32, 0, len(c.Backends))
-	for _, b := range c.Backends {
-		hashes = append(hashes, filterHashRaw(b.TenantID, addrRaw(b.Addr), portRaw(b.Port), proto[b.ServiceID]))
+	hashes := make([]uint32, 0, len(backends))
+	for _, b := range backends {
+		if p, ok := proto[b.ServiceId]; ok && b.TenantId != 0 {
+			hashes = append(hashes, filterHashRaw(b.TenantId, b.Addr, b.Port, p))
+		}
 	}
 	return filterWordsOf(hashes)
 }
@@ -105,16 +105,6 @@ func (w *Writer) fillFilters() error {
 		readArray(w.m.ServiceFilter, haveServices), readArray(w.m.BackendFilter, haveBackends)); err != nil {
 		return err
 	}
-	proto := map[uint32]uint8{}
-	for k, v := range services {
-		proto[v.Id] = k.Proto
-	}
-	var hashes []uint32
-	for _, b := range backends {
-		if p, ok := proto[b.ServiceId]; ok && b.TenantId != 0 {
-			hashes = append(hashes, filterHashRaw(b.TenantId, b.Addr, b.Port, p))
-		}
-	}
 	return errors.Join(setFilterBits(w.m.ServiceFilter, haveServices, serviceFilterOf(services)),
-		setFilterBits(w.m.BackendFilter, haveBackends, filterWordsOf(hashes)))
+		setFilterBits(w.m.BackendFilter, haveBackends, backendFilterOf(backends, services)))
 }

@@ -190,12 +190,15 @@ func newSpec(opts Options) (*ebpf.CollectionSpec, error) {
 	if err != nil {
 		return nil, err
 	}
-	tcp, closing, udp := toJiffies(c.CTTCPTimeout, hz), toJiffies(c.CTTCPClosingTimeout, hz), toJiffies(c.CTUDPTimeout, hz)
-	refresh, routeTTL := toJiffies(c.CTRefresh, hz), toJiffies(c.RouteTTL, hz)
-	// Stamps are 32-bit jiffies compared modulo 2^32 (bpf/lib/clock.h).
-	for _, d := range []time.Duration{c.CTTCPTimeout, c.CTTCPClosingTimeout, c.CTUDPTimeout, c.CTRefresh, c.RouteTTL} {
-		if toJiffies(d, hz) >= maxStampAge {
-			return nil, fmt.Errorf("lifetime %v: the fast path's clock measures at most %v at HZ=%d", d,
+	var tcp, closing, udp, refresh, routeTTL uint64
+	for _, l := range []struct {
+		d    time.Duration
+		into *uint64
+	}{{c.CTTCPTimeout, &tcp}, {c.CTTCPClosingTimeout, &closing}, {c.CTUDPTimeout, &udp}, {c.CTRefresh, &refresh}, {c.RouteTTL, &routeTTL}} {
+		*l.into = toJiffies(l.d, hz)
+		// Stamps are 32-bit jiffies compared modulo 2^32 (bpf/lib/clock.h).
+		if *l.into >= maxStampAge {
+			return nil, fmt.Errorf("lifetime %v: the fast path's clock measures at most %v at HZ=%d", l.d,
 				time.Duration(maxStampAge/hz)*time.Second, hz)
 		}
 	}

@@ -122,7 +122,7 @@ func toMapState(c *tenant.Compiled) *mapState {
 		s.policy[k] = gatewayPolicyRule{RuleId: p.RuleID}
 	}
 	s.serviceFilter = serviceFilterOf(s.services)
-	s.backendFilter = backendFilterOf(c)
+	s.backendFilter = backendFilterOf(s.backends, s.services)
 	return s
 }
 

@@ -14,7 +14,6 @@
 #include "config.h"
 #include "hash.h"
 
-
 struct service_key {
 	__u32 tenant_id;
 	__be32 addr;
