@@ -111,7 +111,7 @@ func (rep *Report) WriteMarkdown(w io.Writer) error {
 	bases := rep.baselines()
 	p("## moat ÷ baseline, per busy core of the system under test")
 	p("")
-	p("Packets/s per core for packet scenarios, connections/s, transactions/s or Gbit/s per core for TCP; medians of the runs. In parentheses: the same ratio without dividing by CPU.")
+	p("Packets/s per core for packet scenarios, connections/s, transactions/s or Gbit/s per core for TCP, verifications/s per core for attestation; medians of the runs. In parentheses: the same ratio without dividing by CPU. Latency scenarios compare speeds: the baseline's median latency ÷ moat's.")
 	p("")
 	p("| scenario | %s |", strings.Join(bases, " | "))
 	p("|---|%s", strings.Repeat("---|", len(bases)))
@@ -169,6 +169,9 @@ func (rep *Report) WriteMarkdown(w io.Writer) error {
 	p("|---|---|---|---|---|---|---|---|---|---|---|---|")
 	for i := range rep.Records {
 		r := &rep.Records[i]
+		if r.Kind != KindPackets && r.Kind != KindTCP {
+			continue
+		}
 		flows := "–"
 		if r.Flows > 0 {
 			flows = fmt.Sprint(r.Flows)
@@ -191,6 +194,7 @@ func (rep *Report) WriteMarkdown(w io.Writer) error {
 			fmtRate(r.ConnsPerSec), fmtRate(r.TPS), gb, lat, fmtRate(lo), fmtRate(hi), len(r.Runs))
 	}
 	p("")
+	rep.writeControlMarkdown(p)
 	p("## How the measurement was isolated")
 	p("")
 	for _, n := range rep.Isolation {
@@ -206,4 +210,59 @@ func (rep *Report) WriteMarkdown(w io.Writer) error {
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+// writeControlMarkdown writes the records that are neither packet rates nor TCP
+// through the gateway: admission and eviction latency, attestation verifications and
+// the overlay's throughput.
+func (rep *Report) writeControlMarkdown(p func(string, ...any)) {
+	var rows []*Record
+	for i := range rep.Records {
+		if r := &rep.Records[i]; r.Kind == KindLatency || r.Kind == KindOps || r.Kind == KindThroughput {
+			rows = append(rows, r)
+		}
+	}
+	if len(rows) == 0 {
+		return
+	}
+	p("## Admission, eviction, attestation and overlay (median of runs)")
+	p("")
+	p("| scenario | system | figure | per busy core | cores | runs |")
+	p("|---|---|---|---|---|---|")
+	for _, r := range rows {
+		fig, per, cores := "–", "–", "–"
+		switch r.Kind {
+		case KindLatency:
+			if l := r.Latency; l != nil {
+				fig = fmt.Sprintf("p50 %s, p90 %s, p99 %s", fmtMicros(l.P50), fmtMicros(l.P90), fmtMicros(l.P99))
+			}
+		case KindOps:
+			fig, per = fmtRate(r.OpsPerSec)+"/s", fmtRate(r.OpsPerCore)+"/s"
+		case KindThroughput:
+			fig, per = fmt.Sprintf("%.2f Gbit/s", r.Gbps), fmt.Sprintf("%.2f Gbit/s", r.GbpsPerCore)
+		}
+		if r.CPU > 0 {
+			cores = fmt.Sprintf("%.2f", r.CPU)
+		}
+		p("| %s | %s | %s | %s | %s | %d |", r.Scenario, r.System, fig, per, cores, len(r.Runs))
+	}
+	p("")
+	for _, r := range rows {
+		for _, n := range r.Notes {
+			p("- %s, %s: %s", r.Scenario, r.System, n)
+		}
+	}
+	p("")
+}
+
+// fmtMicros prints a duration given in microseconds.
+func fmtMicros(us float64) string {
+	switch {
+	case us >= 1e6:
+		return fmt.Sprintf("%.2f s", us/1e6)
+	case us >= 1e3:
+		return fmt.Sprintf("%.2f ms", us/1e3)
+	default:
+		return fmt.Sprintf("%.0f µs", us)
+	}
 }

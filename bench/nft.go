@@ -21,7 +21,9 @@ const nftTable = "moatbench"
 //     may only send to its VIP:port from its prefix, a backend only from its service
 //     port: anything else (the cross-tenant and direct attempts) is dropped here;
 //   - DNAT to the tenant's backends by jhash of the client end (the consistent-hash
-//     choice closest to Maglev), once per flow, conntrack doing the rest;
+//     choice closest to Maglev), once per flow, conntrack doing the rest; the
+//     backends are a named map (hash bucket -> address) that admission and eviction
+//     edit element by element;
 //   - forward: only DNATed flows from a tenant's clients to its own backends, and
 //     their replies back; everything else dropped.
 //
@@ -52,8 +54,15 @@ func nftRuleset(t *topology.Topology) string {
 		p("    ip saddr 10.1.0.0/16 tcp sport %d accept", t.Opts.BackendPort)
 		p("    counter drop")
 		p("  }")
+		// A named map, so that an operator's script can admit and evict a backend
+		// (one element) without reloading the ruleset. nft has no "type integer"
+		// for a map key; typeof a hash expression gives the 32-bit integer key.
+		p("  map %s {", nftBackendMap(tn.Name))
+		p("    typeof numgen inc mod %d : ip daddr", len(tn.Backends))
+		p("    elements = { %s }", strings.Join(backends, ", "))
+		p("  }")
 		p("  chain lb_%s {", tn.Name)
-		p("    dnat to jhash ip saddr . tcp sport mod %d map { %s } : %d", len(tn.Backends), strings.Join(backends, ", "), t.Opts.BackendPort)
+		p("    dnat to jhash ip saddr . tcp sport mod %d map @%s : %d", len(tn.Backends), nftBackendMap(tn.Name), t.Opts.BackendPort)
 		p("  }")
 	}
 	p("  chain pre_raw {")
@@ -80,6 +89,9 @@ func nftRuleset(t *topology.Topology) string {
 	p("}")
 	return b.String()
 }
+
+// nftBackendMap names a tenant's map of backends.
+func nftBackendMap(tenantName string) string { return "backends_" + tenantName }
 
 // LoadNftables installs the baseline's ruleset in the gateway and sets conntrack as an
 // operator of a load balancer would: no TCP window tracking (moat has none either) and

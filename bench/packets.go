@@ -17,16 +17,20 @@ import (
 
 // Scenarios.
 const (
-	ScIsolationCross   = "isolation_cross_tenant"   // tenant a's network toward addresses tenant b also uses, bypassing the service
-	ScIsolationUnknown = "isolation_unknown_tenant" // frames on an interface no tenant owns
-	ScNewFlows         = "new_flows"                // every frame a new flow: Maglev pick, conntrack insert
-	ScEstablished      = "established"              // conntrack hits over a set of flows
-	ScReply            = "reply"                    // backend -> client on tracked flows: reverse NAT
-	ScMixed            = "mixed_tenants"            // both tenants at once, with identical flows
-	ScEstablishedSweep = "established_sweep"        // established, against the number of flows
-	ScTCPConnections   = "tcp_connections"          // real TCP: connect, one exchange, close
-	ScTCPThroughput    = "tcp_throughput"           // real TCP: one bulk stream
-	ScTCPRR            = "tcp_request_response"     // real TCP: one connection, request/response in turn
+	ScIsolationCross   = "isolation_cross_tenant"    // tenant a's network toward addresses tenant b also uses, bypassing the service
+	ScIsolationUnknown = "isolation_unknown_tenant"  // frames on an interface no tenant owns
+	ScNewFlows         = "new_flows"                 // every frame a new flow: Maglev pick, conntrack insert
+	ScEstablished      = "established"               // conntrack hits over a set of flows
+	ScReply            = "reply"                     // backend -> client on tracked flows: reverse NAT
+	ScMixed            = "mixed_tenants"             // both tenants at once, with identical flows
+	ScEstablishedSweep = "established_sweep"         // established, against the number of flows
+	ScTCPConnections   = "tcp_connections"           // real TCP: connect, one exchange, close
+	ScTCPThroughput    = "tcp_throughput"            // real TCP: one bulk stream
+	ScTCPRR            = "tcp_request_response"      // real TCP: one connection, request/response in turn
+	ScAdmission        = "admission_latency"         // a backend's admission decided -> its first new flow forwarded
+	ScEviction         = "eviction_latency"          // a backend's eviction decided -> its established flows' last frame
+	ScVerifications    = "attestation_verifications" // appraisals of TPM evidence per second and per core
+	ScOverlay          = "overlay_throughput"        // one TCP stream over the WireGuard overlay against the plain link
 )
 
 // packetScenario is one packet-rate scenario.
@@ -237,15 +241,7 @@ func (b *bencher) runTraffic(ctx context.Context, ts []traffic, d time.Duration)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			// The thread stays locked (and so is retired when the goroutine ends):
-			// its affinity and priority are the generator's alone.
-			runtime.LockOSThread()
-			var set unix.CPUSet
-			set.Set(loadCPU)
-			err := unix.SchedSetaffinity(0, &set)
-			if err == nil {
-				err = unix.SchedSetAttr(0, &unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_NORMAL, Nice: -20}, 0)
-			}
+			err := lockToLoadCore()
 			var n uint64
 			if err == nil {
 				n, err = t.gen.Run(ctx, d, 1<<16, nil)
@@ -329,4 +325,17 @@ func (b *bencher) measurePackets(ctx context.Context, sys *sut, sc packetScenari
 		smp.PPSPerCore = handled / cpu
 	}
 	return smp, nil
+}
+
+// lockToLoadCore locks the calling goroutine to its thread for good (the thread is
+// retired when the goroutine ends, so its affinity and priority are this goroutine's
+// alone) and puts the thread on the load core at nice -20: how traffic senders run.
+func lockToLoadCore() error {
+	runtime.LockOSThread()
+	var set unix.CPUSet
+	set.Set(loadCPU)
+	if err := unix.SchedSetaffinity(0, &set); err != nil {
+		return err
+	}
+	return unix.SchedSetAttr(0, &unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_NORMAL, Nice: -20}, 0)
 }

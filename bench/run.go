@@ -32,16 +32,29 @@ type Profile struct {
 	TCPDuration time.Duration
 	TCPReps     int
 	Conns       int // concurrent connecting clients
+	// Rounds of admission and of eviction on each system, per repetition (Reps).
+	AdmissionRounds int
+	// VerifyDuration is one measurement of attestation verifications (VerifyReps of
+	// them on each system).
+	VerifyDuration time.Duration
+	VerifyReps     int
+	// OverlaySeconds is one iperf3 run over the overlay and over the plain veth
+	// (OverlayReps of each, interleaved).
+	OverlaySeconds int
+	OverlayReps    int
 }
 
 // Profiles: quick is `make bench` (under 5 minutes), full is long, smoke is the tests'.
 var Profiles = map[string]Profile{
 	"quick": {Name: "quick", Duration: 1500 * time.Millisecond, Prime: 300 * time.Millisecond, Reps: 3, Flows: 4096,
-		SweepFlows: []int{1, 64, 4096, 65536}, TCPDuration: 2 * time.Second, TCPReps: 2, Conns: 16},
+		SweepFlows: []int{1, 64, 4096, 65536}, TCPDuration: 2 * time.Second, TCPReps: 2, Conns: 16,
+		AdmissionRounds: 10, VerifyDuration: 500 * time.Millisecond, VerifyReps: 3, OverlaySeconds: 2, OverlayReps: 2},
 	"full": {Name: "full", Duration: 5 * time.Second, Prime: 500 * time.Millisecond, Reps: 5, Flows: 4096,
-		SweepFlows: []int{1, 16, 256, 4096, 16384, 65536}, TCPDuration: 5 * time.Second, TCPReps: 3, Conns: 32},
+		SweepFlows: []int{1, 16, 256, 4096, 16384, 65536}, TCPDuration: 5 * time.Second, TCPReps: 3, Conns: 32,
+		AdmissionRounds: 30, VerifyDuration: 3 * time.Second, VerifyReps: 5, OverlaySeconds: 5, OverlayReps: 3},
 	"smoke": {Name: "smoke", Duration: 150 * time.Millisecond, Prime: 100 * time.Millisecond, Reps: 1, Flows: 256,
-		SweepFlows: []int{64}, TCPDuration: 300 * time.Millisecond, TCPReps: 1, Conns: 4},
+		SweepFlows: []int{64}, TCPDuration: 300 * time.Millisecond, TCPReps: 1, Conns: 4,
+		AdmissionRounds: 2, VerifyDuration: 200 * time.Millisecond, VerifyReps: 1, OverlaySeconds: 1, OverlayReps: 1},
 }
 
 // Options configure a run.
@@ -68,9 +81,11 @@ type bencher struct {
 	gens    map[*netns.Host]*Generator
 	sinks   map[*netns.Host]*Sink
 	offset  uint64
-	rep     *Report
-	prog    *progress
-	tmp     string
+	// pacedNext is the next flow number of the paced traffic (admission.go).
+	pacedNext uint64
+	rep       *Report
+	prog      *progress
+	tmp       string
 }
 
 func (o *Options) wants(system string) bool {
@@ -92,7 +107,7 @@ func (o *Options) wantsScenario(name string) bool {
 // AllScenarios lists every scenario name a run can measure, in the order of the
 // report's tables.
 var AllScenarios = []string{ScIsolationCross, ScIsolationUnknown, ScNewFlows, ScEstablished, ScReply, ScMixed,
-	ScEstablishedSweep, ScTCPConnections, ScTCPThroughput, ScTCPRR}
+	ScEstablishedSweep, ScTCPConnections, ScTCPThroughput, ScTCPRR, ScAdmission, ScEviction, ScVerifications, ScOverlay}
 
 // packetScenarios are the profile's packet scenarios this run measures.
 func (b *bencher) packetScenarios() []packetScenario {
@@ -177,6 +192,15 @@ func Run(ctx context.Context, o Options) (rep *Report, err error) {
 	if err := b.tcpPhase(ctx); err != nil {
 		return rep, err
 	}
+	if err := b.admissionPhase(ctx); err != nil {
+		return rep, err
+	}
+	if err := b.verificationPhase(ctx); err != nil {
+		return rep, err
+	}
+	if err := b.overlayPhase(ctx); err != nil {
+		return rep, err
+	}
 	rep.ComputeRatios()
 	rep.CheckTargets()
 	return rep, ctx.Err()
@@ -207,7 +231,7 @@ func (b *bencher) steps() int {
 		}
 		n += b.profile.TCPReps * len(b.tcpScenarios(s))
 	}
-	return n
+	return n + b.admissionSteps() + b.verificationSteps() + b.overlaySteps()
 }
 
 func tcpScenarios(system string) []string {
@@ -270,15 +294,8 @@ func (b *bencher) packetPhase(ctx context.Context) error {
 	if len(systems) == 0 || len(scs) == 0 && len(b.sweepFlows()) == 0 {
 		return nil
 	}
-	for _, h := range b.scene.Peers() {
-		s, err := AttachSink(h, "eth0")
-		if err != nil {
-			return err
-		}
-		b.sinks[h] = s
-		if _, err := threadNAPI(h, loadCPU, rtPrio, "eth0"); err != nil {
-			return err
-		}
+	if err := b.attachSinks(b.scene.Peers()); err != nil {
+		return err
 	}
 	for rep := 0; rep < b.profile.Reps && len(scs) > 0; rep++ {
 		for _, system := range systems {

@@ -11,6 +11,7 @@ import (
 	"sync"
 
 	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 
 	"github.com/seed4c/moat/tenant"
 )
@@ -36,6 +37,9 @@ type Writer struct {
 	// slots are the inner maps behind each service's two table slots that this
 	// writer created and can refill in place.
 	slots map[uint32]*tableSlots
+	// tableKindKnown: innerSpec says which kind of table the outer map takes
+	// (learnTableKind).
+	tableKindKnown bool
 }
 
 // tableSlots are one service's two Maglev table slots (bpf/lib/lb.h).
@@ -425,20 +429,13 @@ func (w *Writer) writeTable(id uint32, table []uint32) error {
 	if st.active == 0 {
 		target = 1
 	}
-	keys := make([]uint32, len(table))
-	for i := range keys {
-		keys[i] = uint32(i)
-	}
 	inner := st.maps[target]
 	if inner == nil || inner.MaxEntries() != uint32(len(table)) {
-		spec := w.innerSpec.Copy()
-		spec.MaxEntries = uint32(len(table))
-		spec.Name = fmt.Sprintf("maglev_%d_%d", id, target)
-		fresh, err := ebpf.NewMap(spec)
+		fresh, err := w.newTable(fmt.Sprintf("maglev_%d_%d", id, target), uint32(len(table)))
 		if err != nil {
 			return fmt.Errorf("create Maglev table of service %d (%d slots): %w", id, len(table), err)
 		}
-		if _, err := fresh.BatchUpdate(keys, table, nil); err != nil {
+		if err := fillTable(fresh, table); err != nil {
 			fresh.Close()
 			return fmt.Errorf("fill Maglev table of service %d: %w", id, err)
 		}
@@ -450,11 +447,101 @@ func (w *Writer) writeTable(id uint32, table []uint32) error {
 			inner.Close()
 		}
 		st.maps[target] = fresh
-	} else if _, err := inner.BatchUpdate(keys, table, nil); err != nil {
+	} else if err := fillTable(inner, table); err != nil {
 		return fmt.Errorf("refill Maglev table of service %d: %w", id, err)
 	}
 	st.active = target
 	return nil
+}
+
+// newTable makes an empty Maglev table map of size slots. Tables are mmapable
+// (bpf/lib/lb.h), but an outer map pinned by an older version holds (and accepts)
+// tables of the older kind only: the writer then makes those for as long as it runs.
+func (w *Writer) newTable(name string, size uint32) (*ebpf.Map, error) {
+	if err := w.learnTableKind(); err != nil {
+		return nil, err
+	}
+	spec := w.innerSpec.Copy()
+	spec.MaxEntries, spec.Name = size, name
+	return ebpf.NewMap(spec)
+}
+
+// learnTableKind finds, once, which kind of table the outer map takes: that of a table
+// it holds, or else what a trial insertion in its last slot says (no service uses a
+// slot while the outer map holds no table; the trial costs an RCU grace period, once).
+func (w *Writer) learnTableKind() error {
+	if w.tableKindKnown || w.innerSpec.Flags&unix.BPF_F_MMAPABLE == 0 {
+		return nil
+	}
+	var (
+		slot  uint32
+		inner *ebpf.Map
+	)
+	it := w.m.MaglevTables.Iterate()
+	if it.Next(&slot, &inner) {
+		mmapable := inner.Flags()&unix.BPF_F_MMAPABLE != 0
+		inner.Close()
+		w.setTableKind(mmapable)
+		return nil
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("read the Maglev tables' map: %w", err)
+	}
+	spec := w.innerSpec.Copy()
+	spec.MaxEntries, spec.Name = 1, "maglev_probe"
+	m, err := ebpf.NewMap(spec)
+	if err != nil {
+		return fmt.Errorf("create a Maglev table: %w", err)
+	}
+	defer m.Close()
+	last := w.m.MaglevTables.MaxEntries() - 1
+	switch err := w.m.MaglevTables.Put(last, m); {
+	case err == nil:
+		w.setTableKind(true)
+		return deleteKey(w.m.MaglevTables, last)
+	case errors.Is(err, unix.EINVAL):
+		w.setTableKind(false)
+		return nil
+	default:
+		return fmt.Errorf("try a table in the Maglev tables' map: %w", err)
+	}
+}
+
+func (w *Writer) setTableKind(mmapable bool) {
+	w.tableKindKnown = true
+	if !mmapable {
+		w.innerSpec = w.innerSpec.Copy()
+		w.innerSpec.Flags &^= unix.BPF_F_MMAPABLE
+	}
+}
+
+// fillTable writes table into m: one copy into the map's memory when it is mmapable,
+// one batched update otherwise. Either way each slot is written whole (4 aligned
+// bytes), so that a reader sees the old or the new backend of a slot, never a mix.
+func fillTable(m *ebpf.Map, table []uint32) error {
+	if m.Flags()&unix.BPF_F_MMAPABLE == 0 {
+		keys := make([]uint32, len(table))
+		for i := range keys {
+			keys[i] = uint32(i)
+		}
+		_, err := m.BatchUpdate(keys, table, nil)
+		return err
+	}
+	mem, err := m.Memory()
+	if err != nil {
+		return err
+	}
+	// An array map lays its values out 8-byte aligned: slot i at 8·i.
+	const stride = 8
+	if int(mem.Size()) < stride*len(table) {
+		return fmt.Errorf("table memory of %d bytes for %d slots", mem.Size(), len(table))
+	}
+	buf := make([]byte, stride*len(table))
+	for i, v := range table {
+		binary.NativeEndian.PutUint32(buf[stride*i:], v)
+	}
+	_, err = mem.WriteAt(buf, 0)
+	return err
 }
 
 // prepareSlots makes both table slots of a service that has no table yet (they hold
@@ -462,10 +549,7 @@ func (w *Writer) writeTable(id uint32, table []uint32) error {
 func (w *Writer) prepareSlots(id, size uint32) error {
 	st := &tableSlots{active: -1}
 	for slot := range st.maps {
-		spec := w.innerSpec.Copy()
-		spec.MaxEntries = size
-		spec.Name = fmt.Sprintf("maglev_%d_%d", id, slot)
-		m, err := ebpf.NewMap(spec)
+		m, err := w.newTable(fmt.Sprintf("maglev_%d_%d", id, slot), size)
 		if err == nil {
 			err = w.m.MaglevTables.Put(2*id+uint32(slot), m)
 		}

