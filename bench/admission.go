@@ -199,14 +199,7 @@ func (b *bencher) moatAdmitter(ctx context.Context) (admitter, error) {
 	st := state.New(kv.NewMem(), nil, nil)
 	var errs []error
 	add := func(_ any, err error) { errs = append(errs, err) }
-	for _, tn := range topo.Tenants {
-		cfg := topo.Config()
-		var ten tenant.Tenant
-		for _, t := range cfg.Tenants {
-			if t.Name == tn.Name {
-				ten = t
-			}
-		}
+	for _, ten := range topo.Config().Tenants {
 		svc := ten.Services[0]
 		add(st.CreateTenant(state.Tenant{Name: ten.Name, FIBTable: ten.FIBTable, Attachments: ten.Attachments}))
 		add(st.CreateService(state.Service{Tenant: ten.Name, Name: svc.Name, VIP: svc.VIP, Port: svc.Port, Protocol: svc.Protocol, MaglevSize: svc.MaglevSize}))
