@@ -19,13 +19,36 @@ type fwdCounter struct {
 	Bytes   uint64
 }
 
+type fwdFlowKey struct {
+	_        structs.HostLayout
+	TenantId uint32
+	Saddr    uint32
+	Daddr    uint32
+	Sport    uint16
+	Dport    uint16
+	Proto    uint8
+	Dir      uint8
+	Pad      uint16
+}
+
+type fwdFlowState struct {
+	_       structs.HostLayout
+	Ifindex uint32
+	Smac    [6]uint8
+	Dmac    [6]uint8
+	Pad     [9]uint32
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	fwdMapFwdPorts = "fwd_ports"
-	fwdMapFwdStats = "fwd_stats"
-	fwdProgXdpFwd  = "xdp_fwd"
+	fwdMapFwdFlows    = "fwd_flows"
+	fwdMapFwdPorts    = "fwd_ports"
+	fwdMapFwdStats    = "fwd_stats"
+	fwdProgXdpDropAll = "xdp_drop_all"
+	fwdProgXdpFwd     = "xdp_fwd"
+	fwdVarTrackFlows  = "track_flows"
 )
 
 // loadFwd returns the embedded CollectionSpec for fwd.
@@ -70,13 +93,15 @@ type fwdSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type fwdProgramSpecs struct {
-	XdpFwd *ebpf.ProgramSpec `ebpf:"xdp_fwd"`
+	XdpDropAll *ebpf.ProgramSpec `ebpf:"xdp_drop_all"`
+	XdpFwd     *ebpf.ProgramSpec `ebpf:"xdp_fwd"`
 }
 
 // fwdMapSpecs contains maps before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type fwdMapSpecs struct {
+	FwdFlows *ebpf.MapSpec `ebpf:"fwd_flows"`
 	FwdPorts *ebpf.MapSpec `ebpf:"fwd_ports"`
 	FwdStats *ebpf.MapSpec `ebpf:"fwd_stats"`
 }
@@ -85,6 +110,7 @@ type fwdMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type fwdVariableSpecs struct {
+	TrackFlows *ebpf.VariableSpec `ebpf:"track_flows"`
 }
 
 // fwdObjects contains all objects after they have been loaded into the kernel.
@@ -107,12 +133,14 @@ func (o *fwdObjects) Close() error {
 //
 // It can be passed to loadFwdObjects or ebpf.CollectionSpec.LoadAndAssign.
 type fwdMaps struct {
+	FwdFlows *ebpf.Map `ebpf:"fwd_flows"`
 	FwdPorts *ebpf.Map `ebpf:"fwd_ports"`
 	FwdStats *ebpf.Map `ebpf:"fwd_stats"`
 }
 
 func (m *fwdMaps) Close() error {
 	return _FwdClose(
+		m.FwdFlows,
 		m.FwdPorts,
 		m.FwdStats,
 	)
@@ -122,17 +150,20 @@ func (m *fwdMaps) Close() error {
 //
 // It can be passed to loadFwdObjects or ebpf.CollectionSpec.LoadAndAssign.
 type fwdVariables struct {
+	TrackFlows *ebpf.Variable `ebpf:"track_flows"`
 }
 
 // fwdPrograms contains all programs after they have been loaded into the kernel.
 //
 // It can be passed to loadFwdObjects or ebpf.CollectionSpec.LoadAndAssign.
 type fwdPrograms struct {
-	XdpFwd *ebpf.Program `ebpf:"xdp_fwd"`
+	XdpDropAll *ebpf.Program `ebpf:"xdp_drop_all"`
+	XdpFwd     *ebpf.Program `ebpf:"xdp_fwd"`
 }
 
 func (p *fwdPrograms) Close() error {
 	return _FwdClose(
+		p.XdpDropAll,
 		p.XdpFwd,
 	)
 }

@@ -98,6 +98,64 @@ func TestRatios(t *testing.T) {
 	}
 }
 
+// TestTargetBounds: a target gets the bound's own ratio to the same baseline, is out of
+// reach when that bound is below it, and keeps no bound where none was measured.
+func TestTargetBounds(t *testing.T) {
+	rep := &Report{}
+	add := func(sc, sys string, perCore float64) {
+		r := Record{Scenario: sc, System: sys, Kind: KindPackets, Runs: []Sample{{PPS: perCore / 2, PPSPerCore: perCore, CPU: 0.5}}}
+		r.aggregate()
+		rep.Records = append(rep.Records, r)
+	}
+	add(ScIsolationCross, SysMoat, 4e6)
+	add(ScIsolationCross, SysNft, 1e6)
+	add(ScIsolationCross, SysXDPDrop, 8e6) // the cheapest drop reaches 8x: 10x is out of reach
+	add(ScNewFlows, SysMoat, 4e5)
+	add(ScNewFlows, SysPlain, 2e6)
+	add(ScNewFlows, SysNft, 1e5)
+	add(ScNewFlows, SysPlainCT, 1.2e6) // 0.6x plain: 0.5x is within reach, and 12x nftables
+	add(ScEstablished, SysMoat, 2e6)
+	add(ScEstablished, SysNft, 2.5e5)
+	rep.ComputeRatios()
+	rep.CheckTargets()
+	want := map[string]struct {
+		bound  float64
+		system string
+		out    bool
+	}{
+		"moat / nftables per core, " + ScIsolationCross:       {8, SysXDPDrop, true},
+		"moat / nftables per core, " + ScNewFlows:             {12, SysPlainCT, false},
+		"moat / plain XDP forwarding per core, " + ScNewFlows: {0.6, SysPlainCT, false},
+		"moat / nftables per core, " + ScEstablished:          {0, "", false},
+	}
+	if len(rep.Targets) != len(want) {
+		t.Fatalf("targets %+v: want %d", rep.Targets, len(want))
+	}
+	for _, tg := range rep.Targets {
+		w, ok := want[tg.Name]
+		if !ok {
+			t.Errorf("unexpected target %q", tg.Name)
+			continue
+		}
+		if !near(tg.Bound, w.bound) || tg.BoundSystem != w.system || tg.OutOfReach() != w.out {
+			t.Errorf("%s: bound %v from %q, out of reach %v; want %v from %q, %v", tg.Name, tg.Bound, tg.BoundSystem, tg.OutOfReach(), w.bound, w.system, w.out)
+		}
+	}
+	var buf bytes.Buffer
+	if err := rep.WriteMarkdown(&buf); err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range []string{
+		"| moat / nftables per core, isolation_cross_tenant | ≥ 10.0× | 4.00× | 8.00× (xdp_drop) | **missed**: out of reach here |",
+		"| moat / plain XDP forwarding per core, new_flows | ≥ 0.5× | 0.20× | 0.60× (plain_ct) | **missed** |",
+		"| moat / nftables per core, established | ≥ 10.0× | 8.00× | – | **missed** |",
+	} {
+		if !strings.Contains(buf.String(), line) {
+			t.Errorf("markdown lacks %q:\n%s", line, buf.String())
+		}
+	}
+}
+
 func TestJSONShape(t *testing.T) {
 	var buf bytes.Buffer
 	if err := sampleReport().WriteJSON(&buf); err != nil {

@@ -71,7 +71,24 @@ type Options struct {
 }
 
 // AllSystems lists the systems in the order they are measured.
-var AllSystems = []string{SysMoat, SysPlain, SysNft, SysHAProxy}
+var AllSystems = []string{SysMoat, SysPlain, SysXDPDrop, SysPlainCT, SysNft, SysHAProxy}
+
+// isBound says whether system is one of the bounds (sut.go), measured only in the
+// packet scenarios it bounds.
+func isBound(system string) bool { return system == SysXDPDrop || system == SysPlainCT }
+
+// measures says whether a packet scenario is measured on system.
+func measures(system string, sc packetScenario) bool {
+	switch system {
+	case SysXDPDrop:
+		return sc.drop
+	case SysPlainCT:
+		return !sc.drop
+	case SysHAProxy:
+		return false
+	}
+	return true
+}
 
 // bencher is one run in progress.
 type bencher struct {
@@ -226,8 +243,13 @@ func without(l []string, v string) []string {
 func (b *bencher) steps() int {
 	n := 0
 	for _, s := range systemsOf(b.opts) {
-		if s != SysHAProxy {
-			n += b.profile.Reps*len(b.packetScenarios()) + len(b.sweepFlows())
+		for _, sc := range b.packetScenarios() {
+			if measures(s, sc) {
+				n += b.profile.Reps
+			}
+		}
+		if s != SysHAProxy && !isBound(s) {
+			n += len(b.sweepFlows())
 		}
 		n += b.profile.TCPReps * len(b.tcpScenarios(s))
 	}
@@ -235,8 +257,8 @@ func (b *bencher) steps() int {
 }
 
 func tcpScenarios(system string) []string {
-	if system == SysHAProxy {
-		return []string{ScTCPConnections, ScTCPThroughput, ScTCPRR}
+	if isBound(system) {
+		return nil
 	}
 	return []string{ScTCPConnections, ScTCPThroughput, ScTCPRR}
 }
@@ -269,7 +291,11 @@ func (b *bencher) setup(system, kind string) (*sut, error) {
 	case SysMoat:
 		return b.scene.setupMoat(rtPrio)
 	case SysPlain:
-		return b.scene.setupPlain(rtPrio)
+		return b.scene.setupForwarder(SysPlain, ForwardPlain, rtPrio)
+	case SysXDPDrop:
+		return b.scene.setupForwarder(SysXDPDrop, DropAll, rtPrio)
+	case SysPlainCT:
+		return b.scene.setupForwarder(SysPlainCT, ForwardTracked, rtPrio)
 	case SysNft:
 		if kind == KindPackets {
 			return b.scene.setupNftPackets()
@@ -284,23 +310,27 @@ func (b *bencher) setup(system, kind string) (*sut, error) {
 // packetPhase: sinks on every far end, then for each repetition every system in turn,
 // every scenario; then the flow sweep.
 func (b *bencher) packetPhase(ctx context.Context) error {
-	var systems []string
+	var systems, sweepers []string
+	scs := b.packetScenarios()
 	for _, s := range systemsOf(b.opts) {
-		if s != SysHAProxy {
+		if slices.ContainsFunc(scs, func(sc packetScenario) bool { return measures(s, sc) }) {
 			systems = append(systems, s)
 		}
+		if s != SysHAProxy && !isBound(s) && len(b.sweepFlows()) > 0 {
+			sweepers = append(sweepers, s)
+		}
 	}
-	scs := b.packetScenarios()
-	if len(systems) == 0 || len(scs) == 0 && len(b.sweepFlows()) == 0 {
+	if len(systems) == 0 && len(sweepers) == 0 {
 		return nil
 	}
 	if err := b.attachSinks(b.scene.Peers()); err != nil {
 		return err
 	}
-	for rep := 0; rep < b.profile.Reps && len(scs) > 0; rep++ {
+	for rep := 0; rep < b.profile.Reps && len(systems) > 0; rep++ {
 		for _, system := range systems {
+			own := slices.DeleteFunc(slices.Clone(scs), func(sc packetScenario) bool { return !measures(system, sc) })
 			if err := b.withSystem(system, KindPackets, func(sys *sut) error {
-				for _, sc := range scs {
+				for _, sc := range own {
 					b.prog.step(fmt.Sprintf("%-8s %-25s run %d/%d", system, sc.name, rep+1, b.profile.Reps))
 					s, err := b.measurePackets(ctx, sys, sc)
 					if err != nil {
@@ -318,7 +348,7 @@ func (b *bencher) packetPhase(ctx context.Context) error {
 				if sys.prog == nil {
 					return nil
 				}
-				for _, sc := range scs {
+				for _, sc := range own {
 					b.prog.note(fmt.Sprintf("%-8s %-25s program time", system, sc.name))
 					pt, err := b.measureProgramTime(ctx, sys, sc)
 					if err != nil {
@@ -336,10 +366,7 @@ func (b *bencher) packetPhase(ctx context.Context) error {
 			}
 		}
 	}
-	for _, system := range systems {
-		if len(b.sweepFlows()) == 0 {
-			break
-		}
+	for _, system := range sweepers {
 		if err := b.withSystem(system, KindPackets, func(sys *sut) error {
 			for _, n := range b.sweepFlows() {
 				b.prog.step(fmt.Sprintf("%-8s %-25s %d flows", system, ScEstablishedSweep, n))
@@ -430,6 +457,9 @@ func (b *bencher) tcpPhase(ctx context.Context) error {
 	defer restore()
 	for rep := 0; rep < b.profile.TCPReps; rep++ {
 		for _, system := range systemsOf(b.opts) {
+			if len(b.tcpScenarios(system)) == 0 {
+				continue
+			}
 			if err := b.withSystem(system, KindTCP, func(sys *sut) error {
 				for _, sc := range b.tcpScenarios(system) {
 					b.prog.step(fmt.Sprintf("%-8s %-25s run %d/%d", system, sc, rep+1, b.profile.TCPReps))

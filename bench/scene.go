@@ -153,6 +153,13 @@ func (s *Scene) Peers() []*netns.Host {
 	return append(s.Topo.PeerHosts(), s.Stranger)
 }
 
+// moatOptions are the options moat runs with on the scene: the embedded defaults.
+func (s *Scene) moatOptions() dataplane.Options {
+	opts := dataplane.DefaultOptions(s.instance)
+	opts.Logger = s.log
+	return opts
+}
+
 // OpenMoat loads the fast path once for the whole run (its pins live under the
 // scene's instance name).
 func (s *Scene) OpenMoat() (*dataplane.Dataplane, error) {
@@ -160,8 +167,7 @@ func (s *Scene) OpenMoat() (*dataplane.Dataplane, error) {
 		return s.dp, nil
 	}
 	_ = dataplane.Remove(dataplane.DefaultOptions(s.instance)) // a killed run's leftovers
-	opts := dataplane.DefaultOptions(s.instance)
-	opts.Logger = s.log
+	opts := s.moatOptions()
 	err := s.Topo.GW.Do(func() error {
 		dp, err := dataplane.Open(opts)
 		if err != nil {

@@ -17,11 +17,12 @@ import (
 
 // TestPrivilegedSmoke runs the smoke profile end to end: every topology built and
 // removed, every scenario on every system measured once (HAProxy when installed: the
-// harness installs it itself outside tests), each measurement non-zero and sane, no
-// isolation leak, and nothing left behind. It asserts no speed.
+// harness installs it itself outside tests; the bounds in their scenarios only), each
+// measurement non-zero and sane, no isolation leak, the targets' bounds filled in, and
+// nothing left behind. It asserts no speed.
 func TestPrivilegedSmoke(t *testing.T) {
 	netns.RequireRoot(t)
-	systems := []string{SysMoat, SysPlain, SysNft}
+	systems := []string{SysMoat, SysPlain, SysXDPDrop, SysPlainCT, SysNft}
 	if _, err := exec.LookPath("haproxy"); err == nil {
 		systems = append(systems, SysHAProxy)
 	} else {
@@ -39,10 +40,12 @@ func TestPrivilegedSmoke(t *testing.T) {
 	}
 	want := map[string]bool{}
 	for _, s := range systems {
-		if s != SysHAProxy {
-			for _, sc := range Profiles["smoke"].packetScenarios() {
+		for _, sc := range Profiles["smoke"].packetScenarios() {
+			if measures(s, sc) {
 				want[s+" "+sc.name] = true
 			}
+		}
+		if s != SysHAProxy && !isBound(s) {
 			want[s+" "+ScEstablishedSweep] = true
 		}
 		for _, sc := range tcpScenarios(s) {
@@ -60,6 +63,9 @@ func TestPrivilegedSmoke(t *testing.T) {
 	}
 	for i := range rep.Records {
 		r := &rep.Records[i]
+		if !want[r.System+" "+r.Scenario] {
+			t.Errorf("unexpected record %s %s", r.System, r.Scenario)
+		}
 		delete(want, r.System+" "+r.Scenario)
 		if r.Primary() <= 0 || r.Absolute() <= 0 || (r.CPU <= 0) != (r.Kind == KindLatency) {
 			t.Errorf("%s %s: no measurement: %+v", r.System, r.Scenario, r.Sample)
@@ -92,6 +98,9 @@ func TestPrivilegedSmoke(t *testing.T) {
 			t.Errorf("%s: %d program times, want one per packet scenario (%d)", s, timed[s], n)
 		}
 	}
+	if timed[SysXDPDrop] != 2 || timed[SysPlainCT] != 4 {
+		t.Errorf("bounds timed %d and %d times, want 2 (the isolation scenarios) and 4 (the forwarding ones)", timed[SysXDPDrop], timed[SysPlainCT])
+	}
 	if timed[SysNft] != 0 {
 		t.Errorf("nftables has %d program times: it is no XDP system", timed[SysNft])
 	}
@@ -109,6 +118,19 @@ func TestPrivilegedSmoke(t *testing.T) {
 	rep.ComputeRatios()
 	if len(rep.Ratios[SysNft]) == 0 || len(rep.Ratios[SysPlain]) == 0 {
 		t.Errorf("ratios %v: want nftables and plain", rep.Ratios)
+	}
+	rep.CheckTargets()
+	for _, tg := range rep.Targets {
+		want := SysPlainCT
+		switch {
+		case strings.HasSuffix(tg.Name, ScIsolationCross) || strings.HasSuffix(tg.Name, ScIsolationUnknown):
+			want = SysXDPDrop
+		case strings.HasPrefix(tg.Name, "overlay"):
+			want = ""
+		}
+		if tg.BoundSystem != want || (want != "") != (tg.Bound > 0) {
+			t.Errorf("target %q: bound %v from %q, want one from %q", tg.Name, tg.Bound, tg.BoundSystem, want)
+		}
 	}
 	dir := t.TempDir()
 	if err := WriteFiles(rep, dir); err != nil {

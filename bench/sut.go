@@ -16,8 +16,13 @@ import (
 
 // Systems compared.
 const (
-	SysMoat    = "moat"
-	SysPlain   = "plain"    // plain XDP forwarding, no policy: the ceiling
+	SysMoat  = "moat"
+	SysPlain = "plain" // plain XDP forwarding, no policy: the ceiling
+	// The bounds: what the cheapest program doing a scenario's least work reaches on
+	// the same path, measured only in the scenarios they bound. A target above a
+	// bound's own ratio is out of reach for any system here, moat included.
+	SysXDPDrop = "xdp_drop" // count and drop every frame: the isolation scenarios
+	SysPlainCT = "plain_ct" // one LRU entry per flow, its route in it: the forwarding scenarios
 	SysNft     = "nftables" // the same isolation and balancing in nftables + conntrack
 	SysHAProxy = "haproxy"  // HAProxy in TCP mode (connections)
 )
@@ -100,9 +105,10 @@ func (s *Scene) setupMoat(gwPrio int) (*sut, error) {
 	}, nil
 }
 
-// setupPlain attaches the plain forwarder, its NAPI threads on the SUT core.
-func (s *Scene) setupPlain(gwPrio int) (*sut, error) {
-	f, err := AttachForwarder(s.Topo.GW, s.GatewayIfaces())
+// setupForwarder attaches the benchmark's forwarder in mode as system name, its NAPI
+// threads on the SUT core: plain forwarding, or one of the bounds.
+func (s *Scene) setupForwarder(name string, mode ForwarderMode, gwPrio int) (*sut, error) {
+	f, err := AttachForwarder(s.Topo.GW, s.GatewayIfaces(), mode, s.moatOptions().MaxFlows)
 	if err != nil {
 		return nil, err
 	}
@@ -110,7 +116,11 @@ func (s *Scene) setupPlain(gwPrio int) (*sut, error) {
 	if err != nil {
 		return nil, errors.Join(err, f.Close())
 	}
-	return &sut{name: SysPlain, threads: tids, drops: func() (uint64, error) { return 0, nil }, close: f.Close, prog: f.objs.XdpFwd}, nil
+	sys := &sut{name: name, threads: tids, drops: func() (uint64, error) { return 0, nil }, close: f.Close, prog: f.objs.XdpFwd}
+	if mode == DropAll {
+		sys.drops, sys.prog = f.Handled, f.objs.XdpDropAll
+	}
+	return sys, nil
 }
 
 // setupNftPackets loads the nftables baseline and feeds it live frames through a

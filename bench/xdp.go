@@ -12,6 +12,7 @@ import (
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
+	"github.com/seed4c/moat/dataplane"
 	"github.com/seed4c/moat/internal/netns"
 )
 
@@ -252,21 +253,46 @@ func (p *progOnIfaces) close() error {
 	return errors.Join(errs...)
 }
 
-// Forwarder is the ceiling: plain XDP forwarding by FIB, no policy (bpf/bench/fwd.c),
-// on every gateway interface.
+// Forwarder is the object of bpf/bench/fwd.c on every gateway interface: plain XDP
+// forwarding by FIB with no policy (the ceiling), or one of the bounds made from it.
 type Forwarder struct {
 	objs fwdObjects
 	progOnIfaces
 }
 
-// AttachForwarder loads the forwarder, lets it redirect to every interface of ifnames
-// and attaches it to each of them.
-func AttachForwarder(gw *netns.Host, ifnames []string) (*Forwarder, error) {
-	f := &Forwarder{}
-	if err := loadFwdObjects(&f.objs, nil); err != nil {
+// ForwarderMode is what a Forwarder does with each frame.
+type ForwarderMode int
+
+const (
+	// ForwardPlain forwards by FIB, with no policy and no state: SysPlain.
+	ForwardPlain ForwarderMode = iota
+	// ForwardTracked keeps one LRU entry per TCP/UDP flow, of moat's conntrack size
+	// and entry layout, with the flow's route in it: a known flow's frame costs a
+	// lookup, a new flow's a lookup, a FIB lookup and an insert. The cheapest
+	// stateful forwarder (SysPlainCT).
+	ForwardTracked
+	// DropAll counts every frame and drops it: the cheapest isolation (SysXDPDrop).
+	DropAll
+)
+
+// AttachForwarder loads the forwarder in mode, lets it redirect to every interface of
+// ifnames and attaches it to each of them. maxFlows sizes the flow table of
+// ForwardTracked (moat's MaxFlows); the other modes ignore it.
+func AttachForwarder(gw *netns.Host, ifnames []string, mode ForwarderMode, maxFlows uint32) (*Forwarder, error) {
+	spec, err := loadFwd()
+	if err != nil {
 		return nil, fmt.Errorf("load forwarder: %w", err)
 	}
-	err := gw.Do(func() error {
+	if mode == ForwardTracked {
+		if err := trackLikeMoat(spec, maxFlows); err != nil {
+			return nil, err
+		}
+	}
+	f := &Forwarder{}
+	if err := spec.LoadAndAssign(&f.objs, nil); err != nil {
+		return nil, fmt.Errorf("load forwarder: %w", err)
+	}
+	err = gw.Do(func() error {
 		for _, n := range ifnames {
 			l, err := gw.Link(n)
 			if err != nil {
@@ -280,7 +306,11 @@ func AttachForwarder(gw *netns.Host, ifnames []string) (*Forwarder, error) {
 		return nil
 	})
 	if err == nil {
-		err = f.attach(gw, f.objs.XdpFwd, ifnames)
+		prog := f.objs.XdpFwd
+		if mode == DropAll {
+			prog = f.objs.XdpDropAll
+		}
+		err = f.attach(gw, prog, ifnames)
 	}
 	if err != nil {
 		f.Close()
@@ -289,10 +319,42 @@ func AttachForwarder(gw *netns.Host, ifnames []string) (*Forwarder, error) {
 	return f, nil
 }
 
-// Forwarded returns the packets the forwarder redirected.
-func (f *Forwarder) Forwarded() (uint64, error) {
+// trackLikeMoat turns on the forwarder's flow tracking with maxFlows entries, after
+// checking that its keys and entries are the size of moat's: the bound must keep the
+// same state per entry, or it measures something cheaper.
+func trackLikeMoat(spec *ebpf.CollectionSpec, maxFlows uint32) error {
+	if maxFlows == 0 {
+		return errors.New("tracking forwarder: no flow table size")
+	}
+	keySize, entrySize := dataplane.ConntrackLayout()
+	m := spec.Maps[fwdMapFwdFlows]
+	if int(m.KeySize) != keySize || int(m.ValueSize) != entrySize {
+		return fmt.Errorf("tracking forwarder: flow key/entry of %d/%d bytes, moat's conntrack has %d/%d: keep bpf/bench/fwd.c in step with bpf/lib/conntrack.h",
+			m.KeySize, m.ValueSize, keySize, entrySize)
+	}
+	m.MaxEntries = maxFlows
+	return spec.Variables["track_flows"].Set(uint8(1))
+}
+
+// Handled returns the frames the forwarder redirected, or in DropAll mode dropped.
+func (f *Forwarder) Handled() (uint64, error) {
 	p, _, err := sumCounters(f.objs.FwdStats, func(c fwdCounter) (uint64, uint64) { return c.Packets, c.Bytes })
 	return p, err
+}
+
+// TrackedFlows counts the entries of the flow table (ForwardTracked; it walks the
+// whole table).
+func (f *Forwarder) TrackedFlows() (int, error) {
+	var (
+		k fwdFlowKey
+		v fwdFlowState
+		n int
+	)
+	it := f.objs.FwdFlows.Iterate()
+	for it.Next(&k, &v) {
+		n++
+	}
+	return n, it.Err()
 }
 
 // Close detaches and unloads the forwarder.

@@ -212,6 +212,13 @@ func sumPerCPU[V any](m *ebpf.Map, f func(id uint32, v []V)) error {
 	}
 }
 
+// ConntrackLayout returns the sizes in bytes of a connection tracking key and entry as
+// the fast path stores them (two per flow), so that a benchmark's floor can keep the
+// same per-flow state.
+func ConntrackLayout() (keySize, entrySize int) {
+	return binary.Size(gatewayCtKey{}), binary.Size(gatewayCtEntry{})
+}
+
 // ConntrackEntries reads the whole connection tracking map (for tests and status; it
 // walks every entry).
 func (d *Dataplane) ConntrackEntries() (map[CTKey]CTEntry, error) {
