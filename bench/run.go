@@ -174,6 +174,11 @@ func Run(ctx context.Context, o Options) (rep *Report, err error) {
 			return nil, fmt.Errorf("unknown scenario %q: want one of %s", sc, strings.Join(AllScenarios, ", "))
 		}
 	}
+	for _, s := range o.Systems {
+		if !slices.Contains(AllSystems, s) {
+			return nil, fmt.Errorf("unknown system %q: want one of %s", s, strings.Join(AllSystems, ", "))
+		}
+	}
 	if runtime.NumCPU() < 2 {
 		return nil, errors.New("moat bench needs two CPUs: one for the load, one for the system under test")
 	}

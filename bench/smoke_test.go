@@ -169,3 +169,10 @@ func TestUnknownScenarioRefused(t *testing.T) {
 		t.Fatalf("got %v, want the unknown scenario named", err)
 	}
 }
+
+func TestUnknownSystemRefused(t *testing.T) {
+	_, err := Run(context.Background(), Options{Profile: Profiles["smoke"], Systems: []string{SysMoat, "iptables"}})
+	if err == nil || !strings.Contains(err.Error(), `unknown system "iptables"`) || !strings.Contains(err.Error(), SysPlainCT) {
+		t.Fatalf("got %v, want the unknown system named and the known ones listed", err)
+	}
+}

@@ -225,7 +225,7 @@ needs root and two CPUs; it installs HAProxy from Debian when missing.`,
 	f := cmd.Flags()
 	f.StringVar(&profile, "profile", "quick", "quick (under 5 minutes), full (long) or smoke (seconds)")
 	f.StringVar(&out, "out", "bench/results/latest", "directory for the report")
-	f.StringSliceVar(&systems, "systems", nil, "systems to measure (default all): moat, plain, nftables, haproxy")
+	f.StringSliceVar(&systems, "systems", nil, "systems to measure (default all): "+strings.Join(bench.AllSystems, ", "))
 	f.StringSliceVar(&scenarios, "scenarios", nil, "scenarios to measure (default all): "+strings.Join(bench.AllScenarios, ", "))
 	return cmd
 }
