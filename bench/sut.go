@@ -20,7 +20,8 @@ const (
 	SysPlain = "plain" // plain XDP forwarding, no policy: the ceiling
 	// The bounds: what the cheapest program doing a scenario's least work reaches on
 	// the same path, measured only in the scenarios they bound. A target above a
-	// bound's own ratio is out of reach for any system here, moat included.
+	// bound's own ratio is out of reach here for any system that does at least that
+	// work, moat included.
 	SysXDPDrop = "xdp_drop" // count and drop every frame: the isolation scenarios
 	SysPlainCT = "plain_ct" // one LRU entry per flow, its route in it: the forwarding scenarios
 	SysNft     = "nftables" // the same isolation and balancing in nftables + conntrack
