@@ -12,18 +12,18 @@ import (
 const filterWords = 1024
 
 // FilterHash is filter_hash of bpf/lib/filter.h: the bit a key (tenant, address, port
-// in host order, protocol) has in a key filter. It is MurmurHash3 over the key's fields
-// read as raw little-endian words, like FlowHash, reduced to its top 16 bits.
+// in host order, protocol) has in a key filter. It is a multiply-xorshift hash over the
+// key's fields read as raw little-endian words, like FlowHash, reduced to 16 bits.
 func FilterHash(tenantID uint32, addr [4]byte, port uint16, proto uint8) uint32 {
 	return filterHashRaw(tenantID, le.Uint32(addr[:]), portRaw(port), proto)
 }
 
 // filterHashRaw takes the address and port as the map keys carry them.
 func filterHashRaw(tenantID, addr uint32, port uint16, proto uint8) uint32 {
-	h := murmurMix(0, tenantID)
-	h = murmurMix(h, addr)
-	h = murmurMix(h, uint32(port)<<16|uint32(proto))
-	return murmurFmix(h^12) >> 16
+	h := tenantID*0x9e3779b1 + addr
+	h = (h^(h>>15))*0x85ebca77 + (uint32(port)<<16 | uint32(proto))
+	h = (h ^ (h >> 15)) * 0xc2b2ae3d
+	return (h ^ (h >> 16)) & 0xffff
 }
 
 // filterWordsOf returns the filter words (by index, non-zero words only) in which

@@ -131,15 +131,7 @@ func TestPrivilegedFiltersRefilledOnOpen(t *testing.T) {
 	if v := run(dp, reply, b1); v != XDPDrop {
 		t.Fatalf("with empty filters a reply got %s: the test does not show what the refill fixes", v)
 	}
-	var again *Dataplane
-	if err := env.gw.Do(func() (err error) { again, err = Open(dp.Options()); return err }); err != nil {
-		t.Fatal(err)
-	}
-	defer again.Close()
-	got, err := again.Writer().readMapState()
-	if err != nil {
-		t.Fatal(err)
-	}
+	again, got := reopen(t, env, dp)
 	if !maps.Equal(got.serviceFilter, want.serviceFilter) || !maps.Equal(got.backendFilter, want.backendFilter) {
 		t.Fatalf("after Open the filters hold %v and %v, want %v and %v", got.serviceFilter, got.backendFilter, want.serviceFilter, want.backendFilter)
 	}
@@ -155,14 +147,96 @@ func TestPrivilegedFiltersRefilledOnOpen(t *testing.T) {
 // is the program's is shown by every test that reaches a service or gets a reply: the
 // program finds the bits the writer set, or drops the packet.)
 func TestFilterHashSpreads(t *testing.T) {
-	// 4096 services (the default MAX_SERVICES) set at most 4096 of 65536 bits; a hash
-	// that clusters would set far fewer distinct bits than a uniform one (about 3,970).
-	bitsSet := map[uint32]bool{}
-	for i := range uint32(4096) {
-		addr := [4]byte{10, 100, byte(i >> 8), byte(i)}
-		bitsSet[FilterHash(1+i%16, addr, 80, 6)] = true
+	// 4096 keys (the default MAX_SERVICES) set at most 4096 of 65536 bits; a uniform
+	// hash sets about 3,971 distinct ones (65536 * (1 - e^(-1/16))), give or take 12.
+	// Keys as operators make them are structured: the same addresses in every tenant
+	// (overlapping address spaces), many ports of one address, consecutive addresses.
+	sets := map[string]func(i uint32) (uint32, [4]byte, uint16){
+		"services of 16 tenants":         func(i uint32) (uint32, [4]byte, uint16) { return 1 + i%16, [4]byte{10, 100, byte(i >> 8), byte(i)}, 80 },
+		"16 tenants, the same addresses": func(i uint32) (uint32, [4]byte, uint16) { return 1 + i%16, [4]byte{10, 0, 0, byte(i / 16)}, 80 },
+		"ports of one address":           func(i uint32) (uint32, [4]byte, uint16) { return 1, [4]byte{10, 0, 0, 1}, uint16(1024 + i) },
+		"addresses times ports": func(i uint32) (uint32, [4]byte, uint16) {
+			return 1 + i%4, [4]byte{10, 1, byte(i >> 6), 0}, uint16(8000 + i%64)
+		},
+		"one tenant's /20": func(i uint32) (uint32, [4]byte, uint16) { return 1, [4]byte{172, 16, byte(i >> 8), byte(i)}, 443 },
 	}
-	if len(bitsSet) < 3900 {
-		t.Fatalf("4096 services set only %d distinct bits", len(bitsSet))
+	for name, key := range sets {
+		bitsSet := map[uint32]bool{}
+		for i := range uint32(4096) {
+			tn, addr, port := key(i)
+			h := FilterHash(tn, addr, port, 6)
+			if h >= filterWords*64 {
+				t.Fatalf("%s: hash %d beyond the filter's %d bits", name, h, filterWords*64)
+			}
+			bitsSet[h] = true
+		}
+		if len(bitsSet) < 3900 {
+			t.Errorf("%s: 4096 keys set only %d distinct bits", name, len(bitsSet))
+		}
 	}
+}
+
+// A fast path opened over filters that hold bits of no key (pins left by a version
+// with another filter hash) keeps them, which only costs lookups, until its next
+// Apply: that clears them, even when the configuration is unchanged.
+func TestPrivilegedStaleFilterBitsClearedByNextApply(t *testing.T) {
+	env, dp, compiled := smallEnv(t, DefaultConfig())
+	want, err := dp.Writer().readMapState()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A stale bit in a word no key uses, and one beside a live bit.
+	var empty, shared uint32
+	for i := range uint32(filterWords) {
+		if want.serviceFilter[i] == 0 {
+			empty = i
+			break
+		}
+	}
+	for i, w := range want.serviceFilter {
+		if w != ^uint64(0) {
+			shared = i
+			break
+		}
+	}
+	spare := uint64(1)
+	for want.serviceFilter[shared]&spare != 0 {
+		spare <<= 1
+	}
+	if err := errors.Join(dp.objs.ServiceFilter.Put(empty, uint64(1)<<7),
+		dp.objs.ServiceFilter.Put(shared, want.serviceFilter[shared]|spare),
+		dp.objs.BackendFilter.Put(empty, uint64(1)<<9)); err != nil {
+		t.Fatal(err)
+	}
+	again, got := reopen(t, env, dp)
+	if got.serviceFilter[empty] == 0 || got.serviceFilter[shared]&spare == 0 || got.backendFilter[empty] == 0 {
+		t.Fatal("Open cleared bits: it must only set them (the running program may still need them)")
+	}
+	if err := again.Writer().Apply(compiled); err != nil {
+		t.Fatal(err)
+	}
+	got, err = again.Writer().readMapState()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !maps.Equal(got.serviceFilter, want.serviceFilter) || !maps.Equal(got.backendFilter, want.backendFilter) {
+		t.Fatalf("after Apply the filters hold %v and %v, want exactly the keys' bits %v and %v",
+			got.serviceFilter, got.backendFilter, want.serviceFilter, want.backendFilter)
+	}
+}
+
+// reopen opens the fast path again over dp's pins, as a restarted daemon does, and
+// returns it (closed with the test) with the state it reads from the maps.
+func reopen(t *testing.T, env *gwEnv, dp *Dataplane) (*Dataplane, *mapState) {
+	t.Helper()
+	var again *Dataplane
+	if err := env.gw.Do(func() (err error) { again, err = Open(dp.Options()); return err }); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { again.Close() })
+	got, err := again.Writer().readMapState()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return again, got
 }

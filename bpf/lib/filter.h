@@ -22,7 +22,6 @@
 #define MOAT_FILTER_H
 
 #include "common.h"
-#include "hash.h"
 
 #define FILTER_WORDS 1024 /* 65536 bits: a few per cent set at 4096 keys */
 
@@ -37,16 +36,18 @@ struct filter {
 struct filter service_filter SEC(".maps");
 struct filter backend_filter SEC(".maps");
 
-/* filter_hash: 16 bits of MurmurHash3 over the key's words, read as flow_hash reads
- * them (dataplane.FilterHash is its Go twin). */
+/* filter_hash: 16 bits of a multiply-xorshift hash over the key's words, read as
+ * flow_hash reads them (dataplane.FilterHash is its Go twin). Three multiplies where
+ * MurmurHash3 takes eight and ten rotations: every packet pays one or two of these
+ * hashes, and a weak bit only costs a conntrack lookup (TestFilterHashSpreads keeps
+ * its spread near a uniform hash's on structured keys). */
 static __always_inline __u32 filter_hash(__u32 tenant_id, __be32 addr, __be16 port, __u8 proto)
 {
-	__u32 h = 0;
+	__u32 h = tenant_id * 0x9e3779b1 + addr;
 
-	h = murmur_mix(h, tenant_id);
-	h = murmur_mix(h, addr);
-	h = murmur_mix(h, ((__u32)port << 16) | proto);
-	return murmur_fmix(h ^ 12) >> 16;
+	h = (h ^ (h >> 15)) * 0x85ebca77 + (((__u32)port << 16) | proto);
+	h = (h ^ (h >> 15)) * 0xc2b2ae3d;
+	return (h ^ (h >> 16)) & 0xffff;
 }
 
 /* filter_has returns 0 when no key of the filter has the bit of this one. */
