@@ -30,8 +30,9 @@ test: deps
 demo: build
 	./$(BIN) demo
 
-## bench: moat against plain XDP forwarding, nftables and HAProxy (quick profile, < 5 min);
-## `./bin/moat bench --profile full` is the long one. bench-micro: per-path ns/packet.
+## bench: moat against plain XDP forwarding, nftables and HAProxy, with the bounds xdp_drop
+## and plain_ct (quick profile, < 5 min); `./bin/moat bench --profile full` is the long
+## one. bench-micro: per-path ns/packet.
 bench: build
 	./$(BIN) bench --profile quick --out bench/results/latest
 
