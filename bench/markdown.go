@@ -3,6 +3,7 @@ package bench
 import (
 	"fmt"
 	"io"
+	"slices"
 	"sort"
 	"strings"
 )
@@ -132,9 +133,9 @@ func (rep *Report) WriteMarkdown(w io.Writer) error {
 	if len(rep.Targets) > 0 {
 		p("## Targets")
 		p("")
-		p("Bound: the same ratio for the cheapest program that does the scenario's least work on the same path, measured in the same run: %s counts and drops every frame; %s keeps one LRU entry per flow, of moat's conntrack size and layout, with the flow's route in it (a known flow's frame costs one lookup, a new flow's a lookup, a FIB lookup and an insert; moat keeps two entries per flow). A bound below the target puts the target out of reach here for any system that does at least that work.", SysXDPDrop, SysPlainCT)
+		p("Bound: the same ratio for the cheapest program that does the scenario's least work on the same path, measured in the same run: %s counts and drops every frame; %s keeps one LRU entry per flow, of moat's conntrack size and layout, with the flow's route in it (a known flow's frame costs one lookup, a new flow's a lookup, a FIB lookup and an insert; moat keeps two entries per flow). A bound below the target puts the target out of reach here for any system that does at least that work. In parentheses after the median: the lowest and highest ratio of moat's and the baseline's runs of the same repetition.", SysXDPDrop, SysPlainCT)
 		p("")
-		p("| target | want | got | bound | |")
+		p("| target | want | got (range over the runs) | bound | |")
 		p("|---|---|---|---|---|")
 		for _, t := range rep.Targets {
 			mark := "met"
@@ -148,7 +149,11 @@ func (rep *Report) WriteMarkdown(w io.Writer) error {
 			if t.BoundSystem != "" {
 				bound = fmt.Sprintf("%.2f× (%s)", t.Bound, t.BoundSystem)
 			}
-			p("| %s | ≥ %.1f× | %.2f× | %s | %s |", t.Name, t.Want, t.Got, bound, mark)
+			got := fmt.Sprintf("%.2f×", t.Got)
+			if len(t.Runs) > 1 {
+				got += fmt.Sprintf(" (%.1f–%.1f)", slices.Min(t.Runs), slices.Max(t.Runs))
+			}
+			p("| %s | ≥ %.1f× | %s | %s | %s |", t.Name, t.Want, got, bound, mark)
 		}
 		p("")
 	}

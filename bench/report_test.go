@@ -92,6 +92,21 @@ func TestRatios(t *testing.T) {
 	if met != 2 || missed != 1 {
 		t.Errorf("targets %+v: want 2 met, 1 missed", rep.Targets)
 	}
+	// Runs pair by repetition: moat 3, 2, 4 Mpps against nftables 0.2, 0.3, 0.1.
+	for _, tg := range rep.Targets {
+		if tg.Name == "moat / nftables per core, "+ScEstablished {
+			want := []float64{15, 2e6 / 3e5, 40}
+			if len(tg.Runs) != 3 || !near(tg.Runs[0], want[0]) || !near(tg.Runs[1], want[1]) || !near(tg.Runs[2], want[2]) {
+				t.Errorf("%s: runs %v, want %v", tg.Name, tg.Runs, want)
+			}
+		}
+		if tg.Name == "moat / nftables per core, "+ScNewFlows && len(tg.Runs) != 1 {
+			t.Errorf("%s: runs %v, want the one pair", tg.Name, tg.Runs)
+		}
+	}
+	if got := runRatios(rep.Find(ScEstablished, SysMoat, 0), rep.Find(ScNewFlows, SysNft, 0)); got != nil {
+		t.Errorf("runs of different counts paired: %v", got)
+	}
 	lo, hi := rep.Find(ScEstablished, SysMoat, 0).Spread()
 	if lo != 2e6 || hi != 4e6 {
 		t.Errorf("spread %v-%v, want 2e6-4e6", lo, hi)
@@ -188,6 +203,7 @@ func TestMarkdown(t *testing.T) {
 	md := buf.String()
 	for _, want := range []string{"| scenario | plain | nftables | haproxy |", "| established | 0.75× (0.75×) | 15× (15×) | – |",
 		"**missed**", "moat bench --profile quick",
+		"| moat / nftables per core, established | ≥ 10.0× | 15.00× (6.7–40.0) | – | met |",
 		// 100 ns per frame at the median 3 Mpps per core: 30% of the core.
 		"| established | 4096 | moat | 100 | 1.0 k | 30% |"} {
 		if !strings.Contains(md, want) {
