@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os/exec"
@@ -14,8 +15,9 @@ import (
 
 // TestPrivilegedAdmissionPhase measures admission and eviction on moat and on the
 // nftables baseline with the smoke profile: every round is measured (no error), each
-// latency is a real one (above zero for admission, below the harness's timeout), and
-// the report says how each system was driven. It asserts no speed.
+// latency is a real one (above zero: a round in which the sender was starved while the
+// decision took effect is measured again; below the harness's timeout), and the report
+// says how each system was driven. It asserts no speed.
 func TestPrivilegedAdmissionPhase(t *testing.T) {
 	netns.RequireRoot(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -40,7 +42,7 @@ func TestPrivilegedAdmissionPhase(t *testing.T) {
 				t.Errorf("%s %s: kind %s, latency %v", sys, sc, r.Kind, r.Latency)
 				continue
 			}
-			if r.Latency.P99 >= float64(decisionTimeout.Microseconds()) || (sc == ScAdmission && r.Latency.P50 <= 0) {
+			if r.Latency.P99 >= float64(decisionTimeout.Microseconds()) || r.Latency.P50 <= 0 {
 				t.Errorf("%s %s: latency %+v µs", sys, sc, *r.Latency)
 			}
 			if len(r.Notes) == 0 || !strings.Contains(r.Notes[0], "rounds") {
@@ -84,9 +86,19 @@ func TestPrivilegedEvictionMeasuredFromTheBackend(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		// The complete eviction works: a latency, no error.
-		if _, err := b.timeEviction(ctx, sink, adm); err != nil {
-			return fmt.Errorf("eviction with the conntrack delete: %w", err)
+		// The complete eviction works: a latency, no error (measured again, as the
+		// phase does, when the sender was starved while it took effect).
+		for try := 0; ; try++ {
+			_, err := b.timeEviction(ctx, sink, adm)
+			if err == nil {
+				break
+			}
+			if !errors.Is(err, errStarvedSender) || try == 2 {
+				return fmt.Errorf("eviction with the conntrack delete: %w", err)
+			}
+			if err := adm.admit(); err != nil {
+				return err
+			}
 		}
 		if err := adm.admit(); err != nil {
 			return err
