@@ -12,8 +12,8 @@ import (
 // RawSocket sends and receives whole Ethernet frames on one interface of a host
 // (AF_PACKET): how tests put malformed or spoofed frames on a wire.
 type RawSocket struct {
-	fd      int
-	ifindex int
+	fd int
+	to *unix.SockaddrLinklayer // made once: Send must not allocate (paced senders)
 }
 
 func htons(v uint16) uint16 {
@@ -40,7 +40,7 @@ func (h *Host) OpenRaw(ifname string) (*RawSocket, error) {
 			unix.Close(fd)
 			return fmt.Errorf("bind raw socket to %s: %w", ifname, err)
 		}
-		s = &RawSocket{fd: fd, ifindex: ifi.Index}
+		s = &RawSocket{fd: fd, to: &unix.SockaddrLinklayer{Ifindex: ifi.Index}}
 		return nil
 	})
 	return s, err
@@ -48,7 +48,7 @@ func (h *Host) OpenRaw(ifname string) (*RawSocket, error) {
 
 // Send transmits frame as is.
 func (s *RawSocket) Send(frame []byte) error {
-	if err := unix.Sendto(s.fd, frame, 0, &unix.SockaddrLinklayer{Ifindex: s.ifindex}); err != nil {
+	if err := unix.Sendto(s.fd, frame, 0, s.to); err != nil {
 		return fmt.Errorf("send raw frame: %w", err)
 	}
 	return nil
