@@ -340,8 +340,9 @@ const (
 )
 
 // frameInto writes the i-th frame sent into buf (grown if it is too small) and
-// returns it: flow k = first + i (mod n) comes from clientBase + k/64000 mod 253, port
-// 1024 + k mod 64000, with both checksums recomputed.
+// returns it: flow k = first + (i mod n), or first + i with n = 0, comes from
+// clientBase + k/64000 mod 253, port 1024 + k mod 64000, with both checksums
+// recomputed.
 func (p pacedFlows) frameInto(buf []byte, i uint64) []byte {
 	if p.n > 0 {
 		i %= p.n
