@@ -52,7 +52,9 @@ const (
 // over; the system may act on it later (moat's reconciler does, asynchronously).
 type admitter struct {
 	admit, evict func() error
-	close        func() error
+	// newRound, when set, puts the system back in the state every round starts from.
+	newRound func() error
+	close    func() error
 	// how says how the decision is carried out, for the report.
 	how string
 }
@@ -151,6 +153,11 @@ func (b *bencher) admissionRounds(ctx context.Context, system string) error {
 		b.prog.step(fmt.Sprintf("%-8s %-25s round %d/%d", system, "admission, eviction", round+1, b.profile.AdmissionRounds))
 		if err := adm.evict(); err != nil { // from a known state: the backend evicted
 			return fmt.Errorf("%s: evict before round %d: %w", system, round+1, err)
+		}
+		if adm.newRound != nil {
+			if err := adm.newRound(); err != nil {
+				return fmt.Errorf("%s: before round %d: %w", system, round+1, err)
+			}
 		}
 		time.Sleep(10 * time.Millisecond)
 		d, err := b.timeAdmission(ctx, sink, adm)
@@ -295,9 +302,6 @@ func (b *bencher) nftAdmitter() (admitter, error) {
 			return nil
 		})
 	}
-	if err := b.scene.FlushConntrack(); err != nil {
-		return admitter{}, err
-	}
 	present := true // the ruleset is loaded with every backend
 	return admitter{
 		admit: func() error {
@@ -318,8 +322,13 @@ func (b *bencher) nftAdmitter() (admitter, error) {
 			_, err := gw.Netlink().ConntrackDeleteFilters(netlink.ConntrackTable, unix.AF_INET, f)
 			return err
 		},
-		close: func() error { return nil },
-		how:   "nft add element / nft delete element and a conntrack delete of the backend's flows (netlink, as conntrack -D)",
+		// The conntrack delete walks the whole table, and every round's new flows
+		// would stay in it (unanswered SYNs for minutes): each round starts from an
+		// empty table instead, nftables' best case, or its eviction time would grow
+		// with the number of rounds a profile runs.
+		newRound: b.scene.FlushConntrack,
+		close:    func() error { return nil },
+		how:      "nft add element / nft delete element and a conntrack delete of the backend's flows (netlink, as conntrack -D); every round from an empty conntrack table",
 	}, nil
 }
 

@@ -90,6 +90,9 @@ func TestPrivilegedEvictionMeasuredFromTheBackend(t *testing.T) {
 		if err != nil {
 			return err
 		}
+		if err := adm.newRound(); err != nil {
+			return err
+		}
 		// The complete eviction works: a latency, no error (measured again, as the
 		// phase does, when no frame reached the backend after the decision).
 		for try := 0; ; try++ {
