@@ -357,21 +357,6 @@ func (f *Forwarder) Handled() (uint64, error) {
 	return p, err
 }
 
-// TrackedFlows counts the entries of the flow table (ForwardTracked; it walks the
-// whole table).
-func (f *Forwarder) TrackedFlows() (int, error) {
-	var (
-		k fwdFlowKey
-		v fwdFlowState
-		n int
-	)
-	it := f.objs.FwdFlows.Iterate()
-	for it.Next(&k, &v) {
-		n++
-	}
-	return n, it.Err()
-}
-
 // Close detaches and unloads the forwarder.
 func (f *Forwarder) Close() error { return errors.Join(f.close(), f.objs.Close()) }
 

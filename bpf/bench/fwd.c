@@ -86,7 +86,9 @@ static __always_inline void ip_decrease_ttl(struct iphdr *ip)
 	ip->ttl--;
 }
 
-/* flow_key_of fills k for a TCP or UDP frame; it returns 0 for anything else. */
+/* flow_key_of fills every field of k for a TCP or UDP frame (the caller leaves k
+ * uninitialised: the plain forwarder must not pay for it); it returns 0 for anything
+ * else, with k untouched. */
 static __always_inline int flow_key_of(struct flow_key *k, struct iphdr *ip, void *data_end)
 {
 	__be16 *ports = (void *)(ip + 1);
@@ -94,6 +96,9 @@ static __always_inline int flow_key_of(struct flow_key *k, struct iphdr *ip, voi
 	if (ip->ihl != 5 || (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP) ||
 	    (void *)(ports + 2) > data_end)
 		return 0;
+	k->tenant_id = 0;
+	k->dir = 0;
+	k->pad = 0;
 	k->saddr = ip->saddr;
 	k->daddr = ip->daddr;
 	k->sport = ports[0];
@@ -120,7 +125,7 @@ int xdp_fwd(struct xdp_md *ctx)
 	struct ethhdr *eth = data;
 	struct iphdr *ip = (void *)(eth + 1);
 	struct bpf_fib_lookup fib = {};
-	struct flow_key k = {};
+	struct flow_key k;
 	struct flow_state *st = NULL;
 	int tracked = 0;
 	long rc;
