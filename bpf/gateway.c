@@ -121,7 +121,7 @@ static __always_inline int to_service(struct xdp_md *ctx, struct pkt *p, struct 
 	struct ct_entry *e;
 	struct ct_key k;
 	struct route rt = {};
-	int existing = 0, ended = 0, cached = 0, found;
+	int existing = 0, refreshed = 0, cached = 0, found;
 	__u64 now = clock_now();
 	__u32 gen = config_generation();
 	__be32 baddr;
@@ -172,7 +172,7 @@ static __always_inline int to_service(struct xdp_md *ctx, struct pkt *p, struct 
 	if (!b) /* existing or picked: never NULL here; the verifier wants it said */
 		return drop(p, tenant_id, DROP_BACKEND_UNAVAILABLE);
 	if (existing)
-		ended = ct_refresh(e, p, now);
+		refreshed = ct_refresh(e, p, now);
 	baddr = b->addr;
 	bport = b->port;
 
@@ -196,11 +196,15 @@ static __always_inline int to_service(struct xdp_md *ctx, struct pkt *p, struct 
 		if (bs)
 			bs->new_flows++;
 		event_emit(EVENT_FLOW_NEW, REASON_NONE, p, tenant_id, service_id, backend_id, 0);
-	} else if (!cached) {
-		e->route = rt;
-		e->service_id = service_id;
+	} else {
+		if (!cached) {
+			e->route = rt;
+			e->service_id = service_id;
+		}
+		if (refreshed & CT_STAMPED)
+			ct_keep_reply(tenant_id, p, baddr, bport, backend_id, service_id, rt.ifindex, now);
 	}
-	if (ended)
+	if (refreshed & CT_ENDED)
 		event_emit(EVENT_FLOW_END, REASON_NONE, p, tenant_id, service_id, backend_id, 0);
 	if (ss)
 		traffic_add(&ss->fwd, p->len);
@@ -224,7 +228,7 @@ static __always_inline int to_client(struct xdp_md *ctx, struct pkt *p, struct a
 	__be32 vip;
 	__be16 vport;
 	enum reason r = REASON_NONE;
-	int ended, cached;
+	int refreshed, cached;
 	__u64 now = clock_now();
 	__u32 gen = config_generation();
 
@@ -246,7 +250,9 @@ static __always_inline int to_client(struct xdp_md *ctx, struct pkt *p, struct a
 		return drop(p, tenant_id, DROP_BACKEND_EVICTED);
 	if (e->ifindex != p->ifindex)
 		return drop(p, tenant_id, DROP_REPLY_WRONG_IFACE);
-	ended = ct_refresh(e, p, now);
+	refreshed = ct_refresh(e, p, now);
+	if (refreshed & CT_STAMPED)
+		ct_keep_forward(tenant_id, p, e, now);
 	cached = route_reusable(&e->route, gen, now, tot_len);
 	vip = e->vip;
 	vport = e->vport;
@@ -264,7 +270,7 @@ static __always_inline int to_client(struct xdp_md *ctx, struct pkt *p, struct a
 		}
 	}
 
-	if (ended)
+	if (refreshed & CT_ENDED)
 		event_emit(EVENT_FLOW_END, REASON_NONE, p, tenant_id, service_id, backend_id, EVENT_F_REPLY);
 	bs = backend_stats_of(backend_id);
 	if (bs)

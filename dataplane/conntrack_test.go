@@ -150,3 +150,115 @@ func TestPrivilegedStaleConntrackReplaced(t *testing.T) {
 		t.Fatalf("no warning logged: %q", logs.String())
 	}
 }
+
+// TestPrivilegedLostEntryRestored: a flow's two conntrack entries live and die
+// together. The LRU map evicts an entry its direction has not used lately, whatever
+// the other direction does: the reply entry of an upload, the forward entry of a
+// one-way stream from the backend. While the flow carries packets in the other
+// direction, the next refresh of that direction's entry (at most every CTRefresh)
+// writes the lost entry again, so replies are not dropped as no_service for the rest
+// of the flow, and the client's next segment is not balanced again (to another
+// backend, once the service's Maglev table changed). Deleting an entry here stands in
+// for the eviction; ageing the other entry's stamp past CTRefresh, for the wait.
+func TestPrivilegedLostEntryRestored(t *testing.T) {
+	env, dp, c := smallEnv(t, DefaultConfig())
+	hz, err := KernelHZ()
+	if err != nil {
+		t.Fatal(err)
+	}
+	refresh := uint32(toJiffies(DefaultConfig().CTRefresh, hz))
+	c1, b1 := env.ifindex["c1"], env.ifindex["b1"]
+	tid := c.Backends[0].TenantID
+	client, vip := ap("10.0.0.2"), ap("10.100.0.1")
+	const sport = 7400
+
+	fwdKey := gatewayCtKey{TenantId: tid, Saddr: addrRaw(client), Daddr: addrRaw(vip), Sport: portRaw(sport),
+		Dport: portRaw(80), Proto: 6, Dir: CTDirForward}
+	run := func(what string, frame []byte, ifindex uint32, want Verdict) []byte {
+		t.Helper()
+		var out []byte
+		if err := env.gw.Do(func() error {
+			var v Verdict
+			v, out = runProg(t, dp, frame, ifindex)
+			if v != want {
+				t.Fatalf("%s: %s, want %s", what, v, want)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	age := func(k *gatewayCtKey, ticks uint32) {
+		t.Helper()
+		var e gatewayCtEntry
+		if err := dp.objs.Conntrack.Lookup(k, &e); err != nil {
+			t.Fatalf("age entry: %v", err)
+		}
+		now, _, err := readJiffies()
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.LastSeen = uint32(now) - ticks
+		if err := dp.objs.Conntrack.Put(k, &e); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	out := run("SYN", clientFrame(6, sport, 80, packet.SYN), c1, XDPRedirect)
+	backend := netip.AddrFrom4([4]byte(out[30:34]))
+	bport := binary.BigEndian.Uint16(out[36:38])
+	repKey := gatewayCtKey{TenantId: tid, Saddr: addrRaw(backend), Daddr: addrRaw(client), Sport: portRaw(bport),
+		Dport: portRaw(sport), Proto: 6, Dir: CTDirReply}
+	var fwd, rep gatewayCtEntry
+	if err := dp.objs.Conntrack.Lookup(&fwdKey, &fwd); err != nil {
+		t.Fatalf("forward entry after the SYN: %v", err)
+	}
+	if err := dp.objs.Conntrack.Lookup(&repKey, &rep); err != nil {
+		t.Fatalf("reply entry after the SYN: %v", err)
+	}
+	reply := packet.Frame{SrcIP: backend, DstIP: client, Proto: 6, SrcPort: bport, DstPort: sport, TCPFlags: packet.SYN | packet.ACK}.Build()
+
+	// The reply entry is lost while the client keeps sending.
+	if err := dp.objs.Conntrack.Delete(&repKey); err != nil {
+		t.Fatal(err)
+	}
+	run("client segment within the refresh interval", clientFrame(6, sport, 80, packet.ACK), c1, XDPRedirect)
+	run("reply before the forward entry's refresh", reply, b1, XDPDrop)
+	age(&fwdKey, refresh+1)
+	run("client segment that refreshes the forward entry", clientFrame(6, sport, 80, packet.ACK), c1, XDPRedirect)
+	var again gatewayCtEntry
+	if err := dp.objs.Conntrack.Lookup(&repKey, &again); err != nil {
+		t.Fatalf("reply entry not written again by the forward refresh: %v", err)
+	}
+	if again.BackendId != rep.BackendId || again.ServiceId != rep.ServiceId || again.Vip != rep.Vip ||
+		again.Vport != rep.Vport || again.Ifindex != rep.Ifindex {
+		t.Errorf("reply entry written again as %+v, want the flow's %+v", again, rep)
+	}
+	out = run("reply after the forward refresh", reply, b1, XDPRedirect)
+	if src := netip.AddrFrom4([4]byte(out[26:30])); src != vip {
+		t.Errorf("reply leaves from %s, want the VIP %s", src, vip)
+	}
+
+	// The forward entry is lost while the backend keeps sending.
+	if err := dp.objs.Conntrack.Delete(&fwdKey); err != nil {
+		t.Fatal(err)
+	}
+	age(&repKey, refresh+1)
+	run("reply that refreshes the reply entry", reply, b1, XDPRedirect)
+	var fwdAgain gatewayCtEntry
+	if err := dp.objs.Conntrack.Lookup(&fwdKey, &fwdAgain); err != nil {
+		t.Fatalf("forward entry not written again by the reply refresh: %v", err)
+	}
+	if fwdAgain.BackendId != fwd.BackendId || fwdAgain.ServiceId != fwd.ServiceId {
+		t.Errorf("forward entry written again for backend %d service %d, want %d %d",
+			fwdAgain.BackendId, fwdAgain.ServiceId, fwd.BackendId, fwd.ServiceId)
+	}
+	if fwdAgain.Route.Time != 0 {
+		t.Errorf("forward entry written again with a route the forward direction never checked")
+	}
+	out = run("client segment after the reply refresh", clientFrame(6, sport, 80, packet.ACK), c1, XDPRedirect)
+	if dst := netip.AddrFrom4([4]byte(out[30:34])); dst != backend {
+		t.Errorf("client segment sent to %s, want the flow's backend %s", dst, backend)
+	}
+}

@@ -3,6 +3,7 @@ package dataplane
 import (
 	"bytes"
 	"cmp"
+	"encoding/binary"
 	"encoding/hex"
 	"fmt"
 	"math/rand/v2"
@@ -11,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -483,6 +485,12 @@ func TestPrivilegedDifferential(t *testing.T) {
 			if i%500 == 0 {
 				g.refreshReplies()
 			}
+			if i%2000 == 1000 {
+				if err := g.loseEntries(dp); err != nil {
+					return err
+				}
+				g.refreshReplies()
+			}
 			frame, ifindex := g.next()
 			v, out := runProg(t, dp, frame, ifindex)
 			want := model.Process(frame, ifindex)
@@ -534,6 +542,78 @@ func TestPrivilegedDifferential(t *testing.T) {
 	if model.Shortcuts.Taken == 0 && n >= 100000 {
 		t.Error("no packet took the established shortcut: the generator lost coverage")
 	}
+	// A flow's refresh stamps its other entry, and writes it again once lost.
+	t.Logf("other entries kept: %d stamped, %d written again", model.Kept.Stamped, model.Kept.Written)
+	if (model.Kept.Stamped == 0 || model.Kept.Written == 0) && n >= 100000 {
+		t.Error("no refresh kept a flow's other entry: the generator lost coverage")
+	}
+}
+
+// loseEntries stands in for the LRU map's evictions, which the model does not have:
+// for a few tracked flows it deletes one of the two entries, in the kernel and in the
+// model alike, and ages the other past the refresh interval in both clocks, so that
+// the flow's next packet in that direction writes the lost entry again (or, for a
+// reply whose entry was lost, is dropped in both).
+func (g *gen) loseEntries(dp *Dataplane) error {
+	hz, err := KernelHZ()
+	if err != nil {
+		return err
+	}
+	jiffies, _, err := readJiffies()
+	if err != nil {
+		return err
+	}
+	m := g.model
+	refresh := uint32(toJiffies(m.cfg.CTRefresh, hz))
+	var flows []CTKey
+	for k := range m.CT {
+		if k.Dir == CTDirForward {
+			flows = append(flows, k)
+		}
+	}
+	slices.SortFunc(flows, compareCTKeys) // a seed replays the same choices
+	for range 16 {
+		if len(flows) == 0 {
+			return nil
+		}
+		fk := flows[g.pick(len(flows))]
+		fe, ok := m.CT[fk] // gone when an earlier round picked the same flow
+		if !ok {
+			continue
+		}
+		b, ok := m.backends[fe.BackendID]
+		if !ok {
+			continue
+		}
+		rk := CTKey{fk.Tenant, b.Addr.As4(), fk.Saddr, b.Port, fk.Sport, fk.Proto, CTDirReply}
+		if _, ok := m.CT[rk]; !ok {
+			continue
+		}
+		lost, kept := fk, rk
+		if g.pick(2) == 0 {
+			lost, kept = rk, fk
+		}
+		if err := dp.objs.Conntrack.Delete(ctKeyRaw(lost)); err != nil {
+			return fmt.Errorf("lose %+v: %w", lost, err)
+		}
+		delete(m.CT, lost)
+		var e gatewayCtEntry
+		if err := dp.objs.Conntrack.Lookup(ctKeyRaw(kept), &e); err != nil {
+			return fmt.Errorf("age %+v: %w", kept, err)
+		}
+		e.LastSeen = uint32(jiffies) - refresh - 1
+		if err := dp.objs.Conntrack.Put(ctKeyRaw(kept), &e); err != nil {
+			return fmt.Errorf("age %+v: %w", kept, err)
+		}
+		m.CT[kept].LastSeen = m.now() - uint64(m.cfg.CTRefresh) - uint64(time.Millisecond)
+	}
+	return nil
+}
+
+// ctKeyRaw is k as the fast path stores it.
+func ctKeyRaw(k CTKey) *gatewayCtKey {
+	return &gatewayCtKey{TenantId: k.Tenant, Saddr: binary.LittleEndian.Uint32(k.Saddr[:]), Daddr: binary.LittleEndian.Uint32(k.Daddr[:]),
+		Sport: portRaw(k.Sport), Dport: portRaw(k.Dport), Proto: k.Proto, Dir: k.Dir}
 }
 
 // checkIsolation: a frame redirected by the fast path leaves on an interface and VLAN

@@ -70,6 +70,9 @@ type Model struct {
 	// Shortcuts counts the packets for which the fast path skips the service lookup,
 	// and those for which doing so would be wrong (checkEstablishedShortcut).
 	Shortcuts struct{ Taken, Wrong int }
+	// Kept counts what ct_keep_reply and ct_keep_forward did: stamped the flow's other
+	// entry, or wrote it again.
+	Kept struct{ Stamped, Written int }
 }
 
 type attachKey struct {
@@ -426,8 +429,9 @@ func (m *Model) toBackend(p *pkt, att tenant.AttachmentEntry, svc *tenant.Servic
 		}
 		return m.drop(p, tid, DropPolicyDenied)
 	}
+	stamped := false
 	if existing {
-		m.ctRefresh(e, p, now)
+		stamped = m.ctRefresh(e, p, now)
 	} else {
 		if svc.TableSize == 0 {
 			return m.drop(p, tid, DropBackendUnavailable)
@@ -467,9 +471,14 @@ func (m *Model) toBackend(p *pkt, att tenant.AttachmentEntry, svc *tenant.Servic
 		if bs != nil {
 			bs.NewFlows++
 		}
-	} else if !cached {
-		e.Route = rt
-		e.ServiceID = sid // what the established shortcut relies on
+	} else {
+		if !cached {
+			e.Route = rt
+			e.ServiceID = sid // what the established shortcut relies on
+		}
+		if stamped {
+			m.ctKeepReply(tid, p, baddr, b.Port, bid, sid, rt.Ifindex, now)
+		}
 	}
 	if ss != nil {
 		ss.Fwd.add(p.len)
@@ -501,7 +510,9 @@ func (m *Model) toClient(p *pkt, att tenant.AttachmentEntry) Result {
 	if e.Ifindex != p.ifindex {
 		return m.drop(p, tid, DropReplyWrongIface)
 	}
-	m.ctRefresh(e, p, now)
+	if m.ctRefresh(e, p, now) {
+		m.ctKeepForward(tid, p, e, now)
+	}
 	cached := m.routeReusable(&e.Route, now, totLen)
 	natRewrite(p, natSrc, e.VIP, e.VPort)
 	rt, r := e.Route, ReasonNone
@@ -595,12 +606,13 @@ func (m *Model) ctTimeout(e *CTEntry, proto uint8) uint64 {
 	return uint64(m.cfg.CTUDPTimeout)
 }
 
+func (m *Model) ctAlive(e *CTEntry, proto uint8, now uint64) bool {
+	return now <= e.LastSeen || now-e.LastSeen <= m.ctTimeout(e, proto)
+}
+
 func (m *Model) ctLookup(k CTKey, p *pkt, now uint64) *CTEntry {
 	e, ok := m.CT[k]
-	if !ok {
-		return nil
-	}
-	if now > e.LastSeen && now-e.LastSeen > m.ctTimeout(e, p.l4proto) {
+	if !ok || !m.ctAlive(e, p.l4proto, now) {
 		return nil
 	}
 	if p.l4proto == protoTCP && e.Flags&CTFClosing != 0 && p.tcpFlags&(tcpSYN|tcpACK) == tcpSYN {
@@ -609,6 +621,8 @@ func (m *Model) ctLookup(k CTKey, p *pkt, now uint64) *CTEntry {
 	return e
 }
 
+// ctRefresh returns whether it wrote the entry's stamp (CT_STAMPED): the moment the
+// other entry of the flow is kept alive.
 func (m *Model) ctRefresh(e *CTEntry, p *pkt, now uint64) bool {
 	ended := false
 	if p.l4proto == protoTCP && p.tcpFlags&(tcpFIN|tcpRST) != 0 && e.Flags&CTFClosing == 0 {
@@ -617,8 +631,46 @@ func (m *Model) ctRefresh(e *CTEntry, p *pkt, now uint64) bool {
 	}
 	if ended || now-e.LastSeen >= uint64(m.cfg.CTRefresh) {
 		e.LastSeen = now
+		return true
 	}
-	return ended
+	return false
+}
+
+// ctKeepReply is ct_keep_reply: stamp the flow's reply entry, or write it again when
+// it is gone or expired, unless a live entry of another flow holds the key.
+func (m *Model) ctKeepReply(tid uint32, p *pkt, baddr [4]byte, bport uint16, bid, sid, ifindex uint32, now uint64) {
+	k := CTKey{tid, baddr, p.saddr, bport, p.sport, p.l4proto, CTDirReply}
+	if r, ok := m.CT[k]; ok {
+		if r.BackendID == bid && r.VIP == p.daddr && r.VPort == p.dport {
+			r.LastSeen = now
+			m.Kept.Stamped++
+			return
+		}
+		if m.ctAlive(r, p.l4proto, now) {
+			return
+		}
+	}
+	m.CT[k] = &CTEntry{LastSeen: now, BackendID: bid, ServiceID: sid, VIP: p.daddr, VPort: p.dport, Ifindex: ifindex}
+	m.Kept.Written++
+}
+
+// ctKeepForward is ct_keep_forward: stamp the flow's forward entry, or write it again
+// without a route when it is gone or expired, unless a live entry names another
+// backend.
+func (m *Model) ctKeepForward(tid uint32, p *pkt, rep *CTEntry, now uint64) {
+	k := CTKey{tid, p.daddr, rep.VIP, p.dport, rep.VPort, p.l4proto, CTDirForward}
+	if f, ok := m.CT[k]; ok {
+		if f.BackendID == rep.BackendID && f.ServiceID == rep.ServiceID {
+			f.LastSeen = now
+			m.Kept.Stamped++
+			return
+		}
+		if m.ctAlive(f, p.l4proto, now) {
+			return
+		}
+	}
+	m.CT[k] = &CTEntry{LastSeen: now, BackendID: rep.BackendID, ServiceID: rep.ServiceID}
+	m.Kept.Written++
 }
 
 func (m *Model) ctCreate(tid uint32, p *pkt, baddr [4]byte, bport uint16, bid, sid uint32, rt Route, now uint64) {
