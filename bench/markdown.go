@@ -98,6 +98,14 @@ func fmtRate(v float64) string {
 	}
 }
 
+// fmtCount formats a count: exact below a thousand.
+func fmtCount(n uint64) string {
+	if n < 1000 {
+		return fmt.Sprint(n)
+	}
+	return fmtRate(float64(n))
+}
+
 // WriteMarkdown writes the ratio table, the targets and the measurements.
 func (rep *Report) WriteMarkdown(w io.Writer) error {
 	var b strings.Builder
@@ -208,6 +216,7 @@ func (rep *Report) WriteMarkdown(w io.Writer) error {
 			fmtRate(r.ConnsPerSec), fmtRate(r.TPS), gb, lat, fmtRate(lo), fmtRate(hi), len(r.Runs))
 	}
 	p("")
+	rep.writeDropMarkdown(p)
 	rep.writeControlMarkdown(p)
 	p("## How the measurement was isolated")
 	p("")
@@ -224,6 +233,49 @@ func (rep *Report) WriteMarkdown(w io.Writer) error {
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+// writeDropMarkdown lists, for the systems that count their drops by reason, what
+// they dropped in each packet scenario.
+func (rep *Report) writeDropMarkdown(p func(string, ...any)) {
+	first := true
+	for i := range rep.Records {
+		r := &rep.Records[i]
+		if len(r.DropReasons) == 0 {
+			continue
+		}
+		if first {
+			p("## Drops by reason (the system's own counters, all runs)")
+			p("")
+			p("In a forwarding scenario every drop is counted against the system (the namespaces' own IPv6 and ARP chatter is some of them); in an isolation scenario, the reasons show which rule refused the probes.")
+			p("")
+			p("| scenario | flows | system | drops |")
+			p("|---|---|---|---|")
+			first = false
+		}
+		reasons := make([]string, 0, len(r.DropReasons))
+		for k := range r.DropReasons {
+			reasons = append(reasons, k)
+		}
+		sort.Slice(reasons, func(a, b int) bool {
+			if r.DropReasons[reasons[a]] != r.DropReasons[reasons[b]] {
+				return r.DropReasons[reasons[a]] > r.DropReasons[reasons[b]]
+			}
+			return reasons[a] < reasons[b]
+		})
+		var parts []string
+		for _, k := range reasons {
+			parts = append(parts, k+" "+fmtCount(r.DropReasons[k]))
+		}
+		flows := "–"
+		if r.Flows > 0 {
+			flows = fmt.Sprint(r.Flows)
+		}
+		p("| %s | %s | %s | %s |", r.Scenario, flows, r.System, strings.Join(parts, ", "))
+	}
+	if !first {
+		p("")
+	}
 }
 
 // writeControlMarkdown writes the records that are neither packet rates nor TCP

@@ -299,6 +299,12 @@ func (b *bencher) measurePackets(ctx context.Context, sys *sut, sc packetScenari
 	if err != nil {
 		return Sample{}, err
 	}
+	var r0 map[string]uint64
+	if sys.dropReasons != nil {
+		if r0, err = sys.dropReasons(); err != nil {
+			return Sample{}, err
+		}
+	}
 	t0 := time.Now()
 	sent, err := b.runTraffic(ctx, ts, b.profile.Duration)
 	if err != nil {
@@ -310,6 +316,14 @@ func (b *bencher) measurePackets(ctx context.Context, sys *sut, sc packetScenari
 	if err != nil {
 		return Sample{}, err
 	}
+	var reasons map[string]uint64
+	if sys.dropReasons != nil {
+		r1, err := sys.dropReasons()
+		if err != nil {
+			return Sample{}, err
+		}
+		reasons = countersSince(r0, r1)
+	}
 	delivered, dropped := float64(s1-s0), float64(d1-d0)
 	cpu := float64(c1-c0) / 1e9
 	smp := Sample{
@@ -317,6 +331,7 @@ func (b *bencher) measurePackets(ctx context.Context, sys *sut, sc packetScenari
 		OfferedPPS:   float64(sent) / el,
 		DeliveredPPS: delivered / el,
 		CPU:          cpu / el,
+		DropReasons:  reasons,
 	}
 	handled := delivered
 	if sc.drop && sys.name != SysPlain {
@@ -330,6 +345,20 @@ func (b *bencher) measurePackets(ctx context.Context, sys *sut, sc packetScenari
 		smp.PPSPerCore = handled / cpu
 	}
 	return smp, nil
+}
+
+// countersSince returns the counters of after that grew since before (nil: none).
+func countersSince(before, after map[string]uint64) map[string]uint64 {
+	var out map[string]uint64
+	for k, v := range after {
+		if v > before[k] {
+			if out == nil {
+				out = map[string]uint64{}
+			}
+			out[k] = v - before[k]
+		}
+	}
+	return out
 }
 
 // lockToLoadCore locks the calling goroutine to its thread for good (the thread is

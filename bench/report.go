@@ -49,6 +49,11 @@ type Sample struct {
 	Latency      *Latency `json:"latency_us,omitempty"`
 	Leaked       uint64   `json:"leaked,omitempty"`    // frames that crossed where the system had to drop them
 	SUTDrops     uint64   `json:"sut_drops,omitempty"` // frames the system dropped where it had to forward them
+	// DropReasons: the frames the system dropped, by its own reason (moat's verdict
+	// reasons), over the run; for a record, summed over its runs. In a forwarding
+	// scenario they say what the drops were (the namespaces' own IPv6 and ARP chatter
+	// is some); in an isolation scenario, that the right rule dropped the probes.
+	DropReasons map[string]uint64 `json:"drop_reasons,omitempty"`
 }
 
 // Record is one scenario on one system: the median of its samples, and the samples.
@@ -199,11 +204,17 @@ func (r *Record) aggregate() {
 	r.OpsPerCore = pick(func(s *Sample) float64 { return s.OpsPerCore })
 	r.Gbps = pick(func(s *Sample) float64 { return s.Gbps })
 	r.GbpsPerCore = pick(func(s *Sample) float64 { return s.GbpsPerCore })
-	r.Leaked, r.SUTDrops = 0, 0
+	r.Leaked, r.SUTDrops, r.DropReasons = 0, 0, nil
 	var lat []*Latency
 	for _, s := range r.Runs {
 		r.Leaked += s.Leaked
 		r.SUTDrops += s.SUTDrops
+		for reason, n := range s.DropReasons {
+			if r.DropReasons == nil {
+				r.DropReasons = map[string]uint64{}
+			}
+			r.DropReasons[reason] += n
+		}
 		if s.Latency != nil {
 			lat = append(lat, s.Latency)
 		}

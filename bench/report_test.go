@@ -212,6 +212,42 @@ func TestMarkdown(t *testing.T) {
 	}
 }
 
+// TestDropReasons: a record's drops by reason are the sum of its runs', and the
+// Markdown lists them, the largest first.
+func TestDropReasons(t *testing.T) {
+	r := Record{Scenario: ScIsolationCross, System: SysMoat, Kind: KindPackets, Runs: []Sample{
+		{PPS: 1, PPSPerCore: 2, DropReasons: map[string]uint64{"drop_no_service": 1500, "drop_ipv6_unsupported": 2}},
+		{PPS: 1, PPSPerCore: 2, DropReasons: map[string]uint64{"drop_no_service": 700}},
+		{PPS: 1, PPSPerCore: 2},
+	}}
+	r.aggregate()
+	if want := map[string]uint64{"drop_no_service": 2200, "drop_ipv6_unsupported": 2}; fmt.Sprint(r.DropReasons) != fmt.Sprint(want) {
+		t.Errorf("drops by reason %v, want %v", r.DropReasons, want)
+	}
+	rep := &Report{Records: []Record{r}}
+	var buf bytes.Buffer
+	if err := rep.WriteMarkdown(&buf); err != nil {
+		t.Fatal(err)
+	}
+	if want := "| isolation_cross_tenant | – | moat | drop_no_service 2.2 k, drop_ipv6_unsupported 2 |"; !strings.Contains(buf.String(), want) {
+		t.Errorf("markdown lacks %q:\n%s", want, buf.String())
+	}
+	// A report without reasons has no such section.
+	buf.Reset()
+	if err := sampleReport().WriteMarkdown(&buf); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(buf.String(), "Drops by reason") {
+		t.Error("a report without drop reasons has a section for them")
+	}
+	if got := countersSince(map[string]uint64{"a": 5, "b": 1}, map[string]uint64{"a": 9, "b": 1, "c": 3}); fmt.Sprint(got) != "map[a:4 c:3]" {
+		t.Errorf("countersSince: %v, want map[a:4 c:3]", got)
+	}
+	if got := countersSince(nil, map[string]uint64{"a": 0}); got != nil {
+		t.Errorf("countersSince of nothing new: %v, want nil", got)
+	}
+}
+
 func wellFormed(t *testing.T, name string, write func(io.Writer) error) string {
 	t.Helper()
 	var buf bytes.Buffer

@@ -33,9 +33,11 @@ type sut struct {
 	name    string
 	threads []int                  // the kernel threads (or processes) doing its work
 	drops   func() (uint64, error) // its own count of dropped frames
-	close   func() error           // takes it off the scene
-	extra   func() ([]int, error)  // more threads to account, looked up per measurement
-	prog    *ebpf.Program          // its XDP program on the gateway (nil: not an XDP system)
+	// dropReasons, when the system has them, counts its drops by reason (nil: none).
+	dropReasons func() (map[string]uint64, error)
+	close       func() error          // takes it off the scene
+	extra       func() ([]int, error) // more threads to account, looked up per measurement
+	prog        *ebpf.Program         // its XDP program on the gateway (nil: not an XDP system)
 }
 
 // cpuTime sums the run time of the system's threads, in nanoseconds.
@@ -100,6 +102,19 @@ func (s *Scene) setupMoat(gwPrio int) (*sut, error) {
 				return 0, err
 			}
 			return c.Drops().Packets, nil
+		},
+		dropReasons: func() (map[string]uint64, error) {
+			c, err := dp.Counters()
+			if err != nil {
+				return nil, err
+			}
+			out := map[string]uint64{}
+			for r, t := range c.Reasons {
+				if dataplane.Reason(r).IsDrop() && t.Packets > 0 {
+					out[dataplane.Reason(r).String()] = t.Packets
+				}
+			}
+			return out, nil
 		},
 		close: s.DetachMoat,
 		prog:  dp.Program(),
