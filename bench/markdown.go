@@ -116,6 +116,13 @@ func (rep *Report) WriteMarkdown(w io.Writer) error {
 	p("Command: `%s`  ", rep.Command)
 	p("Started %s, %.0f s; %s, %s, %d cores, %d GiB; %s; commit %s; load average at start %s.",
 		rep.Started.Format("2006-01-02 15:04 UTC"), rep.Seconds, m.Kernel, m.CPU, m.Cores, m.MemoryGiB, m.Go, m.Commit, m.Load)
+	if len(rep.Phases) > 0 {
+		var parts []string
+		for _, ph := range rep.Phases {
+			parts = append(parts, fmt.Sprintf("%s %.0f s", ph.Name, ph.Seconds))
+		}
+		p("Time by phase: %s.", strings.Join(parts, ", "))
+	}
 	p("")
 	bases := rep.baselines()
 	p("## moat ÷ baseline, per busy core of the system under test")

@@ -165,7 +165,16 @@ type Report struct {
 	Targets        []Target                      `json:"targets"`
 	// ProgramTimes: what the XDP systems' programs cost per frame (progtime.go).
 	ProgramTimes []ProgramTime `json:"program_times,omitempty"`
-	Errors       []string      `json:"errors,omitempty"`
+	// Phases: where the run's time went (building the scene and tearing it down are
+	// the rest of Seconds).
+	Phases []Phase  `json:"phases,omitempty"`
+	Errors []string `json:"errors,omitempty"`
+}
+
+// Phase is one phase of a run and its wall-clock time.
+type Phase struct {
+	Name    string  `json:"name"`
+	Seconds float64 `json:"seconds"`
 }
 
 // median of the values (0 for none).

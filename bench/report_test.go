@@ -39,6 +39,7 @@ func sampleReport() *Report {
 	hp.aggregate()
 	rep.Records = append(rep.Records, hp)
 	rep.ProgramTimes = []ProgramTime{{Scenario: ScEstablished, System: SysMoat, Flows: 4096, NsPerRun: 100, Runs: 1000}}
+	rep.Phases = []Phase{{"packets", 160.4}, {"tcp", 54}}
 	rep.ComputeRatios()
 	rep.CheckTargets()
 	rep.SortRecords()
@@ -205,7 +206,8 @@ func TestMarkdown(t *testing.T) {
 		"**missed**", "moat bench --profile quick",
 		"| moat / nftables per core, established | ≥ 10.0× | 15.00× (6.7–40.0) | – | met |",
 		// 100 ns per frame at the median 3 Mpps per core: 30% of the core.
-		"| established | 4096 | moat | 100 | 1.0 k | 30% |"} {
+		"| established | 4096 | moat | 100 | 1.0 k | 30% |",
+		"Time by phase: packets 160 s, tcp 54 s."} {
 		if !strings.Contains(md, want) {
 			t.Errorf("markdown lacks %q:\n%s", want, md)
 		}

@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -118,6 +119,15 @@ func TestPrivilegedSmoke(t *testing.T) {
 	}
 	if len(rep.Namespaces) == 0 {
 		t.Error("report lists no namespaces")
+	}
+	var phases []string
+	var phaseTime float64
+	for _, ph := range rep.Phases {
+		phases = append(phases, ph.Name)
+		phaseTime += ph.Seconds
+	}
+	if fmt.Sprint(phases) != "[packets tcp admission verifications overlay]" || phaseTime <= 0 || phaseTime > rep.Seconds {
+		t.Errorf("phases %v take %.1f s of the run's %.1f s", phases, phaseTime, rep.Seconds)
 	}
 	for _, n := range rep.Namespaces {
 		if _, err := os.Stat(filepath.Join("/var/run/netns", n)); !errors.Is(err, os.ErrNotExist) {
