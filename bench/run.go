@@ -77,6 +77,11 @@ var AllSystems = []string{SysMoat, SysPlain, SysXDPDrop, SysPlainCT, SysNft, Sys
 // packet scenarios it bounds.
 func isBound(system string) bool { return system == SysXDPDrop || system == SysPlainCT }
 
+// sweeps says whether system runs the established flow sweep: the forwarding systems,
+// plain_ct among them, whose rate against the number of flows separates what a larger
+// conntrack working set costs any LRU forwarder from what it costs moat.
+func sweeps(system string) bool { return system != SysHAProxy && system != SysXDPDrop }
+
 // measures says whether a packet scenario is measured on system.
 func measures(system string, sc packetScenario) bool {
 	switch system {
@@ -252,7 +257,7 @@ func (b *bencher) steps() int {
 				n += b.profile.Reps
 			}
 		}
-		if s != SysHAProxy && !isBound(s) {
+		if sweeps(s) {
 			n += len(b.sweepFlows())
 		}
 		n += b.profile.TCPReps * len(b.tcpScenarios(s))
@@ -320,7 +325,7 @@ func (b *bencher) packetPhase(ctx context.Context) error {
 		if slices.ContainsFunc(scs, func(sc packetScenario) bool { return measures(s, sc) }) {
 			systems = append(systems, s)
 		}
-		if s != SysHAProxy && !isBound(s) && len(b.sweepFlows()) > 0 {
+		if sweeps(s) && len(b.sweepFlows()) > 0 {
 			sweepers = append(sweepers, s)
 		}
 	}

@@ -9,7 +9,7 @@ import (
 	"strings"
 )
 
-var systemColor = map[string]string{SysMoat: "#1f77b4", SysPlain: "#2ca02c", SysNft: "#d62728", SysHAProxy: "#9467bd"}
+var systemColor = map[string]string{SysMoat: "#1f77b4", SysPlain: "#2ca02c", SysPlainCT: "#ff7f0e", SysNft: "#d62728", SysHAProxy: "#9467bd"}
 
 func colorOf(system string) string {
 	if c, ok := systemColor[system]; ok {
