@@ -148,9 +148,12 @@ func (b *bencher) admissionRounds(ctx context.Context, system string) error {
 	sink := b.sinks[b.scene.Topo.Tenants[0].Backends[0].Host]
 	var admits, evicts []time.Duration
 	start := time.Now()
-	redone := 0
+	redone, stepped := 0, -1
 	for round := 0; round < b.profile.AdmissionRounds; round++ {
-		b.prog.step(fmt.Sprintf("%-8s %-25s round %d/%d", system, "admission, eviction", round+1, b.profile.AdmissionRounds))
+		if round != stepped { // a round measured again is no step of its own
+			b.prog.step(fmt.Sprintf("%-8s %-25s round %d/%d", system, "admission, eviction", round+1, b.profile.AdmissionRounds))
+			stepped = round
+		}
 		if err := adm.evict(); err != nil { // from a known state: the backend evicted
 			return fmt.Errorf("%s: evict before round %d: %w", system, round+1, err)
 		}

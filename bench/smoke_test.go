@@ -1,12 +1,14 @@
 package bench
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"strings"
 	"testing"
@@ -32,9 +34,17 @@ func TestPrivilegedSmoke(t *testing.T) {
 	instance := netns.UniqueName("bsmoke")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	rep, err := Run(ctx, Options{Profile: Profiles["smoke"], Systems: systems, Instance: instance, Command: t.Name()})
+	var progress bytes.Buffer
+	rep, err := Run(ctx, Options{Profile: Profiles["smoke"], Systems: systems, Instance: instance, Command: t.Name(), Progress: &progress})
 	if err != nil {
 		t.Fatal(err)
+	}
+	// The progress bar counts exactly the steps it announced.
+	steps := regexp.MustCompile(`\] +(\d+)/(\d+) `).FindAllStringSubmatch(progress.String(), -1)
+	if len(steps) == 0 {
+		t.Errorf("no progress drawn: %q", progress.String())
+	} else if last := steps[len(steps)-1]; last[1] != last[2] {
+		t.Errorf("progress ended at %s/%s steps", last[1], last[2])
 	}
 	for _, e := range rep.Errors {
 		t.Errorf("run error: %s", e)
