@@ -58,6 +58,13 @@ func TestPrivilegedForwarderBounds(t *testing.T) {
 	if n, err := trackedFlows(&objs); err != nil || n != flows {
 		t.Fatalf("%d entries (%v) after %d flows of 3 frames each, want one per flow", n, err, flows)
 	}
+	// What every packet measurement starts with (sut.flush).
+	if n, err := dataplane.ClearMap[fwdFlowKey, fwdFlowState](objs.FwdFlows); err != nil || n != flows {
+		t.Errorf("clearing the flow table deleted %d entries (%v), want %d", n, err, flows)
+	}
+	if n, err := trackedFlows(&objs); err != nil || n != 0 {
+		t.Errorf("%d entries (%v) after clearing the flow table", n, err)
+	}
 
 	const drops = 5
 	for range drops {

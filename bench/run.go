@@ -543,6 +543,7 @@ func isolationNotes() []string {
 		"CPU of the system under test = run time of exactly those threads (/proc/<tid>/schedstat) over the measurement window; per-core figures divide the work done by that time",
 		"packets/s: frames the system forwarded (counted by the sinks behind the gateway) or, in isolation scenarios, dropped (counted by the system itself); frames delivered where they must be dropped are reported as leaked",
 		"frames: 60 bytes (64 on a wire), TCP, checksums correct; flows vary by source address and port on every frame; offloads and GRO off on every veth end",
+		"every packet measurement starts from an empty conntrack table on every system (moat's conntrack, plain_ct's flow table, the kernel's conntrack for nftables), then primes the scenario's flows",
 		"nftables: conntrack zones per tenant, drops in raw prerouting before conntrack, DNAT by jhash, forward filter by interface pairs; tcp_be_liberal=1 and nf_conntrack_checksum=0 (a NIC would have verified checksums)",
 	}
 }

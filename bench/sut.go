@@ -35,9 +35,12 @@ type sut struct {
 	drops   func() (uint64, error) // its own count of dropped frames
 	// dropReasons, when the system has them, counts its drops by reason (nil: none).
 	dropReasons func() (map[string]uint64, error)
-	close       func() error          // takes it off the scene
-	extra       func() ([]int, error) // more threads to account, looked up per measurement
-	prog        *ebpf.Program         // its XDP program on the gateway (nil: not an XDP system)
+	// flush empties the system's flow state (nil: it keeps none): every packet
+	// measurement starts from an empty conntrack table on every system.
+	flush func() error
+	close func() error          // takes it off the scene
+	extra func() ([]int, error) // more threads to account, looked up per measurement
+	prog  *ebpf.Program         // its XDP program on the gateway (nil: not an XDP system)
 }
 
 // cpuTime sums the run time of the system's threads, in nanoseconds.
@@ -116,6 +119,7 @@ func (s *Scene) setupMoat(gwPrio int) (*sut, error) {
 			}
 			return out, nil
 		},
+		flush: func() error { _, err := dp.FlushConntrack(); return err },
 		close: s.DetachMoat,
 		prog:  dp.Program(),
 	}, nil
@@ -133,6 +137,9 @@ func (s *Scene) setupForwarder(name string, mode ForwarderMode, gwPrio int) (*su
 		return nil, errors.Join(err, f.Close())
 	}
 	sys := &sut{name: name, threads: tids, drops: func() (uint64, error) { return 0, nil }, close: f.Close, prog: f.objs.XdpFwd}
+	if mode == ForwardTracked {
+		sys.flush = func() error { _, err := dataplane.ClearMap[fwdFlowKey, fwdFlowState](f.objs.FwdFlows); return err }
+	}
 	if mode == DropAll {
 		sys.drops, sys.prog = f.Handled, f.objs.XdpDropAll
 	}
@@ -173,7 +180,7 @@ func (s *Scene) setupNftPackets() (*sut, error) {
 	if err := pinThread(tid, sutCPU, rtPrio); err != nil {
 		return nil, errors.Join(err, undo())
 	}
-	return &sut{name: SysNft, threads: []int{tid}, drops: s.NftDrops, close: undo}, nil
+	return &sut{name: SysNft, threads: []int{tid}, drops: s.NftDrops, flush: s.FlushConntrack, close: undo}, nil
 }
 
 // setupNftTCP loads the nftables baseline for real TCP: frames reach the stack

@@ -3,6 +3,7 @@ package dataplane
 import (
 	"bytes"
 	"encoding/binary"
+	"fmt"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -260,5 +261,73 @@ func TestPrivilegedLostEntryRestored(t *testing.T) {
 	out = run("client segment after the reply refresh", clientFrame(6, sport, 80, packet.ACK), c1, XDPRedirect)
 	if dst := netip.AddrFrom4([4]byte(out[30:34])); dst != backend {
 		t.Errorf("client segment sent to %s, want the flow's backend %s", dst, backend)
+	}
+}
+
+// TestPrivilegedFlushConntrack: a flush deletes every entry, more than one batch of
+// them; a flow's next client packet is balanced again (to the same backend: the Maglev
+// table did not change) and writes both entries anew, and a reply of a flushed flow
+// that has not sent since is dropped as no_service.
+func TestPrivilegedFlushConntrack(t *testing.T) {
+	env, dp, _ := smallEnv(t, DefaultConfig())
+	c1, b1 := env.ifindex["c1"], env.ifindex["b1"]
+	const flows = 5000 // more than one batch of ClearMap
+	var first, last []byte
+	err := env.gw.Do(func() error {
+		for i := range flows {
+			v, out := runProg(t, dp, clientFrame(6, uint16(10000+i), 80, packet.SYN), c1)
+			if v != XDPRedirect {
+				return fmt.Errorf("SYN %d: %s", i, v)
+			}
+			if i == 0 {
+				first = out
+			}
+			if i == flows-1 {
+				last = out
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := dp.FlushConntrack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n != 2*flows {
+		t.Errorf("flush deleted %d entries, want %d", n, 2*flows)
+	}
+	if cts, err := dp.ConntrackEntries(); err != nil || len(cts) != 0 {
+		t.Fatalf("after the flush: %d entries (%v)", len(cts), err)
+	}
+	// The last flow's backend answers: its reply entry is gone.
+	reply := packet.Frame{SrcIP: netip.AddrFrom4([4]byte(last[30:34])), DstIP: ap("10.0.0.2"), Proto: 6,
+		SrcPort: binary.BigEndian.Uint16(last[36:38]), DstPort: 10000 + flows - 1, TCPFlags: packet.ACK}.Build()
+	err = env.gw.Do(func() error {
+		if v, _ := runProg(t, dp, reply, b1); v != XDPDrop {
+			t.Errorf("reply of a flushed flow: %s, want drop", v)
+		}
+		v, out := runProg(t, dp, clientFrame(6, 10000, 80, packet.ACK), c1)
+		if v != XDPRedirect {
+			t.Fatalf("first flow's next segment: %s", v)
+		}
+		if !bytes.Equal(out[30:38], first[30:38]) {
+			t.Errorf("first flow balanced to %x after the flush, before to %x", out[30:38], first[30:38])
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cts, err := dp.ConntrackEntries(); err != nil || len(cts) != 2 {
+		t.Errorf("after one flow's segment: %d entries (%v), want its two", len(cts), err)
+	}
+	c, err := dp.Counters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Reasons[DropNoService].Packets != 1 {
+		t.Errorf("no_service drops %d, want the flushed flow's reply", c.Reasons[DropNoService].Packets)
 	}
 }

@@ -219,6 +219,42 @@ func ConntrackLayout() (keySize, entrySize int) {
 	return binary.Size(gatewayCtKey{}), binary.Size(gatewayCtEntry{})
 }
 
+// FlushConntrack deletes every flow, both entries of each; it returns how many entries
+// it deleted. Each flow's next packet is balanced again (to the same backend while its
+// service's Maglev table is unchanged; a TCP segment sent to another backend is
+// answered with a reset) and a reply whose flow is gone is dropped as no_service.
+// Entries the fast path writes meanwhile may survive.
+func (d *Dataplane) FlushConntrack() (int, error) {
+	n, err := ClearMap[gatewayCtKey, gatewayCtEntry](d.objs.Conntrack)
+	if err != nil {
+		return n, fmt.Errorf("flush conntrack: %w", err)
+	}
+	return n, nil
+}
+
+// ClearMap deletes every element of a hash map whose keys are K and values V, a batch
+// of elements per system call, and returns how many it deleted. The benchmark clears
+// its own flow tables with it, as moat's conntrack is flushed.
+func ClearMap[K, V any](m *ebpf.Map) (int, error) {
+	const batch = 4096
+	var (
+		cursor ebpf.MapBatchCursor
+		keys   = make([]K, batch)
+		values = make([]V, batch)
+		total  int
+	)
+	for {
+		n, err := m.BatchLookupAndDelete(&cursor, keys, values, nil)
+		total += n
+		switch {
+		case errors.Is(err, ebpf.ErrKeyNotExist):
+			return total, nil
+		case err != nil:
+			return total, fmt.Errorf("clear %s: %w", m, err)
+		}
+	}
+}
+
 // ConntrackEntries reads the whole connection tracking map (for tests and status; it
 // walks every entry).
 func (d *Dataplane) ConntrackEntries() (map[CTKey]CTEntry, error) {
