@@ -46,9 +46,9 @@ type Profile struct {
 
 // Profiles: quick is `make bench` (under 5 minutes), full is long, smoke is the tests'.
 var Profiles = map[string]Profile{
-	"quick": {Name: "quick", Duration: 1500 * time.Millisecond, Prime: 300 * time.Millisecond, Reps: 3, Flows: 4096,
+	"quick": {Name: "quick", Duration: 1500 * time.Millisecond, Prime: 200 * time.Millisecond, Reps: 3, Flows: 4096,
 		SweepFlows: []int{1, 4096, 65536}, TCPDuration: 2 * time.Second, TCPReps: 2, Conns: 16,
-		AdmissionRounds: 10, VerifyDuration: 200 * time.Millisecond, VerifyReps: 3, OverlaySeconds: 2, OverlayReps: 2},
+		AdmissionRounds: 10, VerifyDuration: 200 * time.Millisecond, VerifyReps: 5, OverlaySeconds: 2, OverlayReps: 2},
 	"full": {Name: "full", Duration: 5 * time.Second, Prime: 500 * time.Millisecond, Reps: 5, Flows: 4096,
 		SweepFlows: []int{1, 16, 256, 4096, 16384, 65536}, TCPDuration: 5 * time.Second, TCPReps: 3, Conns: 32,
 		AdmissionRounds: 30, VerifyDuration: time.Second, VerifyReps: 5, OverlaySeconds: 5, OverlayReps: 3},
