@@ -116,8 +116,17 @@ func TestCtlTenantLifecycle(t *testing.T) {
 	if y := e.ok("operator", "-o", "yaml", "tenant", "get", "c"); !strings.HasPrefix(y, "name: c\nattachments:\n  - interface: eth2\n  - interface: eth3\n    vlan: 7\nversion: 1\n") {
 		t.Fatalf("get -o yaml:\n%s", y)
 	}
+	// a and b were created by the set-up, maybe in an earlier second than c.
+	updated := map[string]string{"c": ts(tn.Updated)}
+	for _, name := range []string{"a", "b"} {
+		var other state.Tenant
+		if err := json.Unmarshal([]byte(e.ok("operator", "-o", "json", "tenant", "get", name)), &other); err != nil {
+			t.Fatalf("get -o json %s: %v", name, err)
+		}
+		updated[name] = ts(other.Updated)
+	}
 	wantRows(t, e.ok("operator", "tenant", "list"), "NAME ATTACHMENTS FIB TABLE VERSION UPDATED",
-		"a eth0 - 1 "+ts(tn.Updated), "b eth1 - 1 "+ts(tn.Updated), "c eth2,eth3/7 - 1 "+ts(tn.Updated))
+		"a eth0 - 1 "+updated["a"], "b eth1 - 1 "+updated["b"], "c eth2,eth3/7 - 1 "+updated["c"])
 
 	// An update reads, changes what the flags say, and writes with the version read.
 	out = e.ok("operator", "tenant", "update", "c", "--fib-table", "5")
