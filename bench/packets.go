@@ -276,10 +276,10 @@ func (b *bencher) sinkTotal() (uint64, error) {
 
 // measurePackets runs one packet scenario on one system and returns the sample.
 func (b *bencher) measurePackets(ctx context.Context, sys *sut, sc packetScenario) (Sample, error) {
-	// From an empty conntrack table, on every system alike: nftables' table fills up
-	// with the new-flow scenario's unanswered SYNs and then drops new flows, and an
-	// LRU table full of them makes every established lookup slower (moat's and
-	// plain_ct's, by about a quarter here) where nftables would have started empty.
+	// From an empty conntrack table, on every system alike: nftables' must be emptied
+	// (full of the new-flow scenario's unanswered SYNs, it drops new flows), and
+	// moat's and plain_ct's would otherwise hold every flow of the scenarios before
+	// where nftables' holds none.
 	if sys.flush != nil {
 		if err := sys.flush(); err != nil {
 			return Sample{}, fmt.Errorf("%s: flush flows: %w", sys.name, err)

@@ -76,7 +76,7 @@ static __always_inline __u64 ct_timeout(struct ct_entry *e, __u8 proto)
 	return cfg_ct_udp_timeout_jiffies;
 }
 
-/* ct_alive says whether e has outlived its timeout for proto or expired. */
+/* ct_alive says whether e is still within its timeout for proto. */
 static __always_inline int ct_alive(struct ct_entry *e, __u8 proto, __u64 now)
 {
 	__s32 age = clock_since(now, e->last_seen);
