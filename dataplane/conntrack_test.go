@@ -3,6 +3,7 @@ package dataplane
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -329,5 +330,52 @@ func TestPrivilegedFlushConntrack(t *testing.T) {
 	}
 	if c.Reasons[DropNoService].Packets != 1 {
 		t.Errorf("no_service drops %d, want the flushed flow's reply", c.Reasons[DropNoService].Packets)
+	}
+}
+
+// TestPrivilegedFlushPinnedConntrack: the operator's flush (moat dataplane
+// flush-conntrack) empties a running instance's conntrack through its pin, says when
+// there is no such instance, and refuses a map of another layout rather than guess at
+// its keys.
+func TestPrivilegedFlushPinnedConntrack(t *testing.T) {
+	env, dp, _ := smallEnv(t, DefaultConfig())
+	c1 := env.ifindex["c1"]
+	err := env.gw.Do(func() error {
+		for i := range 10 {
+			if v, _ := runProg(t, dp, clientFrame(6, uint16(11000+i), 80, packet.SYN), c1); v != XDPRedirect {
+				return fmt.Errorf("SYN %d: %s", i, v)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := FlushPinnedConntrack(dp.Options()); err != nil || n != 20 {
+		t.Fatalf("flush through the pin: %d entries deleted (%v), want 20", n, err)
+	}
+	if cts, err := dp.ConntrackEntries(); err != nil || len(cts) != 0 {
+		t.Errorf("after the flush: %d entries (%v)", len(cts), err)
+	}
+
+	if _, err := FlushPinnedConntrack(DefaultOptions(netns.UniqueName("t"))); !errors.Is(err, ErrNoInstance) {
+		t.Errorf("flush of an instance that does not exist: %v, want ErrNoInstance", err)
+	}
+
+	other := DefaultOptions(netns.UniqueName("t"))
+	t.Cleanup(func() { os.RemoveAll(other.PinDir()) })
+	if err := os.MkdirAll(other.PinDir(), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	old, err := ebpf.NewMap(&ebpf.MapSpec{Name: "conntrack", Type: ebpf.LRUHash, KeySize: 20, ValueSize: 72, MaxEntries: 16})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close()
+	if err := old.Pin(filepath.Join(other.PinDir(), "conntrack")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := FlushPinnedConntrack(other); err == nil || !strings.Contains(err.Error(), "not this version's") {
+		t.Errorf("flush of a map of another layout: %v, want a refusal", err)
 	}
 }

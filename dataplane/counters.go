@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 
 	"github.com/cilium/ebpf"
 	"github.com/seed4c/moat/tenant"
@@ -228,6 +230,32 @@ func (d *Dataplane) FlushConntrack() (int, error) {
 	n, err := ClearMap[gatewayCtKey, gatewayCtEntry](d.objs.Conntrack)
 	if err != nil {
 		return n, fmt.Errorf("flush conntrack: %w", err)
+	}
+	return n, nil
+}
+
+// FlushPinnedConntrack deletes every flow of a running instance through its pinned
+// conntrack map, as FlushConntrack does for an open one (an operator's last resort:
+// every flow is balanced again by its next packet). It refuses a map whose layout is
+// not this version's.
+func FlushPinnedConntrack(opts Options) (int, error) {
+	p := filepath.Join(opts.PinDir(), gatewayMapConntrack)
+	m, err := ebpf.LoadPinnedMap(p, nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, fmt.Errorf("%w: %s: no conntrack map pinned at %s", ErrNoInstance, opts.Instance, p)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("open pinned conntrack map %s: %w", p, err)
+	}
+	defer m.Close()
+	keySize, entrySize := ConntrackLayout()
+	if m.Type() != ebpf.LRUHash || int(m.KeySize()) != keySize || int(m.ValueSize()) != entrySize {
+		return 0, fmt.Errorf("pinned conntrack map %s is a %s of %d-byte keys and %d-byte entries, not this version's %d and %d",
+			p, m.Type(), m.KeySize(), m.ValueSize(), keySize, entrySize)
+	}
+	n, err := ClearMap[gatewayCtKey, gatewayCtEntry](m)
+	if err != nil {
+		return n, fmt.Errorf("flush conntrack of %s: %w", opts.Instance, err)
 	}
 	return n, nil
 }

@@ -81,9 +81,7 @@ func dataplaneCmd() *cobra.Command {
 		Short: "Print a running instance's interfaces, entries and counters, read from its pins",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			name, _ := cmd.Flags().GetString("instance")
-			opts := dataplane.DefaultOptions(name)
-			opts.PinRoot = pinRoot
+			opts := instanceOptions(cmd, pinRoot)
 			st, err := dataplane.ReadStatus(opts)
 			if errors.Is(err, dataplane.ErrNoInstance) {
 				return fmt.Errorf("%w (is it running? pins are under %s)", err, opts.PinDir())
@@ -105,19 +103,40 @@ func dataplaneCmd() *cobra.Command {
 		Short: "Detach an instance from every interface and delete its pins",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			name, _ := cmd.Flags().GetString("instance")
-			opts := dataplane.DefaultOptions(name)
-			opts.PinRoot = pinRoot
+			opts := instanceOptions(cmd, pinRoot)
 			return dataplane.Remove(opts)
 		},
 	}
-	for _, c := range []*cobra.Command{status, remove} {
+	flush := &cobra.Command{
+		Use:   "flush-conntrack --instance NAME",
+		Short: "Delete every tracked flow of a running instance: each flow's next packet is balanced again",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			opts := instanceOptions(cmd, pinRoot)
+			n, err := dataplane.FlushPinnedConntrack(opts)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "deleted %d conntrack entries (two per flow)\n", n)
+			return nil
+		},
+	}
+	for _, c := range []*cobra.Command{status, remove, flush} {
 		c.Flags().String("instance", "", "instance name")
 		_ = c.MarkFlagRequired("instance")
 		c.Flags().StringVar(&pinRoot, "pin-root", dataplane.DefaultPinRoot, "bpffs directory holding the instances")
 	}
-	cmd.AddCommand(status, remove)
+	cmd.AddCommand(status, remove, flush)
 	return cmd
+}
+
+// instanceOptions are the options naming the instance of a dataplane subcommand's
+// --instance flag under pinRoot.
+func instanceOptions(cmd *cobra.Command, pinRoot string) dataplane.Options {
+	name, _ := cmd.Flags().GetString("instance")
+	opts := dataplane.DefaultOptions(name)
+	opts.PinRoot = pinRoot
+	return opts
 }
 
 func agentCmd() *cobra.Command {
