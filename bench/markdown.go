@@ -254,7 +254,7 @@ func (rep *Report) writeDropMarkdown(p func(string, ...any)) {
 		if first {
 			p("## Drops by reason (the system's own counters, all runs)")
 			p("")
-			p("In a forwarding scenario every drop is counted against the system (the namespaces' own IPv6 and ARP chatter is some of them); in an isolation scenario, the reasons show which rule refused the probes.")
+			p("In a forwarding scenario every drop is counted against the system (the namespaces' own IPv6 chatter, dropped as IPv6, is some of them); in an isolation scenario, the reasons show which rule refused the probes.")
 			p("")
 			p("| scenario | flows | system | drops |")
 			p("|---|---|---|---|")

@@ -51,7 +51,7 @@ type Sample struct {
 	SUTDrops     uint64   `json:"sut_drops,omitempty"` // frames the system dropped where it had to forward them
 	// DropReasons: the frames the system dropped, by its own reason (moat's verdict
 	// reasons), over the run; for a record, summed over its runs. In a forwarding
-	// scenario they say what the drops were (the namespaces' own IPv6 and ARP chatter
+	// scenario they say what the drops were (the namespaces' own IPv6 chatter
 	// is some); in an isolation scenario, that the right rule dropped the probes.
 	DropReasons map[string]uint64 `json:"drop_reasons,omitempty"`
 }
