@@ -105,9 +105,12 @@ type bencher struct {
 	offset  uint64
 	// pacedNext is the next flow number of the paced traffic (admission.go).
 	pacedNext uint64
-	rep       *Report
-	prog      *progress
-	tmp       string
+	// pacedRefused counts the paced frames the client's device refused (its queue to
+	// the gateway full) in the current system's admission rounds.
+	pacedRefused uint64
+	rep          *Report
+	prog         *progress
+	tmp          string
 }
 
 func (o *Options) wants(system string) bool {
