@@ -371,12 +371,8 @@ func (p pacedFlows) frameInto(buf []byte, i uint64) []byte {
 	binary.BigEndian.PutUint16(tcp[0:], uint16(1024+k%64000))
 	binary.BigEndian.PutUint16(ip[10:], 0)
 	binary.BigEndian.PutUint16(ip[10:], packet.Checksum(ip, 0))
-	pseudo := uint32(0)
-	for j := 12; j < 20; j += 2 {
-		pseudo += uint32(binary.BigEndian.Uint16(ip[j:]))
-	}
 	binary.BigEndian.PutUint16(tcp[16:], 0)
-	binary.BigEndian.PutUint16(tcp[16:], packet.Checksum(tcp, pseudo+6+uint32(len(tcp))))
+	binary.BigEndian.PutUint16(tcp[16:], packet.Checksum(tcp, packet.PseudoSum([4]byte(ip[12:16]), [4]byte(ip[16:20]), 6, len(tcp))))
 	return buf
 }
 

@@ -111,13 +111,7 @@ func (s *Scene) setupMoat(gwPrio int) (*sut, error) {
 			if err != nil {
 				return nil, err
 			}
-			out := map[string]uint64{}
-			for r, t := range c.Reasons {
-				if dataplane.Reason(r).IsDrop() && t.Packets > 0 {
-					out[dataplane.Reason(r).String()] = t.Packets
-				}
-			}
-			return out, nil
+			return c.DropsByReason(), nil
 		},
 		flush: func() error { _, err := dp.FlushConntrack(); return err },
 		close: s.DetachMoat,

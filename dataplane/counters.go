@@ -86,6 +86,18 @@ func (c *Counters) Drops() Traffic {
 	return t
 }
 
+// DropsByReason returns the packets dropped for each drop reason that has any, by
+// the reason's name ("drop_no_service").
+func (c *Counters) DropsByReason() map[string]uint64 {
+	out := map[string]uint64{}
+	for r, v := range c.Reasons {
+		if Reason(r).IsDrop() && v.Packets > 0 {
+			out[Reason(r).String()] = v.Packets
+		}
+	}
+	return out
+}
+
 // tenant returns id's counters the way the array lookup does: ids past the array
 // count into a scratch value that is thrown away.
 func (c *Counters) tenant(id uint32, l tenant.Limits) *TenantCounters {

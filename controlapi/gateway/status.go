@@ -85,10 +85,8 @@ func (g *Gateway) GatewayStatus(p auth.Principal) any {
 			st.Tenants = append(st.Tenants, tenantStatus(name))
 		}
 	}
-	for r, t := range counters.Reasons {
-		if reason := dataplane.Reason(r); t.Packets > 0 && reason.IsDrop() {
-			st.Drops[strings.TrimPrefix(reason.String(), "drop_")] = t.Packets
-		}
+	for name, n := range counters.DropsByReason() {
+		st.Drops[strings.TrimPrefix(name, "drop_")] = n
 	}
 	if g.SE != nil {
 		st.SE = &SEStatus{Kind: string(g.cfg.SE.Kind), EKSHA256: g.seEK}

@@ -105,10 +105,10 @@ func (f Frame) Build() []byte {
 
 	switch f.Proto {
 	case 6:
-		be.PutUint16(l4[16:], Checksum(l4, pseudo(s4, d4, 6, len(l4))))
+		be.PutUint16(l4[16:], Checksum(l4, PseudoSum(s4, d4, 6, len(l4))))
 	case 17:
 		if !f.NoUDPCsum {
-			c := Checksum(l4, pseudo(s4, d4, 17, len(l4)))
+			c := Checksum(l4, PseudoSum(s4, d4, 17, len(l4)))
 			if c == 0 {
 				c = 0xffff
 			}
@@ -121,7 +121,9 @@ func (f Frame) Build() []byte {
 	return b
 }
 
-func pseudo(s, d [4]byte, proto uint8, n int) uint32 {
+// PseudoSum is the partial sum of the IPv4 pseudo-header (source, destination,
+// protocol, L4 length) that a TCP or UDP checksum starts from.
+func PseudoSum(s, d [4]byte, proto uint8, n int) uint32 {
 	return uint32(be.Uint16(s[0:])) + uint32(be.Uint16(s[2:])) + uint32(be.Uint16(d[0:])) +
 		uint32(be.Uint16(d[2:])) + uint32(proto) + uint32(n)
 }
@@ -191,12 +193,12 @@ func Parse(b []byte) (p Parsed, ok bool) {
 		if len(l4) < 20 {
 			return p, false
 		}
-		p.L4CsumOK = Checksum(l4, pseudo(s4, d4, 6, len(l4))) == 0
+		p.L4CsumOK = Checksum(l4, PseudoSum(s4, d4, 6, len(l4))) == 0
 	case 17:
 		if len(l4) < 8 {
 			return p, false
 		}
-		p.L4CsumOK = be.Uint16(l4[6:]) == 0 || Checksum(l4, pseudo(s4, d4, 17, len(l4))) == 0
+		p.L4CsumOK = be.Uint16(l4[6:]) == 0 || Checksum(l4, PseudoSum(s4, d4, 17, len(l4))) == 0
 	default:
 		return p, true
 	}
