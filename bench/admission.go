@@ -21,6 +21,7 @@ import (
 	"github.com/seed4c/moat/controlapi/state"
 	"github.com/seed4c/moat/internal/netns"
 	"github.com/seed4c/moat/internal/packet"
+	"github.com/seed4c/moat/lb"
 	"github.com/seed4c/moat/tenant"
 )
 
@@ -244,15 +245,32 @@ func (b *bencher) moatAdmitter(ctx context.Context) (admitter, error) {
 		return admitter{}, fmt.Errorf("desired state: %w", err)
 	}
 	dp := b.scene.Moat()
+	ta := topo.Tenants[0]
+	// measuredAdmitted: whether the fast path last written admits the measured backend
+	// (0 unknown, 1 no, 2 yes).
+	var measuredAdmitted atomic.Int32
+	apply := func(c *tenant.Compiled) error {
+		if err := gw.Do(func() error { return dp.Writer().Apply(c) }); err != nil {
+			return err
+		}
+		admitted := int32(1)
+		for _, be := range c.Backends {
+			if be.Tenant == ta.Name && be.Name == ta.Backends[0].Name && be.State == lb.StateAdmitted {
+				admitted = 2
+			}
+		}
+		measuredAdmitted.Store(admitted)
+		return nil
+	}
 	rec, err := reconcile.New(reconcile.Config{State: st, Compiler: tenant.NewCompiler(topo, dp.Options().Limits, tenant.IDs{}),
-		Applier: applierFunc(func(c *tenant.Compiled) error { return gw.Do(func() error { return dp.Writer().Apply(c) }) })})
+		Applier: applierFunc(apply)})
 	if err != nil {
 		return admitter{}, err
 	}
 	rctx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() { done <- rec.Run(rctx) }()
-	measured := topo.Tenants[0].Name + "/" + topo.Tenants[0].Backends[0].Name
+	measured := ta.Name + "/" + ta.Backends[0].Name
 	now := time.Now()
 	for _, tn := range topo.Tenants {
 		for _, be := range tn.Backends {
@@ -275,6 +293,17 @@ func (b *bencher) moatAdmitter(ctx context.Context) (admitter, error) {
 	return admitter{
 		admit: notify(attest.StatusAffirming),
 		evict: notify(attest.StatusContraindicated),
+		// The reconciler acts on a result later: a round starts once the fast path
+		// no longer admits the backend (under load that took longer than the pause
+		// before the round, and new flows reached the backend before its admission).
+		newRound: func() error {
+			for start := time.Now(); measuredAdmitted.Load() != 1; time.Sleep(time.Millisecond) {
+				if time.Since(start) > decisionCap {
+					return fmt.Errorf("the reconciler had not evicted %s %v after its result", measured, decisionCap)
+				}
+			}
+			return nil
+		},
 		close: func() error {
 			cancel()
 			err := <-done
