@@ -90,21 +90,24 @@ func clearFilterBits(m *ebpf.Map, prev, next map[uint32]uint64) error {
 	return nil
 }
 
-// fillFilters sets the filter bits of every service and every backend the maps hold.
-// Open calls it so that a fast path loaded over maps pinned by a version without the
-// filters (or with filters that lost bits) takes no published service for no service
-// and no backend's reply for a stray before the first Apply. It only sets bits, which
-// is what the maps' contents call for anyway.
+// fillFilters sets the filter bits of every service, backend and host service the maps
+// hold. Open calls it so that a fast path loaded over maps pinned by a version without
+// the filters (or with filters that lost bits) takes no published service for no
+// service, no backend's reply and no host service's packet for a stray before the first
+// Apply or SetHostServices. It only sets bits, which is what the maps' contents call for
+// anyway.
 func (w *Writer) fillFilters() error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	services := map[gatewayServiceKey]gatewayService{}
 	backends := map[uint32]gatewayBackend{}
-	haveServices, haveBackends := map[uint32]uint64{}, map[uint32]uint64{}
-	if err := errors.Join(readHash(w.m.Services, services), readArray(w.m.Backends, backends),
-		readArray(w.m.ServiceFilter, haveServices), readArray(w.m.BackendFilter, haveBackends)); err != nil {
+	hosts := map[gatewayHostServiceKey]uint32{}
+	haveServices, haveBackends, haveHosts := map[uint32]uint64{}, map[uint32]uint64{}, map[uint32]uint64{}
+	if err := errors.Join(readHash(w.m.Services, services), readArray(w.m.Backends, backends), readHash(w.m.HostServices, hosts),
+		readArray(w.m.ServiceFilter, haveServices), readArray(w.m.BackendFilter, haveBackends), readArray(w.m.HostFilter, haveHosts)); err != nil {
 		return err
 	}
 	return errors.Join(setFilterBits(w.m.ServiceFilter, haveServices, serviceFilterOf(services)),
-		setFilterBits(w.m.BackendFilter, haveBackends, backendFilterOf(backends, services)))
+		setFilterBits(w.m.BackendFilter, haveBackends, backendFilterOf(backends, services)),
+		setFilterBits(w.m.HostFilter, haveHosts, hostFilterOf(hosts)))
 }

@@ -240,3 +240,99 @@ func reopen(t *testing.T, env *gwEnv, dp *Dataplane) (*Dataplane, *mapState) {
 	}
 	return again, got
 }
+
+// The host filter answers "no host service" for strays with an array load, and never
+// for a listed service: SetHostServices leaves exactly the listed services' bits, the
+// program consults them (a listed service whose bit is lost is dropped) but decides by
+// the hash (a stray whose bit is set by another key is still dropped), and Open refills
+// bits that pins lost.
+func TestPrivilegedHostFilter(t *testing.T) {
+	env, dp, _ := smallEnv(t, DefaultConfig())
+	c1, b1 := env.ifindex["c1"], env.ifindex["b1"]
+	run := func(d *Dataplane, frame []byte) Verdict {
+		t.Helper()
+		var v Verdict
+		if err := env.gw.Do(func() (err error) { v, _, err = TimedRun(d.Program(), frame, c1); return err }); err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	frameTo := func(port uint16) []byte {
+		return packet.Frame{SrcIP: ap("10.0.0.2"), DstIP: ap("10.0.0.1"), Proto: 6, SrcPort: 40000, DstPort: port, TCPFlags: packet.SYN}.Build()
+	}
+	verifier := HostService{Ifindex: c1, Addr: ap("10.0.0.1"), Port: 8443, Proto: protoTCP}
+	other := HostService{Ifindex: b1, Addr: ap("10.1.0.254"), Port: 9000, Proto: protoUDP}
+	filterOf := func(hs ...HostService) map[uint32]uint64 {
+		keys := map[gatewayHostServiceKey]uint32{}
+		for _, h := range hs {
+			k, err := h.key()
+			if err != nil {
+				t.Fatal(err)
+			}
+			keys[k] = 1
+		}
+		return hostFilterOf(keys)
+	}
+	read := func() map[uint32]uint64 {
+		got := map[uint32]uint64{}
+		if err := readArray(dp.objs.HostFilter, got); err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	if err := dp.Writer().SetHostServices([]HostService{verifier, other}); err != nil {
+		t.Fatal(err)
+	}
+	want := filterOf(verifier, other)
+	if got := read(); len(want) == 0 || !maps.Equal(got, want) {
+		t.Fatalf("host filter holds %v, want the two services' bits %v", got, want)
+	}
+	if v := run(dp, frameTo(8443)); v != XDPPass {
+		t.Fatalf("a listed host service got %s, want pass", v)
+	}
+	if v := run(dp, frameTo(8444)); v != XDPDrop {
+		t.Fatalf("a port that is no host service got %s, want drop", v)
+	}
+
+	// A stray whose bit another key set: the hash lookup still refuses it.
+	h := filterHashRaw(c1, addrRaw(ap("10.0.0.1")), portRaw(8444), protoTCP)
+	if err := dp.objs.HostFilter.Put(h>>6, want[h>>6]|1<<(h&63)); err != nil {
+		t.Fatal(err)
+	}
+	if v := run(dp, frameTo(8444)); v != XDPDrop {
+		t.Fatalf("a stray with its filter bit set got %s, want drop", v)
+	}
+
+	// The program reads the filter: with the bits lost, the listed service is taken
+	// for a stray; Open puts them back.
+	for i := range uint32(filterWords) {
+		if err := dp.objs.HostFilter.Put(i, uint64(0)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if v := run(dp, frameTo(8443)); v != XDPDrop {
+		t.Fatalf("with the filter empty a listed host service got %s: the program does not consult the filter", v)
+	}
+	again, _ := reopen(t, env, dp)
+	got := map[uint32]uint64{}
+	if err := readArray(again.objs.HostFilter, got); err != nil {
+		t.Fatal(err)
+	}
+	if !maps.Equal(got, want) {
+		t.Fatalf("after Open the host filter holds %v, want %v", got, want)
+	}
+	if v := run(again, frameTo(8443)); v != XDPPass {
+		t.Fatalf("after Open a listed host service got %s, want pass", v)
+	}
+
+	// A service that goes loses its bit, one that stays keeps it.
+	if err := again.Writer().SetHostServices([]HostService{other}); err != nil {
+		t.Fatal(err)
+	}
+	if got := read(); !maps.Equal(got, filterOf(other)) {
+		t.Fatalf("after removing a host service the filter holds %v, want %v", got, filterOf(other))
+	}
+	if v := run(again, frameTo(8443)); v != XDPDrop {
+		t.Fatalf("a removed host service got %s, want drop", v)
+	}
+}

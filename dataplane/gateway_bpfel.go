@@ -253,6 +253,7 @@ const (
 	gatewayMapEventStats                    = "event_stats"
 	gatewayMapEvents                        = "events"
 	gatewayMapFloorStats                    = "floor_stats"
+	gatewayMapHostFilter                    = "host_filter"
 	gatewayMapHostServices                  = "host_services"
 	gatewayMapMaglevTables                  = "maglev_tables"
 	gatewayMapPolicy                        = "policy"
@@ -339,6 +340,7 @@ type gatewayMapSpecs struct {
 	EventStats      *ebpf.MapSpec `ebpf:"event_stats"`
 	Events          *ebpf.MapSpec `ebpf:"events"`
 	FloorStats      *ebpf.MapSpec `ebpf:"floor_stats"`
+	HostFilter      *ebpf.MapSpec `ebpf:"host_filter"`
 	HostServices    *ebpf.MapSpec `ebpf:"host_services"`
 	MaglevTables    *ebpf.MapSpec `ebpf:"maglev_tables"`
 	Policy          *ebpf.MapSpec `ebpf:"policy"`
@@ -399,6 +401,7 @@ type gatewayMaps struct {
 	EventStats      *ebpf.Map `ebpf:"event_stats"`
 	Events          *ebpf.Map `ebpf:"events"`
 	FloorStats      *ebpf.Map `ebpf:"floor_stats"`
+	HostFilter      *ebpf.Map `ebpf:"host_filter"`
 	HostServices    *ebpf.Map `ebpf:"host_services"`
 	MaglevTables    *ebpf.Map `ebpf:"maglev_tables"`
 	Policy          *ebpf.Map `ebpf:"policy"`
@@ -424,6 +427,7 @@ func (m *gatewayMaps) Close() error {
 		m.EventStats,
 		m.Events,
 		m.FloorStats,
+		m.HostFilter,
 		m.HostServices,
 		m.MaglevTables,
 		m.Policy,

@@ -1,6 +1,7 @@
 package dataplane
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 )
@@ -23,7 +24,20 @@ func (h HostService) key() (gatewayHostServiceKey, error) {
 	return gatewayHostServiceKey{Ifindex: h.Ifindex, Addr: addrRaw(h.Addr), Port: portRaw(h.Port), Proto: h.Proto}, nil
 }
 
+// hostFilterOf: the host filter (host_filter of bpf/lib/host.h) of these host
+// service keys, the ingress ifindex in the tenant's place.
+func hostFilterOf(services map[gatewayHostServiceKey]uint32) map[uint32]uint64 {
+	hashes := make([]uint32, 0, len(services))
+	for k := range services {
+		hashes = append(hashes, filterHashRaw(k.Ifindex, k.Addr, k.Port, k.Proto))
+	}
+	return filterWordsOf(hashes)
+}
+
 // SetHostServices makes the fast path pass exactly these host services to the stack.
+// Their filter bits are set before a service is inserted and cleared only after the
+// services that go are deleted, so the program never takes a listed service for a
+// stray.
 func (w *Writer) SetHostServices(services []HostService) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -39,11 +53,19 @@ func (w *Writer) SetHostServices(services []HostService) error {
 		want[k] = 1
 	}
 	have := map[gatewayHostServiceKey]uint32{}
-	if err := readHash(w.m.HostServices, have); err != nil {
+	haveBits := map[uint32]uint64{}
+	if err := errors.Join(readHash(w.m.HostServices, have), readArray(w.m.HostFilter, haveBits)); err != nil {
+		return err
+	}
+	wantBits := hostFilterOf(want)
+	if err := setFilterBits(w.m.HostFilter, haveBits, wantBits); err != nil {
 		return err
 	}
 	if err := putChanged(w.m.HostServices, have, want); err != nil {
 		return err
 	}
-	return deleteGone(w.m.HostServices, have, want)
+	if err := deleteGone(w.m.HostServices, have, want); err != nil {
+		return err
+	}
+	return clearFilterBits(w.m.HostFilter, haveBits, wantBits)
 }

@@ -79,6 +79,7 @@ func TestMapSizesMatchDefaultLimits(t *testing.T) {
 		{"port_attachments", s.PortAttachments.MaxEntries, maxPortIfindex},
 		{"service_filter", s.ServiceFilter.MaxEntries, filterWords},
 		{"backend_filter", s.BackendFilter.MaxEntries, filterWords},
+		{"host_filter", s.HostFilter.MaxEntries, filterWords},
 		{"services", s.Services.MaxEntries, l.MaxServices},
 		{"backends", s.Backends.MaxEntries, l.MaxBackends},
 		{"tenant_stats", s.TenantStats.MaxEntries, l.MaxTenants},

@@ -17,7 +17,10 @@
  * backend removed from the configuration loses its bit with its slot, so its late
  * replies are dropped as no_service instead of backend_evicted, unless another
  * backend's key has the same bit. The writer sets a new backend's bit before any
- * table can pick it. */
+ * table can pick it.
+ *
+ * host_filter (host.h) does for the gateway's own services what service_filter does
+ * for the tenants': strays skip the host service lookup. */
 #ifndef MOAT_FILTER_H
 #define MOAT_FILTER_H
 
