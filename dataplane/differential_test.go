@@ -554,6 +554,15 @@ func TestPrivilegedDifferential(t *testing.T) {
 // model alike, and ages the other past the refresh interval in both clocks, so that
 // the flow's next packet in that direction writes the lost entry again (or, for a
 // reply whose entry was lost, is dropped in both).
+//
+// An entry is lost only when the kept one is the only entry whose packets would write
+// it again: a reply key that other flows share (the same client end balanced to the
+// same backend through another VIP or port), or a forward key that another reply entry
+// names (an older backend's, from before the flow was balanced again), is not. Those
+// other entries are not aged, so which of their packets refreshes them, and writes the
+// lost entry again, would depend on where the kernel's jiffies and the model's clock
+// each put the refresh interval's end, a tick apart at times. (The kernel is right
+// either way; the model could not say which packet it would be.)
 func (g *gen) loseEntries(dp *Dataplane) error {
 	hz, err := KernelHZ()
 	if err != nil {
@@ -572,26 +581,58 @@ func (g *gen) loseEntries(dp *Dataplane) error {
 		}
 	}
 	slices.SortFunc(flows, compareCTKeys) // a seed replays the same choices
+	replyKey := func(fk CTKey) (CTKey, bool) {
+		fe, ok := m.CT[fk]
+		if !ok {
+			return CTKey{}, false
+		}
+		b, ok := m.backends[fe.BackendID]
+		if !ok {
+			return CTKey{}, false
+		}
+		return CTKey{fk.Tenant, b.Addr.As4(), fk.Saddr, b.Port, fk.Sport, fk.Proto, CTDirReply}, true
+	}
+	// How many entries would write each key again.
+	keepers := map[CTKey]int{}
+	for _, fk := range flows {
+		if rk, ok := replyKey(fk); ok {
+			keepers[rk]++
+		}
+	}
+	for k, e := range m.CT {
+		if k.Dir == CTDirReply {
+			keepers[CTKey{k.Tenant, k.Daddr, e.VIP, k.Dport, e.VPort, k.Proto, CTDirForward}]++
+		}
+	}
 	for range 16 {
 		if len(flows) == 0 {
 			return nil
 		}
 		fk := flows[g.pick(len(flows))]
-		fe, ok := m.CT[fk] // gone when an earlier round picked the same flow
+		rk, ok := replyKey(fk) // gone when an earlier round picked the same flow
 		if !ok {
 			continue
 		}
-		b, ok := m.backends[fe.BackendID]
+		re, ok := m.CT[rk]
 		if !ok {
 			continue
 		}
-		rk := CTKey{fk.Tenant, b.Addr.As4(), fk.Saddr, b.Port, fk.Sport, fk.Proto, CTDirReply}
-		if _, ok := m.CT[rk]; !ok {
-			continue
+		// Each entry's one keeper must be the other: the flow's forward entry keeps
+		// its reply key, and its reply entry keeps the forward key only if that entry
+		// is still this flow's (it names this VIP and port).
+		canLose := map[CTKey]bool{
+			rk: keepers[rk] == 1,
+			fk: keepers[fk] == 1 && re.VIP == fk.Daddr && re.VPort == fk.Dport,
 		}
 		lost, kept := fk, rk
 		if g.pick(2) == 0 {
 			lost, kept = rk, fk
+		}
+		if !canLose[lost] {
+			lost, kept = kept, lost
+		}
+		if !canLose[lost] {
+			continue
 		}
 		if err := dp.objs.Conntrack.Delete(ctKeyRaw(lost)); err != nil {
 			return fmt.Errorf("lose %+v: %w", lost, err)
