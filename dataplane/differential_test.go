@@ -442,6 +442,14 @@ func TestPrivilegedDifferential(t *testing.T) {
 		t.Fatalf("c3 has ifindex %d: its attachment would not take the hash path", env.ifindex["c3"])
 	}
 	cfg := DefaultConfig()
+	// No entry reaches its refresh interval or a timeout during a run on its own:
+	// the kernel counts them in jiffies and the model in its clock, which can put an
+	// interval's end a tick apart, and a packet at that boundary would be a refresh
+	// (and keep the flow's other entry) in one and not in the other. Refreshes still
+	// happen where the test makes them, deterministically: loseEntries ages entries
+	// past the interval, and FIN or RST forces one.
+	cfg.CTRefresh = time.Hour
+	cfg.CTTCPTimeout, cfg.CTTCPClosingTimeout, cfg.CTUDPTimeout = 3*time.Hour, 3*time.Hour, 3*time.Hour
 	limits := tenant.DefaultLimits()
 	dp := env.open(t, cfg, limits, 1<<20)
 	model := NewModel(cfg, limits, env.fib, monotonicNow)
@@ -555,14 +563,15 @@ func TestPrivilegedDifferential(t *testing.T) {
 // the flow's next packet in that direction writes the lost entry again (or, for a
 // reply whose entry was lost, is dropped in both).
 //
-// An entry is lost only when the kept one is the only entry whose packets would write
-// it again: a reply key that other flows share (the same client end balanced to the
-// same backend through another VIP or port), or a forward key that another reply entry
-// names (an older backend's, from before the flow was balanced again), is not. Those
-// other entries are not aged, so which of their packets refreshes them, and writes the
-// lost entry again, would depend on where the kernel's jiffies and the model's clock
-// each put the refresh interval's end, a tick apart at times. (The kernel is right
-// either way; the model could not say which packet it would be.)
+// Only flows whose two entries keep each other and nothing else are picked: not one
+// whose reply key other flows share (the same client end balanced to the same backend
+// through another VIP or port), nor one whose forward key another reply entry names
+// (an older backend's, from before the flow was balanced again, or one of another
+// address under the same backend id). Those other entries are not aged, so which of
+// their packets refreshes them, and with it whether and when the lost entry is written
+// again, would depend on where the kernel's jiffies and the model's clock each put the
+// refresh interval's end, a tick apart at times. (The kernel is right either way; the
+// model could not say which packet it would be.)
 func (g *gen) loseEntries(dp *Dataplane) error {
 	hz, err := KernelHZ()
 	if err != nil {
@@ -617,22 +626,17 @@ func (g *gen) loseEntries(dp *Dataplane) error {
 		if !ok {
 			continue
 		}
-		// Each entry's one keeper must be the other: the flow's forward entry keeps
-		// its reply key, and its reply entry keeps the forward key only if that entry
-		// is still this flow's (it names this VIP and port).
-		canLose := map[CTKey]bool{
-			rk: keepers[rk] == 1,
-			fk: keepers[fk] == 1 && re.VIP == fk.Daddr && re.VPort == fk.Dport,
+		// Each entry's one keeper must be the other, both ways: the flow's forward
+		// entry is the only one that keeps its reply key, and its reply entry (still
+		// this flow's: it names this VIP and port) the only one that keeps the forward
+		// key. Another keeper of the kept entry could refresh it first, on its own
+		// clock, and decide whether the lost entry is written again.
+		if keepers[rk] != 1 || keepers[fk] != 1 || re.VIP != fk.Daddr || re.VPort != fk.Dport {
+			continue
 		}
 		lost, kept := fk, rk
 		if g.pick(2) == 0 {
 			lost, kept = rk, fk
-		}
-		if !canLose[lost] {
-			lost, kept = kept, lost
-		}
-		if !canLose[lost] {
-			continue
 		}
 		if err := dp.objs.Conntrack.Delete(ctKeyRaw(lost)); err != nil {
 			return fmt.Errorf("lose %+v: %w", lost, err)
@@ -723,6 +727,11 @@ func compareCT(t *testing.T, dp *Dataplane, m *Model) {
 	}
 	if len(got) != len(m.CT) {
 		t.Errorf("conntrack: kernel has %d entries, model %d", len(got), len(m.CT))
+	}
+	for k, g := range got {
+		if _, ok := m.CT[k]; !ok {
+			t.Errorf("conntrack entry %+v in the kernel only: %+v", k, g)
+		}
 	}
 	for k, w := range m.CT {
 		g, ok := got[k]
