@@ -562,16 +562,6 @@ func TestPrivilegedDifferential(t *testing.T) {
 // model alike, and ages the other past the refresh interval in both clocks, so that
 // the flow's next packet in that direction writes the lost entry again (or, for a
 // reply whose entry was lost, is dropped in both).
-//
-// Only flows whose two entries keep each other and nothing else are picked: not one
-// whose reply key other flows share (the same client end balanced to the same backend
-// through another VIP or port), nor one whose forward key another reply entry names
-// (an older backend's, from before the flow was balanced again, or one of another
-// address under the same backend id). Those other entries are not aged, so which of
-// their packets refreshes them, and with it whether and when the lost entry is written
-// again, would depend on where the kernel's jiffies and the model's clock each put the
-// refresh interval's end, a tick apart at times. (The kernel is right either way; the
-// model could not say which packet it would be.)
 func (g *gen) loseEntries(dp *Dataplane) error {
 	hz, err := KernelHZ()
 	if err != nil {
@@ -590,48 +580,21 @@ func (g *gen) loseEntries(dp *Dataplane) error {
 		}
 	}
 	slices.SortFunc(flows, compareCTKeys) // a seed replays the same choices
-	replyKey := func(fk CTKey) (CTKey, bool) {
-		fe, ok := m.CT[fk]
-		if !ok {
-			return CTKey{}, false
-		}
-		b, ok := m.backends[fe.BackendID]
-		if !ok {
-			return CTKey{}, false
-		}
-		return CTKey{fk.Tenant, b.Addr.As4(), fk.Saddr, b.Port, fk.Sport, fk.Proto, CTDirReply}, true
-	}
-	// How many entries would write each key again.
-	keepers := map[CTKey]int{}
-	for _, fk := range flows {
-		if rk, ok := replyKey(fk); ok {
-			keepers[rk]++
-		}
-	}
-	for k, e := range m.CT {
-		if k.Dir == CTDirReply {
-			keepers[CTKey{k.Tenant, k.Daddr, e.VIP, k.Dport, e.VPort, k.Proto, CTDirForward}]++
-		}
-	}
 	for range 16 {
 		if len(flows) == 0 {
 			return nil
 		}
 		fk := flows[g.pick(len(flows))]
-		rk, ok := replyKey(fk) // gone when an earlier round picked the same flow
+		fe, ok := m.CT[fk] // gone when an earlier round picked the same flow
 		if !ok {
 			continue
 		}
-		re, ok := m.CT[rk]
+		b, ok := m.backends[fe.BackendID]
 		if !ok {
 			continue
 		}
-		// Each entry's one keeper must be the other, both ways: the flow's forward
-		// entry is the only one that keeps its reply key, and its reply entry (still
-		// this flow's: it names this VIP and port) the only one that keeps the forward
-		// key. Another keeper of the kept entry could refresh it first, on its own
-		// clock, and decide whether the lost entry is written again.
-		if keepers[rk] != 1 || keepers[fk] != 1 || re.VIP != fk.Daddr || re.VPort != fk.Dport {
+		rk := CTKey{fk.Tenant, b.Addr.As4(), fk.Saddr, b.Port, fk.Sport, fk.Proto, CTDirReply}
+		if _, ok := m.CT[rk]; !ok {
 			continue
 		}
 		lost, kept := fk, rk
