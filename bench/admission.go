@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os/exec"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -32,6 +33,10 @@ import (
 //   - eviction: an admitted backend with established flows is evicted; the latency
 //     ends at the last frame of those flows that reaches it (known once the backend
 //     has received nothing for evictionQuiet).
+//
+// A latency ends when that frame arrived, as the backend's sink stamped it in the
+// kernel's monotonic clock, not when the watcher saw the sink's count change: the
+// watcher's thread can pause for milliseconds on this machine.
 //
 // The traffic is slow and steady (pacedFrames every pacedTick, from one thread on the
 // load core that also watches the backend's sink), so that the system under test has
@@ -153,6 +158,7 @@ func (b *bencher) admissionRounds(ctx context.Context, system string) error {
 	start := time.Now()
 	redone, stepped := 0, -1
 	atomic.StoreUint64(&b.pacedRefused, 0)
+	b.pacedPauses = b.pacedPauses[:0]
 	for round := 0; round < b.profile.AdmissionRounds; round++ {
 		if round != stepped { // a round measured again is no step of its own
 			b.prog.step(fmt.Sprintf("%-8s %-25s round %d/%d", system, "admission, eviction", round+1, b.profile.AdmissionRounds))
@@ -196,8 +202,8 @@ func (b *bencher) admissionRounds(ctx context.Context, system string) error {
 		scenario, what string
 		d              []time.Duration
 	}{
-		{ScAdmission, "from the decision to the first new flow's frame at the backend", admits},
-		{ScEviction, "from the decision to the last frame of an established flow at the backend", evicts},
+		{ScAdmission, "from the decision to the first new flow's frame at the backend (its arrival as the backend's sink stamped it)", admits},
+		{ScEviction, "from the decision to the last frame of an established flow at the backend (its arrival as the backend's sink stamped it)", evicts},
 	} {
 		if len(m.d) == 0 || !b.opts.wantsScenario(m.scenario) {
 			continue
@@ -208,6 +214,11 @@ func (b *bencher) admissionRounds(ctx context.Context, system string) error {
 				len(m.d), m.what, adm.how, pacedFrames, pacedTick)
 			if redone > 0 {
 				note += fmt.Sprintf("; %d rounds measured again: not one frame reached the backend after the eviction decision", redone)
+			}
+			if ps := slices.Sorted(slices.Values(b.pacedPauses)); len(ps) > 0 {
+				at := func(q float64) time.Duration { return ps[int(q*float64(len(ps)-1))].Round(time.Microsecond) }
+				note += fmt.Sprintf("; the sender's longest pause in a measurement: p50 %v, p90 %v, max %v",
+					at(0.5), at(0.9), at(1))
 			}
 			if refused := atomic.LoadUint64(&b.pacedRefused); refused > 0 {
 				note += fmt.Sprintf("; %d frames refused by the client's full device queue (ENOBUFS), lost as on a wire", refused)
@@ -447,9 +458,12 @@ func (b *bencher) timeAdmission(ctx context.Context, sink *Sink, adm admitter) (
 	var (
 		base time.Time
 		c0   uint64
-		took time.Duration
 		dec  *decision
+		seen bool
 	)
+	if err := sink.Stamp(true); err != nil {
+		return 0, err
+	}
 	err = b.paced(ctx, flows, func(now time.Time, _ uint64) (bool, error) {
 		n, _, err := sink.Count()
 		if err != nil {
@@ -463,7 +477,7 @@ func (b *bencher) timeAdmission(ctx context.Context, sink *Sink, adm admitter) (
 		case dec == nil && now.Sub(base) >= pacedWarmup:
 			dec = startDecision(adm.admit)
 		case dec != nil && n != c0:
-			took = now.Sub(dec.start)
+			seen = true
 			return true, nil
 		case dec != nil:
 			if err := dec.overdue(now); err != nil {
@@ -475,7 +489,10 @@ func (b *bencher) timeAdmission(ctx context.Context, sink *Sink, adm admitter) (
 	if dec != nil {
 		err = errors.Join(err, dec.wait())
 	}
-	return took, err
+	if err != nil || !seen {
+		return 0, err
+	}
+	return dec.sinceStart(sink, firstStamp)
 }
 
 // timeEviction establishes flows over every backend, checks that the measured one
@@ -491,6 +508,9 @@ func (b *bencher) timeEviction(ctx context.Context, sink *Sink, adm admitter) (t
 		cAtDecision    uint64
 		dec            *decision
 	)
+	if err := sink.Stamp(true); err != nil {
+		return 0, err
+	}
 	err = b.paced(ctx, flows, func(now time.Time, sent uint64) (bool, error) {
 		n, _, err := sink.Count()
 		if err != nil {
@@ -525,11 +545,10 @@ func (b *bencher) timeEviction(ctx context.Context, sink *Sink, adm admitter) (t
 	if dec == nil {
 		return 0, err
 	}
-	err = errors.Join(err, dec.wait())
-	if last.IsZero() && err == nil {
-		return 0, errNoFrameAfterDecision
+	if err = errors.Join(err, dec.wait()); err != nil {
+		return 0, err
 	}
-	return last.Sub(dec.start), err
+	return dec.sinceStart(sink, lastStamp)
 }
 
 // decision is an admission or eviction handed to the system under test, from the
@@ -537,14 +556,15 @@ func (b *bencher) timeEviction(ctx context.Context, sink *Sink, adm admitter) (t
 // systems act on later (moat's reconciler does).
 type decision struct {
 	start time.Time
-	took  atomic.Int64 // nanoseconds, once the call has returned
+	mono  time.Duration // start in CLOCK_MONOTONIC, the clock of the sink's stamps
+	took  atomic.Int64  // nanoseconds, once the call has returned
 	err   chan error
 }
 
 // startDecision makes the call f from another goroutine, so that the traffic and the
 // clock of the measurement go on meanwhile.
 func startDecision(f func() error) *decision {
-	d := &decision{start: time.Now(), err: make(chan error, 1)}
+	d := &decision{start: time.Now(), mono: monotonicNow(), err: make(chan error, 1)}
 	go func() {
 		err := f()
 		d.took.Store(int64(max(time.Since(d.start), 1)))
@@ -573,12 +593,42 @@ func (d *decision) overdue(now time.Time) error {
 // wait returns the call's error once it has returned.
 func (d *decision) wait() error { return <-d.err }
 
+// Which of a sink's stamps ends a latency.
+const (
+	firstStamp = iota // admission: the first frame since the decision
+	lastStamp         // eviction: the last one
+)
+
+// sinceStart is the time from the decision to the arrival of the frame the sink
+// stamped (which: firstStamp or lastStamp). The sink stamps a frame as it arrives, so
+// the latency does not include the time the watcher took to notice (a pause of the
+// sender's thread, which is also the watcher, used to count in it).
+func (d *decision) sinceStart(sink *Sink, which int) (time.Duration, error) {
+	first, last, err := sink.Stamps()
+	if err != nil {
+		return 0, err
+	}
+	at := first
+	if which == lastStamp {
+		at = last
+	}
+	switch {
+	case which == lastStamp && at < d.mono:
+		return 0, errNoFrameAfterDecision
+	case at < d.mono:
+		return 0, fmt.Errorf("a frame reached the backend %v before the decision", d.mono-at)
+	}
+	return at - d.mono, nil
+}
+
 // errNoFrameAfterDecision: not one frame reached the backend after the eviction
-// decision, so the round cannot time the eviction, and it is measured again. Either
-// the sender was stalled while the eviction took effect (it used to be, whenever the
-// system under test made the Go runtime collect garbage: the sender drew the
-// collector's work until it stopped allocating), or no frame for this backend left
-// before the eviction took effect (flows cycle, and about a third go to it).
+// decision (by the sink's stamps), so the round cannot time the eviction, and it is
+// measured again. Either the sender was stalled while the eviction took effect (it
+// used to be, whenever the system under test made the Go runtime collect garbage: the
+// sender drew the collector's work until it stopped allocating; its thread still
+// pauses for milliseconds now and then, and the report gives the longest pauses), or
+// no frame for this backend left before the eviction took effect (flows cycle, and
+// about a third go to it).
 var errNoFrameAfterDecision = errors.New("not one frame reached the backend after the decision")
 
 // paced sends flows' frames from tenant a's client through a raw socket, pacedFrames
@@ -600,11 +650,18 @@ func (b *bencher) paced(ctx context.Context, flows pacedFlows, watch func(now ti
 			return
 		}
 		defer sock.Close()
-		var sent uint64
-		buf := make([]byte, 0, 2*frameLen)
-		next := time.Now()
+		var (
+			sent     uint64
+			longest  time.Duration
+			buf      = make([]byte, 0, 2*frameLen)
+			next     = time.Now()
+			lastTurn = next
+		)
+		defer func() { b.pacedPauses = append(b.pacedPauses, longest) }()
 		for ctx.Err() == nil {
 			now := time.Now()
+			longest = max(longest, now.Sub(lastTurn))
+			lastTurn = now
 			if !now.Before(next) {
 				for range pacedFrames {
 					buf = flows.frameInto(buf, sent)

@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+
 	"github.com/seed4c/moat/internal/netns"
 	"github.com/seed4c/moat/internal/packet"
 )
@@ -194,5 +196,81 @@ func TestDecisionOverdue(t *testing.T) {
 	}
 	if err := d.overdue(d.start.Add(took + decisionTimeout + time.Millisecond)); err == nil || !strings.Contains(err.Error(), "returned") {
 		t.Errorf("past decisionTimeout of the call's return: %v", err)
+	}
+}
+
+// The sink stamps arrivals in the clock of a decision's start, only while armed, and
+// only for the frames it counts; a latency ends at the stamped frame, and a frame
+// stamped before the decision is refused (admission) or means no frame came after it
+// (eviction, measured again).
+func TestPrivilegedSinkStampsArrivals(t *testing.T) {
+	netns.RequireRoot(t)
+	s := &Sink{}
+	if err := loadSinkObjects(&s.objs, nil); err != nil {
+		t.Fatal(err)
+	}
+	defer s.objs.Close()
+	frame := packet.Frame{SrcIP: clientBase, DstIP: clientBase.Next(), Proto: 6, SrcPort: 1, DstPort: 2}.Build()
+	notIPv4 := bytes.Clone(frame)
+	notIPv4[12], notIPv4[13] = 0x08, 0x06 // ARP's EtherType: the sink counts IPv4 only
+	run := func(f []byte) {
+		t.Helper()
+		if _, err := s.objs.XdpSink.Run(&ebpf.RunOptions{Data: f}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stamps := func() (time.Duration, time.Duration) {
+		t.Helper()
+		first, last, err := s.Stamps()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return first, last
+	}
+
+	run(frame)
+	if first, last := stamps(); first != 0 || last != 0 {
+		t.Fatalf("stamped %v, %v while not armed", first, last)
+	}
+	if err := s.Stamp(true); err != nil {
+		t.Fatal(err)
+	}
+	run(notIPv4)
+	if first, last := stamps(); first != 0 || last != 0 {
+		t.Fatalf("stamped a frame it does not count: %v, %v", first, last)
+	}
+	dec := &decision{mono: monotonicNow()}
+	run(frame)
+	mid := monotonicNow()
+	run(frame)
+	run(frame)
+	after := monotonicNow()
+	first, last := stamps()
+	if first < dec.mono || first > mid || last < mid || last > after {
+		t.Fatalf("stamps %v, %v: want the first in [%v, %v], the last in [%v, %v]", first, last, dec.mono, mid, mid, after)
+	}
+	for _, c := range []struct {
+		which int
+		want  time.Duration
+	}{{firstStamp, first - dec.mono}, {lastStamp, last - dec.mono}} {
+		if got, err := dec.sinceStart(s, c.which); err != nil || got != c.want {
+			t.Errorf("sinceStart(%d) = %v, %v; want %v", c.which, got, err, c.want)
+		}
+	}
+
+	late := &decision{mono: monotonicNow()} // decided after every stamped frame
+	if _, err := late.sinceStart(s, firstStamp); err == nil || !strings.Contains(err.Error(), "before the decision") {
+		t.Errorf("a first frame before the decision: %v", err)
+	}
+	if _, err := late.sinceStart(s, lastStamp); !errors.Is(err, errNoFrameAfterDecision) {
+		t.Errorf("no frame after the decision: %v, want errNoFrameAfterDecision", err)
+	}
+
+	if err := s.Stamp(false); err != nil {
+		t.Fatal(err)
+	}
+	run(frame)
+	if first, last := stamps(); first != 0 || last != 0 {
+		t.Fatalf("disarmed, the stamps are %v, %v: want them forgotten and none written", first, last)
 	}
 }

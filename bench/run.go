@@ -108,9 +108,13 @@ type bencher struct {
 	// pacedRefused counts the paced frames the client's device refused (its queue to
 	// the gateway full) in the current system's admission rounds.
 	pacedRefused uint64
-	rep          *Report
-	prog         *progress
-	tmp          string
+	// pacedPauses holds, for each paced measurement of the current system's admission
+	// rounds, the longest time between two turns of the sender's loop: the clock of
+	// the measurement stood still that long.
+	pacedPauses []time.Duration
+	rep         *Report
+	prog        *progress
+	tmp         string
 }
 
 func (o *Options) wants(system string) bool {

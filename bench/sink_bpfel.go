@@ -26,14 +26,23 @@ type sinkFlow struct {
 	Pad  uint16
 }
 
+type sinkStamps struct {
+	_       structs.HostLayout
+	Armed   uint32
+	Pad     uint32
+	FirstNs uint64
+	LastNs  uint64
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	sinkMapLearned   = "learned"
-	sinkMapSinkLearn = "sink_learn"
-	sinkMapSinkStats = "sink_stats"
-	sinkProgXdpSink  = "xdp_sink"
+	sinkMapLearned    = "learned"
+	sinkMapSinkLearn  = "sink_learn"
+	sinkMapSinkStamps = "sink_stamps"
+	sinkMapSinkStats  = "sink_stats"
+	sinkProgXdpSink   = "xdp_sink"
 )
 
 // loadSink returns the embedded CollectionSpec for sink.
@@ -85,9 +94,10 @@ type sinkProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type sinkMapSpecs struct {
-	Learned   *ebpf.MapSpec `ebpf:"learned"`
-	SinkLearn *ebpf.MapSpec `ebpf:"sink_learn"`
-	SinkStats *ebpf.MapSpec `ebpf:"sink_stats"`
+	Learned    *ebpf.MapSpec `ebpf:"learned"`
+	SinkLearn  *ebpf.MapSpec `ebpf:"sink_learn"`
+	SinkStamps *ebpf.MapSpec `ebpf:"sink_stamps"`
+	SinkStats  *ebpf.MapSpec `ebpf:"sink_stats"`
 }
 
 // sinkVariableSpecs contains global variables before they are loaded into the kernel.
@@ -116,15 +126,17 @@ func (o *sinkObjects) Close() error {
 //
 // It can be passed to loadSinkObjects or ebpf.CollectionSpec.LoadAndAssign.
 type sinkMaps struct {
-	Learned   *ebpf.Map `ebpf:"learned"`
-	SinkLearn *ebpf.Map `ebpf:"sink_learn"`
-	SinkStats *ebpf.Map `ebpf:"sink_stats"`
+	Learned    *ebpf.Map `ebpf:"learned"`
+	SinkLearn  *ebpf.Map `ebpf:"sink_learn"`
+	SinkStamps *ebpf.Map `ebpf:"sink_stamps"`
+	SinkStats  *ebpf.Map `ebpf:"sink_stats"`
 }
 
 func (m *sinkMaps) Close() error {
 	return _SinkClose(
 		m.Learned,
 		m.SinkLearn,
+		m.SinkStamps,
 		m.SinkStats,
 	)
 }

@@ -183,6 +183,37 @@ func (s *Sink) Count() (packets, bytes uint64, err error) {
 	return packets, bytes, nil
 }
 
+// Stamp switches the recording of arrival stamps on or off; either way it forgets
+// the stamps recorded before.
+func (s *Sink) Stamp(on bool) error {
+	v := sinkStamps{}
+	if on {
+		v.Armed = 1
+	}
+	if err := s.objs.SinkStamps.Put(uint32(0), &v); err != nil {
+		return fmt.Errorf("arm %s: %w", s.objs.SinkStamps, err)
+	}
+	return nil
+}
+
+// Stamps returns when the first and the last frame arrived since Stamp(true), in the
+// kernel's monotonic clock (monotonicNow's), or zeros when none has.
+func (s *Sink) Stamps() (first, last time.Duration, err error) {
+	var v sinkStamps
+	if err := s.objs.SinkStamps.Lookup(uint32(0), &v); err != nil {
+		return 0, 0, fmt.Errorf("read %s: %w", s.objs.SinkStamps, err)
+	}
+	return time.Duration(v.FirstNs), time.Duration(v.LastNs), nil
+}
+
+// monotonicNow is CLOCK_MONOTONIC, the clock of bpf_ktime_get_ns: the sink's stamps
+// and a decision's start compare in it.
+func monotonicNow() time.Duration {
+	var ts unix.Timespec
+	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts) // cannot fail for this clock
+	return time.Duration(ts.Nano())
+}
+
 // Learn switches the recording of client ends on or off; switching it on forgets
 // what was learnt before.
 func (s *Sink) Learn(on bool) error {

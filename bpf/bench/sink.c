@@ -4,7 +4,9 @@
 /* The sink: the far end of every gateway veth. It counts and drops what the system
  * under test delivers; while learning, it also records the client end (source address
  * and port) of each TCP frame, so that a reply generator can answer exactly the flows
- * the system balanced to this backend. */
+ * the system balanced to this backend; while stamping, it records when the first and
+ * the last frame arrived, in the kernel's monotonic clock, so that a latency ends when
+ * a frame arrived and not when the harness looked. */
 
 #include "bench.h"
 
@@ -22,6 +24,22 @@ struct {
 	__type(value, __u32);
 } sink_learn SEC(".maps");
 
+/* Arrival stamps, written while armed is set. The sink's NAPI thread runs on one CPU
+ * at a time, so plain stores are enough. */
+struct stamps {
+	__u32 armed;
+	__u32 pad;
+	__u64 first_ns; /* first frame since armed (0: none yet) */
+	__u64 last_ns;  /* last frame since armed */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct stamps);
+} sink_stamps SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 131072);
@@ -35,6 +53,7 @@ int xdp_sink(struct xdp_md *ctx)
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	struct counter *n;
+	struct stamps *st;
 	__u32 k = 0, *learn;
 
 	struct ethhdr *eth = data;
@@ -47,6 +66,14 @@ int xdp_sink(struct xdp_md *ctx)
 	if (n) {
 		n->packets++;
 		n->bytes += data_end - data;
+	}
+	st = bpf_map_lookup_elem(&sink_stamps, &k);
+	if (st && st->armed) {
+		__u64 now = bpf_ktime_get_ns();
+
+		if (!st->first_ns)
+			st->first_ns = now;
+		st->last_ns = now;
 	}
 	learn = bpf_map_lookup_elem(&sink_learn, &k);
 	if (learn && *learn) {
