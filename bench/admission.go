@@ -274,7 +274,7 @@ func (b *bencher) moatAdmitter(ctx context.Context) (admitter, error) {
 		return nil
 	}
 	rec, err := reconcile.New(reconcile.Config{State: st, Compiler: tenant.NewCompiler(topo, dp.Options().Limits, tenant.IDs{}),
-		Applier: applierFunc(apply)})
+		Applier: writerApplier{apply: apply, evict: dp.Writer().Evict}})
 	if err != nil {
 		return admitter{}, err
 	}
@@ -325,10 +325,15 @@ func (b *bencher) moatAdmitter(ctx context.Context) (admitter, error) {
 	}, nil
 }
 
-// applierFunc adapts a function to reconcile.Applier.
-type applierFunc func(*tenant.Compiled) error
+// writerApplier is the fast path's writer as the reconciler sees it (a
+// reconcile.Evicter, as dataplane.Writer is), with the bench's bookkeeping in apply.
+type writerApplier struct {
+	apply func(*tenant.Compiled) error
+	evict func([]uint32) error
+}
 
-func (f applierFunc) Apply(c *tenant.Compiled) error { return f(c) }
+func (w writerApplier) Apply(c *tenant.Compiled) error { return w.apply(c) }
+func (w writerApplier) Evict(ids []uint32) error       { return w.evict(ids) }
 
 // nftAdmitter drives the nftables baseline as an operator's script would, as fast as
 // nftables allows: admission adds the backend's element to the tenant's map of

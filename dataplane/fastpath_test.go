@@ -345,3 +345,106 @@ func TestPrivilegedIncompatiblePins(t *testing.T) {
 		t.Errorf("error does not say how to recover (%q): %v", want, err)
 	}
 }
+
+// TestPrivilegedWriterEvict: Evict cuts a backend out at once, ahead of any Apply: its
+// established flows are dropped (balanced again, they pick it again from the table
+// that still names it: unavailable), their replies are dropped as evicted, new flows
+// that pick it are dropped as unavailable (none reaches it), and the other backend's
+// flows go on.
+// The writer knows what Evict wrote: applying a configuration that admits the backend
+// admits it again, and its flow resumes. Ids the maps do not hold as usable are
+// ignored.
+func TestPrivilegedWriterEvict(t *testing.T) {
+	env, dp, c := smallEnv(t, DefaultConfig())
+	c1, b1 := env.ifindex["c1"], env.ifindex["b1"]
+	w1 := ap("10.1.0.1")
+	var w1ID uint32
+	for _, b := range c.Backends {
+		if b.Name == "w1" {
+			w1ID = b.ID
+		}
+	}
+	// send runs a client frame and returns its verdict and, when forwarded, the
+	// backend address it went to.
+	send := func(sport uint16, flags uint8) (Verdict, netip.Addr) {
+		t.Helper()
+		var (
+			v   Verdict
+			out []byte
+		)
+		if err := env.gw.Do(func() error { v, out = runProg(t, dp, clientFrame(6, sport, 80, flags), c1); return nil }); err != nil {
+			t.Fatal(err)
+		}
+		if v != XDPRedirect {
+			return v, netip.Addr{}
+		}
+		return v, netip.AddrFrom4([4]byte(out[30:34])) // the IPv4 destination after DNAT
+	}
+	reasons := func() [NumReasons]Traffic {
+		t.Helper()
+		cn, err := dp.Counters()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cn.Reasons
+	}
+
+	var onW1, onW2 uint16
+	for sport := uint16(20000); onW1 == 0 || onW2 == 0; sport++ {
+		if sport > 20200 {
+			t.Fatal("200 flows did not reach both backends")
+		}
+		switch v, to := send(sport, packet.SYN); {
+		case v != XDPRedirect:
+			t.Fatalf("SYN from port %d: %s", sport, v)
+		case to == w1 && onW1 == 0:
+			onW1 = sport
+		case to != w1 && onW2 == 0:
+			onW2 = sport
+		}
+	}
+
+	before := reasons()
+	if err := dp.Writer().Evict([]uint32{w1ID}); err != nil {
+		t.Fatal(err)
+	}
+	if v, _ := send(onW1, packet.ACK); v != XDPDrop {
+		t.Errorf("the evicted backend's established flow: %s, want drop", v)
+	}
+	reply := packet.Frame{SrcIP: w1, DstIP: ap("10.0.0.2"), Proto: 6, SrcPort: 8080, DstPort: onW1, TCPFlags: packet.ACK}.Build()
+	if err := env.gw.Do(func() error {
+		if v, _ := runProg(t, dp, reply, b1); v != XDPDrop {
+			t.Errorf("the evicted backend's reply: %s, want drop", v)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if v, to := send(onW2, packet.ACK); v != XDPRedirect || to == w1 {
+		t.Errorf("the other backend's flow: %s to %s", v, to)
+	}
+	dropped := 0
+	for sport := uint16(30000); sport < 30064; sport++ {
+		switch v, to := send(sport, packet.SYN); {
+		case v == XDPDrop:
+			dropped++
+		case to == w1:
+			t.Fatalf("new flow from port %d reached the evicted backend", sport)
+		}
+	}
+	after := reasons()
+	if n := after[DropBackendEvicted].Packets - before[DropBackendEvicted].Packets; n != 1 {
+		t.Errorf("%d drop_backend_evicted, want 1 (the reply)", n)
+	}
+	if n := after[DropBackendUnavailable].Packets - before[DropBackendUnavailable].Packets; n != uint64(dropped)+1 || dropped == 0 {
+		t.Errorf("%d drop_backend_unavailable for the established flow and %d new flows dropped of 64 (the table still names the backend: some must be)", n, dropped)
+	}
+
+	if err := dp.Writer().Evict([]uint32{w1ID, 999, 4000}); err != nil {
+		t.Errorf("evicting an evicted backend and ids the maps do not hold: %v", err)
+	}
+	env.apply(t, c) // the configuration that admits w1
+	if v, to := send(onW1, packet.ACK); v != XDPRedirect || to != w1 {
+		t.Errorf("after a configuration that admits it again: %s to %s", v, to)
+	}
+}

@@ -13,6 +13,7 @@ import (
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 
+	"github.com/seed4c/moat/lb"
 	"github.com/seed4c/moat/tenant"
 )
 
@@ -236,6 +237,40 @@ func (w *Writer) Apply(c *tenant.Compiled) error {
 		err = errors.Join(err, gerr)
 	}
 	return err
+}
+
+// Evict makes the backends ids unusable at once, ahead of the next Apply
+// (reconcile.Evicter): it writes each one's state as evicted, which the fast path
+// checks on every packet (so established flows stop with drop_backend_evicted), and
+// changes nothing else. Ids the maps do not hold as usable are left alone. The Maglev
+// tables keep naming the backends until the next Apply rebuilds them, so a new flow
+// that picks one meanwhile is dropped (drop_backend_unavailable), not balanced to
+// another backend: an untrusted host gets nothing while its table is rebuilt. The
+// next Apply writes what its configuration says, evicted backends included.
+func (w *Writer) Evict(ids []uint32) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.cur == nil {
+		cur, err := w.readMapState()
+		if err != nil {
+			return err
+		}
+		w.cur = cur
+	}
+	var errs []error
+	for _, id := range ids {
+		b, ok := w.cur.backends[id]
+		if !ok || lb.State(b.State) == lb.StateEvicted {
+			continue
+		}
+		b.State = uint8(lb.StateEvicted)
+		if err := w.m.Backends.Put(id, b); err != nil {
+			errs = append(errs, fmt.Errorf("evict backend %d: %w", id, err))
+			continue
+		}
+		w.cur.backends[id] = b
+	}
+	return errors.Join(errs...)
 }
 
 func (w *Writer) applyOrRestore(next *mapState) error {

@@ -30,6 +30,10 @@ import (
 	"github.com/seed4c/moat/tenant"
 )
 
+// The fast path's writer is an Evicter: the reconciler cuts a backend that loses its
+// admission out of the fast path before it rebuilds the backend's service's table.
+var _ reconcile.Evicter = (*dataplane.Writer)(nil)
+
 // AttestPrefix is where the verifier is mounted on the agents' listener: agents use
 // https://<gateway>:<verifier port>/attest as their verifier URL.
 const AttestPrefix = "/attest"

@@ -11,6 +11,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -30,6 +31,21 @@ import (
 // holding the previous configuration.
 type Applier interface {
 	Apply(c *tenant.Compiled) error
+}
+
+// Evicter is an Applier that can also take backends out of the fast path on their
+// own (dataplane.Writer can). When a backend loses its admission (its attestation
+// failed or expired, or its overlay link went down), the reconciler evicts it this way
+// before it compiles the configuration without it: compiling rebuilds the service's
+// Maglev table, which takes milliseconds, and an untrusted host should not get one
+// more frame meanwhile.
+//
+// Contract: Evict makes the listed backend ids unusable by the fast path at once (no
+// established flow reaches them, no new flow is sent to them) and changes nothing
+// else; ids it does not hold as usable are ignored. The next Apply writes what its
+// configuration says, whatever Evict did.
+type Evicter interface {
+	Evict(backendIDs []uint32) error
 }
 
 // Devices makes and removes the gateway devices a configuration attaches tenants to
@@ -97,6 +113,9 @@ type Reconciler struct {
 	history     []attest.Result
 	lastHistory map[string]time.Time
 	stats       Stats
+	// usable are the ids of the backends the last configuration applied lets the
+	// fast path use (admitted or draining): those Evicter may evict ahead of a pass.
+	usable map[backendKey]uint32
 
 	policies atomic.Pointer[map[string]*verifier.Policy]
 	changes  <-chan struct{}
@@ -242,17 +261,6 @@ func (r *Reconciler) Pass() (time.Time, error) {
 	})
 	r.mu.Unlock()
 
-	if r.cfg.Devices != nil {
-		if err := r.cfg.Devices.Prepare(sn); err != nil {
-			r.fail(arrived)
-			return time.Time{}, fmt.Errorf("prepare the devices the configuration attaches to: %w", err)
-		}
-	}
-	compiled, err := r.cfg.Compiler.Compile(cfg)
-	if err != nil {
-		r.fail(arrived)
-		return time.Time{}, fmt.Errorf("compile the desired state (the store should have refused it): %w", err)
-	}
 	// A change of a subject's standing goes to the store before the maps: a gateway
 	// that crashes in between must not, once restarted, re-admit a backend it had just
 	// evicted (nor evict one it had just admitted, breaking its connections). Renewals
@@ -270,6 +278,19 @@ func (r *Reconciler) Pass() (time.Time, error) {
 			return time.Time{}, fmt.Errorf("store attestation results: %w", err)
 		}
 	}
+	r.evictAhead(next)
+
+	if r.cfg.Devices != nil {
+		if err := r.cfg.Devices.Prepare(sn); err != nil {
+			r.fail(arrived)
+			return time.Time{}, fmt.Errorf("prepare the devices the configuration attaches to: %w", err)
+		}
+	}
+	compiled, err := r.cfg.Compiler.Compile(cfg)
+	if err != nil {
+		r.fail(arrived)
+		return time.Time{}, fmt.Errorf("compile the desired state (the store should have refused it): %w", err)
+	}
 	// Ids go to the store before the maps: a crash in between leaves ids the maps do
 	// not use yet, never maps whose ids the store forgot.
 	if err := r.cfg.State.SaveIDs(compiled.IDs); err != nil {
@@ -281,6 +302,15 @@ func (r *Reconciler) Pass() (time.Time, error) {
 		return time.Time{}, fmt.Errorf("write the fast path: %w", err)
 	}
 	applied := r.cfg.Clock()
+	usable := map[backendKey]uint32{}
+	for _, b := range compiled.Backends {
+		if b.State == lb.StateAdmitted || b.State == lb.StateDraining {
+			usable[backendKey{b.Tenant, b.Service, b.Name}] = b.ID
+		}
+	}
+	r.mu.Lock()
+	r.usable = usable
+	r.mu.Unlock()
 	if r.cfg.Devices != nil {
 		if err := r.cfg.Devices.Applied(sn); err != nil {
 			r.cfg.Log.Error("after writing the fast path", "error", err)
@@ -302,6 +332,31 @@ func (r *Reconciler) Pass() (time.Time, error) {
 	}
 	r.mu.Unlock()
 	return due, nil
+}
+
+// evictAhead evicts, through the Applier when it is an Evicter, the backends the last
+// applied configuration lets the fast path use and next does not. A failure is only
+// logged: the pass goes on to write the whole configuration, which evicts them too.
+func (r *Reconciler) evictAhead(next map[backendKey]state.BackendStatus) {
+	ev, ok := r.cfg.Applier.(Evicter)
+	if !ok {
+		return
+	}
+	var ids []uint32
+	r.mu.Lock()
+	for k, id := range r.usable {
+		if st, ok := next[k]; ok && st.State != state.StateAdmitted && st.State != state.StateDraining {
+			ids = append(ids, id)
+		}
+	}
+	r.mu.Unlock()
+	if len(ids) == 0 {
+		return
+	}
+	slices.Sort(ids)
+	if err := ev.Evict(ids); err != nil {
+		r.cfg.Log.Error("evict ahead of the configuration", "backends", ids, "error", err)
+	}
 }
 
 func (r *Reconciler) fail(arrived time.Time) {

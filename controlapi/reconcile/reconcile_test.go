@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -18,13 +19,49 @@ import (
 
 var testIfaces = tenant.StaticInterfaces{"eth0": 2}
 
-// fakeApplier records what it is given; fail makes the next Apply fail.
+// fakeApplier records what it is given; fail makes the next Apply fail. It is an
+// Evicter: evicted lists the ids of each Evict call, and onEvict runs in it.
 type fakeApplier struct {
-	mu    sync.Mutex
-	last  *tenant.Compiled
-	count int
-	fail  bool
+	mu      sync.Mutex
+	last    *tenant.Compiled
+	count   int
+	fail    bool
+	evicted [][]uint32
+	onEvict func()
 }
+
+func (f *fakeApplier) Evict(ids []uint32) error {
+	f.mu.Lock()
+	f.evicted = append(f.evicted, slices.Clone(ids))
+	hook := f.onEvict
+	f.mu.Unlock()
+	if hook != nil {
+		hook()
+	}
+	return nil
+}
+
+func (f *fakeApplier) evictions() [][]uint32 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.evicted)
+}
+
+func (f *fakeApplier) id(name string) uint32 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, b := range f.last.Backends {
+		if b.Name == name {
+			return b.ID
+		}
+	}
+	return 0
+}
+
+// applyOnly is an Applier that is no Evicter.
+type applyOnly struct{ f *fakeApplier }
+
+func (a applyOnly) Apply(c *tenant.Compiled) error { return a.f.Apply(c) }
 
 func (f *fakeApplier) Apply(c *tenant.Compiled) error {
 	f.mu.Lock()
@@ -306,5 +343,76 @@ func TestRunEvictsOnItsOwn(t *testing.T) {
 	}
 	if got, _ := st.LoadStandings(); got["a/h1"].Status != attest.StatusAffirming {
 		t.Fatalf("standing not stored on exit: %+v", got)
+	}
+}
+
+// TestEvictionAheadOfTheConfiguration: a backend that loses its admission is evicted
+// through the Evicter before the configuration without it is compiled and applied,
+// after its standing is stored; only a backend the fast path may use is, and only
+// when it loses admission (not when admitted, not on a refused result, not twice).
+// An Applier that is no Evicter evicts through Apply alone.
+func TestEvictionAheadOfTheConfiguration(t *testing.T) {
+	c := newClock()
+	st, r, app := setup(t, kv.NewMem(), c)
+	pass(t, r)
+	r.Notify(affirming("a/h1", c, 6*time.Second, attest.TrustAllowListed))
+	pass(t, r)
+	if s, _ := app.state("w1"); s != lb.StateAdmitted || len(app.evictions()) != 0 {
+		t.Fatalf("after admission: w1 %s, evictions %v", s, app.evictions())
+	}
+	w1 := app.id("w1")
+
+	var storedAtEvict attest.Status
+	appliesAtEvict := -1
+	app.onEvict = func() {
+		got, _ := st.LoadStandings()
+		storedAtEvict = got["a/h1"].Status
+		app.mu.Lock()
+		appliesAtEvict = app.count
+		app.mu.Unlock()
+	}
+	applies := app.count
+	c.add(time.Second)
+	r.Notify(attest.Result{Subject: "a/h1", Status: attest.StatusContraindicated, Issued: c.now(), Expires: c.now()})
+	pass(t, r)
+	if ev := app.evictions(); len(ev) != 1 || !slices.Equal(ev[0], []uint32{w1}) {
+		t.Fatalf("evictions %v, want [[%d]]", ev, w1)
+	}
+	if appliesAtEvict != applies || storedAtEvict != attest.StatusContraindicated {
+		t.Fatalf("at the eviction: %d applies (want %d: before the pass's Apply), stored standing %q (want it stored first)",
+			appliesAtEvict, applies, storedAtEvict)
+	}
+	if s, _ := app.state("w1"); s != lb.StateEvicted {
+		t.Fatalf("the pass's configuration has w1 %s", s)
+	}
+	pass(t, r)
+	r.Notify(attest.Result{Subject: "a/h1", Status: attest.StatusRefused, Reasons: []string{"signature"}})
+	pass(t, r)
+	if ev := app.evictions(); len(ev) != 1 {
+		t.Fatalf("an evicted backend evicted again, or a refused result evicted: %v", ev)
+	}
+
+	// Expiry, with no result at all, evicts ahead too.
+	r.Notify(affirming("a/h1", c, 6*time.Second, attest.TrustAllowListed))
+	pass(t, r)
+	c.add(7 * time.Second)
+	pass(t, r)
+	if ev := app.evictions(); len(ev) != 2 || !slices.Equal(ev[1], []uint32{w1}) {
+		t.Fatalf("after the result expired: evictions %v", ev)
+	}
+
+	// No Evicter: the pass's Apply alone evicts.
+	ids, _ := st.LoadIDs()
+	plain := &fakeApplier{}
+	r2, err := New(Config{State: st, Compiler: tenant.NewCompiler(testIfaces, tenant.DefaultLimits(), ids), Applier: applyOnly{plain}, Clock: c.now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r2.Notify(affirming("a/h1", c, 6*time.Second, attest.TrustAllowListed))
+	pass(t, r2)
+	r2.Notify(attest.Result{Subject: "a/h1", Status: attest.StatusContraindicated, Issued: c.now(), Expires: c.now()})
+	pass(t, r2)
+	if s, _ := plain.state("w1"); s != lb.StateEvicted || len(plain.evictions()) != 0 {
+		t.Fatalf("without an Evicter: w1 %s, evictions %v", s, plain.evictions())
 	}
 }
