@@ -38,6 +38,9 @@ func (a nsApplier) Apply(c *tenant.Compiled) error {
 	return a.host.Do(func() error { return a.w.Apply(c) })
 }
 
+// Evict makes nsApplier the Evicter the daemon's writer is (it needs no namespace).
+func (a nsApplier) Evict(ids []uint32) error { return a.w.Evict(ids) }
+
 type ifmap map[string]uint32
 
 func (m ifmap) Index(n string) (uint32, error) {
