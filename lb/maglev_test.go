@@ -479,6 +479,8 @@ func BenchmarkBuildTable(b *testing.B) {
 		dist weightDist
 	}{
 		{10, 1009, equalWeights},
+		{3, DefaultTableSize, equalWeights},
+		{10, DefaultTableSize, equalWeights},
 		{100, DefaultTableSize, equalWeights},
 		{1000, DefaultTableSize, equalWeights},
 		{1000, DefaultTableSize, smallWeights},
