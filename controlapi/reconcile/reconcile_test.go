@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -414,5 +415,61 @@ func TestEvictionAheadOfTheConfiguration(t *testing.T) {
 	pass(t, r2)
 	if s, _ := plain.state("w1"); s != lb.StateEvicted || len(plain.evictions()) != 0 {
 		t.Fatalf("without an Evicter: w1 %s, evictions %v", s, plain.evictions())
+	}
+}
+
+// unreadable is a store whose reads fail while broken is set; writes work.
+type unreadable struct {
+	kv.Store
+	broken atomic.Bool
+}
+
+func (u *unreadable) View(fn func(kv.Tx) error) error {
+	if u.broken.Load() {
+		return errors.New("disk read error")
+	}
+	return u.Store.View(fn)
+}
+
+// TestEvictionBeforeTheStoreIsRead: a failed result evicts the backends it admitted
+// before the pass reads the desired state: even a store that cannot be read (so the
+// pass fails) does not keep them in the fast path, and the standing is stored first.
+// Backends admitted on other subjects stay.
+func TestEvictionBeforeTheStoreIsRead(t *testing.T) {
+	c := newClock()
+	store := &unreadable{Store: kv.NewMem()}
+	st, r, app := setup(t, store, c)
+	r.Notify(affirming("a/h1", c, 6*time.Second, attest.TrustAllowListed))
+	r.Notify(affirming("a/h2", c, 6*time.Second, attest.TrustAllowListed))
+	pass(t, r)
+	if s1, _ := app.state("w1"); s1 != lb.StateAdmitted {
+		t.Fatalf("w1 %s before the failure", s1)
+	}
+	if s2, _ := app.state("w2"); s2 != lb.StateAdmitted {
+		t.Fatalf("w2 %s before the failure", s2)
+	}
+	w1 := app.id("w1")
+
+	store.broken.Store(true)
+	r.Notify(attest.Result{Subject: "a/h1", Status: attest.StatusContraindicated, Issued: c.now(), Expires: c.now()})
+	if _, err := r.Pass(); err == nil {
+		t.Fatal("a pass over an unreadable store succeeded")
+	}
+	if ev := app.evictions(); len(ev) != 1 || !slices.Equal(ev[0], []uint32{w1}) {
+		t.Fatalf("evictions %v, want [[%d]] although the store could not be read", ev, w1)
+	}
+	store.broken.Store(false)
+	if got, _ := st.LoadStandings(); got["a/h1"].Status != attest.StatusContraindicated {
+		t.Fatalf("the standing behind the eviction was not stored: %+v", got["a/h1"])
+	}
+	pass(t, r)
+	if ev := app.evictions(); len(ev) != 1 {
+		t.Fatalf("evicted again by the pass that follows: %v", ev)
+	}
+	if s1, _ := app.state("w1"); s1 != lb.StateEvicted {
+		t.Fatalf("the configuration that follows has w1 %s", s1)
+	}
+	if s2, _ := app.state("w2"); s2 != lb.StateAdmitted {
+		t.Fatalf("w2, admitted on another subject, is %s", s2)
 	}
 }
