@@ -205,11 +205,7 @@ func TestDecisionOverdue(t *testing.T) {
 // (eviction, measured again).
 func TestPrivilegedSinkStampsArrivals(t *testing.T) {
 	netns.RequireRoot(t)
-	s := &Sink{}
-	if err := loadSinkObjects(&s.objs, nil); err != nil {
-		t.Fatal(err)
-	}
-	defer s.objs.Close()
+	s := unattachedSink(t)
 	frame := packet.Frame{SrcIP: clientBase, DstIP: clientBase.Next(), Proto: 6, SrcPort: 1, DstPort: 2}.Build()
 	notIPv4 := bytes.Clone(frame)
 	notIPv4[12], notIPv4[13] = 0x08, 0x06 // ARP's EtherType: the sink counts IPv4 only

@@ -13,15 +13,7 @@ import (
 // after frames counted on whichever CPU ran them, and reading them allocates nothing.
 func TestPrivilegedSinkCountWithoutAllocating(t *testing.T) {
 	netns.RequireRoot(t)
-	s := &Sink{}
-	if err := loadSinkObjects(&s.objs, nil); err != nil {
-		t.Fatal(err)
-	}
-	defer s.objs.Close()
-	var err error
-	if s.stats, err = newPerCPUSlot[sinkCounter](s.objs.SinkStats); err != nil {
-		t.Fatal(err)
-	}
+	s := unattachedSink(t)
 	frame := packet.Frame{SrcIP: clientBase, DstIP: clientBase.Next(), Proto: 6, SrcPort: 1, DstPort: 2}.Build()
 	const frames = 7
 	for range frames {
@@ -47,6 +39,22 @@ func TestPrivilegedSinkCountWithoutAllocating(t *testing.T) {
 	}); allocs != 0 {
 		t.Errorf("Count allocates %.1f times", allocs)
 	}
+}
+
+// unattachedSink is a sink loaded but attached nowhere, for BPF_PROG_TEST_RUN; the
+// test's cleanup unloads it.
+func unattachedSink(t *testing.T) *Sink {
+	t.Helper()
+	s := &Sink{}
+	if err := loadSinkObjects(&s.objs, nil); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.objs.Close() })
+	var err error
+	if s.stats, err = newPerCPUSlot[sinkCounter](s.objs.SinkStats); err != nil {
+		t.Fatal(err)
+	}
+	return s
 }
 
 // newPerCPUSlot refuses what it cannot read right: a map that is no per-CPU array, or

@@ -220,12 +220,8 @@ func (w *Writer) Apply(c *tenant.Compiled) error {
 		return err
 	}
 	next := toMapState(c)
-	if w.cur == nil {
-		cur, err := w.readMapState()
-		if err != nil {
-			return err
-		}
-		w.cur = cur
+	if err := w.knowMaps(); err != nil {
+		return err
 	}
 	// Flows re-check their cached routes, egress and policy against every state the
 	// maps pass through, and against the final one (bpf/lib/route.h).
@@ -241,8 +237,9 @@ func (w *Writer) Apply(c *tenant.Compiled) error {
 
 // Evict makes the backends ids unusable at once, ahead of the next Apply
 // (reconcile.Evicter): it writes each one's state as evicted, which the fast path
-// checks on every packet (so established flows stop with drop_backend_evicted), and
-// changes nothing else. Ids the maps do not hold as usable are left alone. The Maglev
+// checks on every packet (so established flows stop: their replies as
+// drop_backend_evicted, their client packets, balanced again, as below), and changes
+// nothing else. Ids the maps do not hold as usable are left alone. The Maglev
 // tables keep naming the backends until the next Apply rebuilds them, so a new flow
 // that picks one meanwhile is dropped (drop_backend_unavailable), not balanced to
 // another backend: an untrusted host gets nothing while its table is rebuilt. The
@@ -250,12 +247,8 @@ func (w *Writer) Apply(c *tenant.Compiled) error {
 func (w *Writer) Evict(ids []uint32) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.cur == nil {
-		cur, err := w.readMapState()
-		if err != nil {
-			return err
-		}
-		w.cur = cur
+	if err := w.knowMaps(); err != nil {
+		return err
 	}
 	var errs []error
 	for _, id := range ids {
@@ -271,6 +264,20 @@ func (w *Writer) Evict(ids []uint32) error {
 		w.cur.backends[id] = b
 	}
 	return errors.Join(errs...)
+}
+
+// knowMaps makes sure w.cur says what the maps hold: the first write reads them (a
+// restarted daemon inherits pinned state). Call it with w.mu held.
+func (w *Writer) knowMaps() error {
+	if w.cur != nil {
+		return nil
+	}
+	cur, err := w.readMapState()
+	if err != nil {
+		return err
+	}
+	w.cur = cur
+	return nil
 }
 
 func (w *Writer) applyOrRestore(next *mapState) error {

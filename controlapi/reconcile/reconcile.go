@@ -105,6 +105,13 @@ type Stats struct {
 
 type backendKey struct{ tenant, service, name string }
 
+// usableBackend is a backend the fast path may use: its id, and the attestation
+// subject whose result admitted it.
+type usableBackend struct {
+	id      uint32
+	subject string
+}
+
 // Reconciler is the gateway's reconciler. Its methods are safe for concurrent use.
 type Reconciler struct {
 	cfg  Config
@@ -119,11 +126,9 @@ type Reconciler struct {
 	history     []attest.Result
 	lastHistory map[string]time.Time
 	stats       Stats
-	// usable are the ids of the backends the last configuration applied lets the
-	// fast path use (admitted or draining): those Evicter may evict ahead of a pass;
-	// usableBySubject are the same ids by the subject whose result admitted them.
-	usable          map[backendKey]uint32
-	usableBySubject map[string][]uint32
+	// usable are the backends the last configuration applied lets the fast path use
+	// (admitted or draining): those Evicter may evict ahead of a pass.
+	usable map[backendKey]usableBackend
 
 	policies atomic.Pointer[map[string]*verifier.Policy]
 	changes  <-chan struct{}
@@ -277,18 +282,8 @@ func (r *Reconciler) Pass() (time.Time, error) {
 	// that crashes in between must not, once restarted, re-admit a backend it had just
 	// evicted (nor evict one it had just admitted, breaking its connections). Renewals
 	// of the same status are stored by the periodic flush.
-	r.mu.Lock()
-	urgent := r.urgent
-	r.urgent = false
-	r.mu.Unlock()
-	if urgent {
-		if err := r.flush(); err != nil {
-			r.mu.Lock()
-			r.urgent = true
-			r.mu.Unlock()
-			r.fail(arrived)
-			return time.Time{}, fmt.Errorf("store attestation results: %w", err)
-		}
+	if err := r.storeStandings(arrived); err != nil {
+		return time.Time{}, err
 	}
 	r.evictAhead(next)
 
@@ -314,16 +309,15 @@ func (r *Reconciler) Pass() (time.Time, error) {
 		return time.Time{}, fmt.Errorf("write the fast path: %w", err)
 	}
 	applied := r.cfg.Clock()
-	usable, bySubject := map[backendKey]uint32{}, map[string][]uint32{}
+	usable := map[backendKey]usableBackend{}
 	for _, b := range compiled.Backends {
 		if b.State == lb.StateAdmitted || b.State == lb.StateDraining {
 			k := backendKey{b.Tenant, b.Service, b.Name}
-			usable[k] = b.ID
-			bySubject[subjects[k]] = append(bySubject[subjects[k]], b.ID)
+			usable[k] = usableBackend{id: b.ID, subject: subjects[k]}
 		}
 	}
 	r.mu.Lock()
-	r.usable, r.usableBySubject = usable, bySubject
+	r.usable = usable
 	r.mu.Unlock()
 	if r.cfg.Devices != nil {
 		if err := r.cfg.Devices.Applied(sn); err != nil {
@@ -356,83 +350,83 @@ func (r *Reconciler) Pass() (time.Time, error) {
 // can keep such a backend: only an admitting result does. The changed standings are
 // stored first, as in the rest of the pass; a failure to store them fails the pass.
 func (r *Reconciler) evictLapsedSubjects(now time.Time) error {
-	ev, ok := r.cfg.Applier.(Evicter)
-	if !ok {
-		return nil
-	}
-	var ids []uint32
-	r.mu.Lock()
-	for subject, bids := range r.usableBySubject {
-		if res, ok := r.standings[subject]; ok && !res.Admits(now) {
-			ids = append(ids, bids...)
-		}
-	}
-	urgent := r.urgent && len(ids) > 0
-	if urgent {
-		r.urgent = false
-	}
-	r.mu.Unlock()
+	ids := r.usableIDs(func(_ backendKey, u usableBackend) bool {
+		res, ok := r.standings[u.subject]
+		return ok && !res.Admits(now)
+	})
 	if len(ids) == 0 {
 		return nil
 	}
-	if urgent {
-		if err := r.flush(); err != nil {
-			r.mu.Lock()
-			r.urgent = true
-			r.mu.Unlock()
-			r.fail(time.Time{})
-			return fmt.Errorf("store attestation results: %w", err)
-		}
+	if err := r.storeStandings(time.Time{}); err != nil {
+		return err
 	}
-	slices.Sort(ids)
-	if err := ev.Evict(ids); err != nil {
-		r.cfg.Log.Error("evict ahead of the configuration", "backends", ids, "error", err)
-		return nil // the rest of the pass tries again
-	}
-	r.forgetUsable(ids)
+	r.evict(ids) // on failure, the rest of the pass tries again
 	return nil
-}
-
-// forgetUsable drops ids, evicted, from the backends the fast path may use, so that
-// a pass that fails after evicting them does not evict them again in the next.
-func (r *Reconciler) forgetUsable(ids []uint32) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	maps.DeleteFunc(r.usable, func(_ backendKey, id uint32) bool { return slices.Contains(ids, id) })
-	for subject, bids := range r.usableBySubject {
-		if bids = slices.DeleteFunc(bids, func(id uint32) bool { return slices.Contains(ids, id) }); len(bids) == 0 {
-			delete(r.usableBySubject, subject)
-		} else {
-			r.usableBySubject[subject] = bids
-		}
-	}
 }
 
 // evictAhead evicts, through the Applier when it is an Evicter, the backends the last
 // applied configuration lets the fast path use and next does not. A failure is only
 // logged: the pass goes on to write the whole configuration, which evicts them too.
 func (r *Reconciler) evictAhead(next map[backendKey]state.BackendStatus) {
-	ev, ok := r.cfg.Applier.(Evicter)
-	if !ok {
-		return
+	r.evict(r.usableIDs(func(k backendKey, _ usableBackend) bool {
+		st, ok := next[k]
+		return ok && st.State != state.StateAdmitted && st.State != state.StateDraining
+	}))
+}
+
+// usableIDs returns, sorted, the ids of the usable backends for which lapsed holds
+// (lapsed runs with r.mu held), or nothing when the Applier is no Evicter.
+func (r *Reconciler) usableIDs(lapsed func(backendKey, usableBackend) bool) []uint32 {
+	if _, ok := r.cfg.Applier.(Evicter); !ok {
+		return nil
 	}
-	var ids []uint32
 	r.mu.Lock()
-	for k, id := range r.usable {
-		if st, ok := next[k]; ok && st.State != state.StateAdmitted && st.State != state.StateDraining {
-			ids = append(ids, id)
+	defer r.mu.Unlock()
+	var ids []uint32
+	for k, u := range r.usable {
+		if lapsed(k, u) {
+			ids = append(ids, u.id)
 		}
 	}
-	r.mu.Unlock()
+	slices.Sort(ids)
+	return ids
+}
+
+// evict evicts ids through the Applier (an Evicter: usableIDs said so) and drops them
+// from the usable backends, so that a pass that fails afterwards does not evict them
+// again in the next. A failure is only logged: the pass's Apply evicts them too.
+func (r *Reconciler) evict(ids []uint32) {
 	if len(ids) == 0 {
 		return
 	}
-	slices.Sort(ids)
-	if err := ev.Evict(ids); err != nil {
+	if err := r.cfg.Applier.(Evicter).Evict(ids); err != nil {
 		r.cfg.Log.Error("evict ahead of the configuration", "backends", ids, "error", err)
 		return
 	}
-	r.forgetUsable(ids)
+	r.mu.Lock()
+	maps.DeleteFunc(r.usable, func(_ backendKey, u usableBackend) bool { return slices.Contains(ids, u.id) })
+	r.mu.Unlock()
+}
+
+// storeStandings stores the standings whose status changed, if any (a change goes to
+// the store before the maps); on failure the pass fails, and arrived is when the
+// oldest result it was applying arrived.
+func (r *Reconciler) storeStandings(arrived time.Time) error {
+	r.mu.Lock()
+	urgent := r.urgent
+	r.urgent = false
+	r.mu.Unlock()
+	if !urgent {
+		return nil
+	}
+	if err := r.flush(); err != nil {
+		r.mu.Lock()
+		r.urgent = true
+		r.mu.Unlock()
+		r.fail(arrived)
+		return fmt.Errorf("store attestation results: %w", err)
+	}
+	return nil
 }
 
 func (r *Reconciler) fail(arrived time.Time) {
