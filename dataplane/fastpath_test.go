@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -443,7 +444,18 @@ func TestPrivilegedWriterEvict(t *testing.T) {
 	if err := dp.Writer().Evict([]uint32{w1ID, 999, 4000}); err != nil {
 		t.Errorf("evicting an evicted backend and ids the maps do not hold: %v", err)
 	}
+	// What a restarted daemon finds (reconcile.New keeps w1 out on an older result).
+	if ids, err := dp.Writer().Evicted(); err != nil || !slices.Equal(ids, []uint32{w1ID}) {
+		t.Errorf("Evicted: %v %v, want [%d]", ids, err, w1ID)
+	}
+	again, _ := reopen(t, env, dp)
+	if ids, err := again.Writer().Evicted(); err != nil || !slices.Equal(ids, []uint32{w1ID}) {
+		t.Errorf("Evicted over the pins, as a restarted daemon reads it: %v %v, want [%d]", ids, err, w1ID)
+	}
 	env.apply(t, c) // the configuration that admits w1
+	if ids, err := dp.Writer().Evicted(); err != nil || len(ids) != 0 {
+		t.Errorf("Evicted after the configuration that admits w1: %v %v", ids, err)
+	}
 	if v, to := send(onW1, packet.ACK); v != XDPRedirect || to != w1 {
 		t.Errorf("after a configuration that admits it again: %s to %s", v, to)
 	}

@@ -266,6 +266,25 @@ func (w *Writer) Evict(ids []uint32) error {
 	return errors.Join(errs...)
 }
 
+// Evicted returns, sorted, the ids of the backends the maps hold as evicted
+// (reconcile.Evicter): after a restart over pinned maps, those the previous run
+// evicted last, whether or not its store recorded why.
+func (w *Writer) Evicted() ([]uint32, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if err := w.knowMaps(); err != nil {
+		return nil, err
+	}
+	var ids []uint32
+	for id, b := range w.cur.backends {
+		if lb.State(b.State) == lb.StateEvicted {
+			ids = append(ids, id)
+		}
+	}
+	slices.Sort(ids)
+	return ids, nil
+}
+
 // knowMaps makes sure w.cur says what the maps hold: the first write reads them (a
 // restarted daemon inherits pinned state). Call it with w.mu held.
 func (w *Writer) knowMaps() error {

@@ -38,8 +38,12 @@ func (a nsApplier) Apply(c *tenant.Compiled) error {
 	return a.host.Do(func() error { return a.w.Apply(c) })
 }
 
-// Evict makes nsApplier the Evicter the daemon's writer is (it needs no namespace).
-func (a nsApplier) Evict(ids []uint32) error { return a.w.Evict(ids) }
+// Evict and Evicted make nsApplier the Evicter the daemon's writer is (they need no
+// namespace).
+func (a nsApplier) Evict(ids []uint32) error   { return a.w.Evict(ids) }
+func (a nsApplier) Evicted() ([]uint32, error) { return a.w.Evicted() }
+
+var _ reconcile.Evicter = nsApplier{}
 
 type ifmap map[string]uint32
 

@@ -20,8 +20,9 @@ import (
 
 var testIfaces = tenant.StaticInterfaces{"eth0": 2}
 
-// fakeApplier records what it is given; fail makes the next Apply fail. It is an
-// Evicter: evicted lists the ids of each Evict call, and onEvict runs in it.
+// fakeApplier records what it is given; fail makes the next Apply fail, and onApply
+// runs in Apply. It is an Evicter: evicted lists the ids of each Evict call, and
+// onEvict runs in it; Evicted returns pinned, the ids a previous run left evicted.
 type fakeApplier struct {
 	mu      sync.Mutex
 	last    *tenant.Compiled
@@ -29,6 +30,14 @@ type fakeApplier struct {
 	fail    bool
 	evicted [][]uint32
 	onEvict func()
+	onApply func()
+	pinned  []uint32
+}
+
+func (f *fakeApplier) Evicted() ([]uint32, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.pinned), nil
 }
 
 func (f *fakeApplier) Evict(ids []uint32) error {
@@ -65,6 +74,12 @@ type applyOnly struct{ f *fakeApplier }
 func (a applyOnly) Apply(c *tenant.Compiled) error { return a.f.Apply(c) }
 
 func (f *fakeApplier) Apply(c *tenant.Compiled) error {
+	f.mu.Lock()
+	hook := f.onApply
+	f.mu.Unlock()
+	if hook != nil {
+		hook()
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.fail {
@@ -349,9 +364,10 @@ func TestRunEvictsOnItsOwn(t *testing.T) {
 
 // TestEvictionAheadOfTheConfiguration: a backend that loses its admission is evicted
 // through the Evicter before the configuration without it is compiled and applied,
-// after its standing is stored; only a backend the fast path may use is, and only
-// when it loses admission (not when admitted, not on a refused result, not twice).
-// An Applier that is no Evicter evicts through Apply alone.
+// and before its standing is stored (the eviction waits for no disk), which the pass
+// then does; only a backend the fast path may use is, and only when it loses
+// admission (not when admitted, not on a refused result, not twice). An Applier that
+// is no Evicter evicts through Apply alone.
 func TestEvictionAheadOfTheConfiguration(t *testing.T) {
 	c := newClock()
 	st, r, app := setup(t, kv.NewMem(), c)
@@ -375,13 +391,19 @@ func TestEvictionAheadOfTheConfiguration(t *testing.T) {
 	applies := app.count
 	c.add(time.Second)
 	r.Notify(attest.Result{Subject: "a/h1", Status: attest.StatusContraindicated, Issued: c.now(), Expires: c.now()})
-	pass(t, r)
 	if ev := app.evictions(); len(ev) != 1 || !slices.Equal(ev[0], []uint32{w1}) {
-		t.Fatalf("evictions %v, want [[%d]]", ev, w1)
+		t.Fatalf("evictions when Notify returned %v, want [[%d]]: the result evicts at once, no pass needed", ev, w1)
 	}
-	if appliesAtEvict != applies || storedAtEvict != attest.StatusContraindicated {
-		t.Fatalf("at the eviction: %d applies (want %d: before the pass's Apply), stored standing %q (want it stored first)",
+	pass(t, r)
+	if ev := app.evictions(); len(ev) != 1 {
+		t.Fatalf("evictions after the pass %v, want the one Notify made", ev)
+	}
+	if appliesAtEvict != applies || storedAtEvict != attest.StatusAffirming {
+		t.Fatalf("at the eviction: %d applies (want %d: before the pass's Apply), stored standing %q (want the old one: the store comes after)",
 			appliesAtEvict, applies, storedAtEvict)
+	}
+	if got, _ := st.LoadStandings(); got["a/h1"].Status != attest.StatusContraindicated {
+		t.Fatalf("after the pass the stored standing is %q", got["a/h1"].Status)
 	}
 	if s, _ := app.state("w1"); s != lb.StateEvicted {
 		t.Fatalf("the pass's configuration has w1 %s", s)
@@ -418,39 +440,52 @@ func TestEvictionAheadOfTheConfiguration(t *testing.T) {
 	}
 }
 
-// unreadable is a store whose reads fail while broken is set; writes work.
-type unreadable struct {
+// failing is a store whose reads fail while readsFail is set, and whose writes fail
+// while writesFail is.
+type failing struct {
 	kv.Store
-	broken atomic.Bool
+	readsFail, writesFail atomic.Bool
 }
 
-func (u *unreadable) View(fn func(kv.Tx) error) error {
-	if u.broken.Load() {
+func (f *failing) View(fn func(kv.Tx) error) error {
+	if f.readsFail.Load() {
 		return errors.New("disk read error")
 	}
-	return u.Store.View(fn)
+	return f.Store.View(fn)
 }
 
-// TestEvictionBeforeTheStoreIsRead: a failed result evicts the backends it admitted
-// before the pass reads the desired state: even a store that cannot be read (so the
-// pass fails) does not keep them in the fast path, and the standing is stored first.
-// Backends admitted on other subjects stay.
-func TestEvictionBeforeTheStoreIsRead(t *testing.T) {
-	c := newClock()
-	store := &unreadable{Store: kv.NewMem()}
-	st, r, app := setup(t, store, c)
+func (f *failing) Update(fn func(kv.Tx) error) error {
+	if f.writesFail.Load() {
+		return errors.New("disk full")
+	}
+	return f.Store.Update(fn)
+}
+
+// admitBoth admits w1 and w2 on results of their hosts, and returns w1's id.
+func admitBoth(t *testing.T, r *Reconciler, app *fakeApplier, c *clock) uint32 {
+	t.Helper()
 	r.Notify(affirming("a/h1", c, 6*time.Second, attest.TrustAllowListed))
 	r.Notify(affirming("a/h2", c, 6*time.Second, attest.TrustAllowListed))
 	pass(t, r)
-	if s1, _ := app.state("w1"); s1 != lb.StateAdmitted {
-		t.Fatalf("w1 %s before the failure", s1)
+	for _, name := range []string{"w1", "w2"} {
+		if s, _ := app.state(name); s != lb.StateAdmitted {
+			t.Fatalf("%s %s after its host's result", name, s)
+		}
 	}
-	if s2, _ := app.state("w2"); s2 != lb.StateAdmitted {
-		t.Fatalf("w2 %s before the failure", s2)
-	}
-	w1 := app.id("w1")
+	return app.id("w1")
+}
 
-	store.broken.Store(true)
+// TestEvictionBeforeTheStoreIsRead: a failed result evicts the backends it admitted
+// as it arrives, before any pass reads the desired state: even a store that cannot be
+// read (so the pass fails) does not keep them in the fast path, and the failed pass
+// stores the standing all the same. Backends admitted on other subjects stay.
+func TestEvictionBeforeTheStoreIsRead(t *testing.T) {
+	c := newClock()
+	store := &failing{Store: kv.NewMem()}
+	st, r, app := setup(t, store, c)
+	w1 := admitBoth(t, r, app, c)
+
+	store.readsFail.Store(true)
 	r.Notify(attest.Result{Subject: "a/h1", Status: attest.StatusContraindicated, Issued: c.now(), Expires: c.now()})
 	if _, err := r.Pass(); err == nil {
 		t.Fatal("a pass over an unreadable store succeeded")
@@ -458,7 +493,7 @@ func TestEvictionBeforeTheStoreIsRead(t *testing.T) {
 	if ev := app.evictions(); len(ev) != 1 || !slices.Equal(ev[0], []uint32{w1}) {
 		t.Fatalf("evictions %v, want [[%d]] although the store could not be read", ev, w1)
 	}
-	store.broken.Store(false)
+	store.readsFail.Store(false)
 	if got, _ := st.LoadStandings(); got["a/h1"].Status != attest.StatusContraindicated {
 		t.Fatalf("the standing behind the eviction was not stored: %+v", got["a/h1"])
 	}
@@ -471,5 +506,156 @@ func TestEvictionBeforeTheStoreIsRead(t *testing.T) {
 	}
 	if s2, _ := app.state("w2"); s2 != lb.StateAdmitted {
 		t.Fatalf("w2, admitted on another subject, is %s", s2)
+	}
+}
+
+// TestAdmissionWrittenBeforeStored: an admitting result reaches the fast path before
+// the store (the admission waits for no disk), and the pass stores it after.
+func TestAdmissionWrittenBeforeStored(t *testing.T) {
+	c := newClock()
+	st, r, app := setup(t, kv.NewMem(), c)
+	pass(t, r)
+	var storedAtApply attest.Status
+	app.onApply = func() {
+		got, _ := st.LoadStandings()
+		storedAtApply = got["a/h1"].Status
+	}
+	r.Notify(affirming("a/h1", c, 6*time.Second, attest.TrustAllowListed))
+	pass(t, r)
+	if s, _ := app.state("w1"); s != lb.StateAdmitted {
+		t.Fatalf("w1 %s", s)
+	}
+	if storedAtApply != "" {
+		t.Fatalf("the standing was stored (%q) before the configuration that admits on it was written", storedAtApply)
+	}
+	if got, _ := st.LoadStandings(); got["a/h1"].Status != attest.StatusAffirming {
+		t.Fatalf("after the pass the stored standing is %+v", got["a/h1"])
+	}
+}
+
+// TestRestartBehindTheFastPath: the gateway stops after a failed result evicted a
+// backend from the fast path and before the store recorded that result (here: the
+// commit fails). The store still holds the older, admitting result, but a reconciler
+// started over the same store and that fast path (a restarted gateway over its pins)
+// does not re-admit the backend on it; a result that arrives afterwards does. A
+// backend the fast path holds as admitted stays admitted on its stored result.
+func TestRestartBehindTheFastPath(t *testing.T) {
+	c := newClock()
+	store := &failing{Store: kv.NewMem()}
+	st, r, app := setup(t, store, c)
+	w1 := admitBoth(t, r, app, c)
+
+	store.writesFail.Store(true)
+	r.Notify(attest.Result{Subject: "a/h1", Status: attest.StatusContraindicated, Issued: c.now(), Expires: c.now()})
+	if _, err := r.Pass(); err == nil {
+		t.Fatal("a pass whose results could not be stored succeeded")
+	}
+	if ev := app.evictions(); len(ev) != 1 || !slices.Equal(ev[0], []uint32{w1}) {
+		t.Fatalf("evictions %v, want [[%d]] although the store could not be written", ev, w1)
+	}
+	if got, _ := st.LoadStandings(); got["a/h1"].Status != attest.StatusAffirming {
+		t.Fatalf("the store should be one result behind: %+v", got["a/h1"])
+	}
+	store.writesFail.Store(false)
+
+	// The restart: the fast path holds w1 evicted, as the previous run left it.
+	c.add(time.Second)
+	ids, _ := st.LoadIDs()
+	pinned := &fakeApplier{pinned: []uint32{w1}}
+	r2, err := New(Config{State: st, Compiler: tenant.NewCompiler(testIfaces, tenant.DefaultLimits(), ids), Applier: pinned, Clock: c.now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pass(t, r2)
+	if s, _ := pinned.state("w1"); s != lb.StateEvicted {
+		t.Fatalf("after the restart w1 is %s on the stored result its eviction outdated", s)
+	}
+	if got := r2.BackendStatus("a", "web", "w1"); got.State != state.StateEvicted || !strings.Contains(got.Reason, "newer than the stored one") {
+		t.Fatalf("w1's status after the restart: %+v", got)
+	}
+	if s, _ := pinned.state("w2"); s != lb.StateAdmitted {
+		t.Fatalf("w2, admitted in the fast path on a live stored result, is %s after the restart", s)
+	}
+	// A refused result is no result about the host: w1 stays out.
+	r2.Notify(attest.Result{Subject: "a/h1", Status: attest.StatusRefused, Reasons: []string{"signature"}})
+	pass(t, r2)
+	if s, _ := pinned.state("w1"); s != lb.StateEvicted {
+		t.Fatalf("a refused result re-admitted w1 (%s)", s)
+	}
+	r2.Notify(affirming("a/h1", c, 6*time.Second, attest.TrustAllowListed))
+	pass(t, r2)
+	if s, _ := pinned.state("w1"); s != lb.StateAdmitted {
+		t.Fatalf("a result after the restart did not admit w1: %s", s)
+	}
+}
+
+// duringPass runs its hook in Prepare: after the pass derived the configuration, before
+// it compiles and applies it.
+type duringPass struct{ hook func() }
+
+func (d duringPass) Prepare(*state.Snapshot) error {
+	if d.hook != nil {
+		d.hook()
+	}
+	return nil
+}
+func (duringPass) Applied(*state.Snapshot) error { return nil }
+
+// TestResultDuringThePass: a failed result that arrives while a pass compiles a
+// configuration admitting the backend evicts it at once, and that pass's Apply does
+// not put it back; nor does it put back a backend whose result expired meanwhile.
+func TestResultDuringThePass(t *testing.T) {
+	c := newClock()
+	st, _, _ := setup(t, kv.NewMem(), c)
+	ids, _ := st.LoadIDs()
+	app := &fakeApplier{}
+	var hook func()
+	r, err := New(Config{State: st, Compiler: tenant.NewCompiler(testIfaces, tenant.DefaultLimits(), ids), Applier: app, Clock: c.now,
+		Devices: duringPass{hook: func() {
+			if hook != nil {
+				h := hook
+				hook = nil
+				h()
+			}
+		}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Notify(affirming("a/h1", c, 6*time.Second, attest.TrustAllowListed))
+	r.Notify(affirming("a/h2", c, 6*time.Second, attest.TrustAllowListed))
+	pass(t, r)
+	w1 := app.id("w1")
+
+	// w2's status changes, so the pass writes a configuration; w1's result fails
+	// while it is being compiled.
+	r.Notify(attest.Result{Subject: "a/h2", Status: attest.StatusContraindicated, Issued: c.now(), Expires: c.now()})
+	hook = func() {
+		r.Notify(attest.Result{Subject: "a/h1", Status: attest.StatusContraindicated, Issued: c.now(), Expires: c.now()})
+	}
+	pass(t, r)
+	if s, _ := app.state("w1"); s != lb.StateEvicted {
+		t.Fatalf("the pass's Apply put w1 back (%s) after its result failed", s)
+	}
+	if ev := app.evictions(); !slices.ContainsFunc(ev, func(ids []uint32) bool { return slices.Contains(ids, w1) }) {
+		t.Fatalf("w1 not evicted when its result arrived: %v", ev)
+	}
+	pass(t, r)
+	if got := r.BackendStatus("a", "web", "w1"); got.State != state.StateEvicted || !strings.Contains(got.Reason, "contraindicated") {
+		t.Fatalf("w1's status after the next pass: %+v", got)
+	}
+
+	// Expiry during the pass.
+	r.Notify(affirming("a/h1", c, 6*time.Second, attest.TrustAllowListed))
+	r.Notify(affirming("a/h2", c, 6*time.Second, attest.TrustAllowListed))
+	pass(t, r)
+	if s, _ := app.state("w1"); s != lb.StateAdmitted {
+		t.Fatalf("w1 %s after a new result", s)
+	}
+	r.Notify(affirming("a/h2", c, 60*time.Second, attest.TrustAllowListed))
+	r.Notify(attest.Result{Subject: "a/h2", Status: attest.StatusContraindicated, Issued: c.now(), Expires: c.now()})
+	hook = func() { c.add(7 * time.Second) }
+	pass(t, r)
+	if s, _ := app.state("w1"); s != lb.StateEvicted {
+		t.Fatalf("the pass's Apply admitted w1 (%s) on a result that expired during it", s)
 	}
 }

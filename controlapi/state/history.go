@@ -1,6 +1,7 @@
 package state
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -196,11 +197,27 @@ func (s *Store) LoadIDs() (tenant.IDs, error) {
 	return ids, err
 }
 
-// SaveIDs records the ids of the configuration about to be applied.
+// SaveIDs records the ids of the configuration about to be applied. Ids the store
+// already holds cost a read, not a commit: most passes change no id (an admission,
+// an eviction), and a commit is fsync'ed.
 func (s *Store) SaveIDs(ids tenant.IDs) error {
-	raw, err := json.Marshal(ids)
+	raw, err := json.Marshal(ids) // maps marshal in key order: equal ids, equal bytes
 	if err != nil {
 		return err
+	}
+	var same bool
+	if err := s.kv.View(func(tx kv.Tx) error {
+		held, err := tx.Get(metaBucket, idsKey)
+		same = err == nil && bytes.Equal(held, raw)
+		if errors.Is(err, kv.ErrNotFound) {
+			return nil
+		}
+		return err
+	}); err != nil {
+		return err
+	}
+	if same {
+		return nil
 	}
 	return s.kv.Update(func(tx kv.Tx) error { return tx.Put(metaBucket, idsKey, raw) })
 }

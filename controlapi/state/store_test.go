@@ -261,6 +261,40 @@ func TestHistory(t *testing.T) {
 	}
 }
 
+// commitCounter counts a store's commits.
+type commitCounter struct {
+	kv.Store
+	commits int
+}
+
+func (c *commitCounter) Update(fn func(kv.Tx) error) error {
+	c.commits++
+	return c.Store.Update(fn)
+}
+
+// TestSaveIDsCommitsChangesOnly: saving the ids the store holds commits nothing;
+// saving others does.
+func TestSaveIDsCommitsChangesOnly(t *testing.T) {
+	kvs := &commitCounter{Store: kv.NewMem()}
+	s := New(kvs, nil, nil)
+	ids := tenant.IDs{Tenants: map[string]uint32{"a": 1, "b": 2}, Backends: map[string]uint32{"a/web/w1": 7}}
+	for range 3 {
+		if err := s.SaveIDs(ids); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if kvs.commits != 1 {
+		t.Fatalf("the same ids saved three times: %d commits, want 1", kvs.commits)
+	}
+	ids.Backends = map[string]uint32{"a/web/w1": 7, "a/web/w2": 8}
+	if err := s.SaveIDs(ids); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.LoadIDs(); err != nil || kvs.commits != 2 || got.Backends["a/web/w2"] != 8 {
+		t.Fatalf("changed ids: %d commits, stored %+v, %v", kvs.commits, got, err)
+	}
+}
+
 func TestPolicyVerifier(t *testing.T) {
 	p := Policy{Tenant: "a", Name: "app", References: map[string][]string{"/srv/app": {digest}}, AllowedEKs: []string{digest}}
 	v, err := p.Verifier("a/app")
