@@ -90,7 +90,13 @@ func BenchmarkAttestationToDataPath(b *testing.B) {
 	gw.AddNeighbor("c1", "10.0.0.2", []byte{2, 0, 0, 0, 0, 2})
 	gw.AddNeighbor("b1", "10.1.0.1", []byte{2, 0, 0, 0, 1, 1})
 
-	st := state.New(kv.NewMem(), nil, nil)
+	// The daemon's store: bbolt, every commit fsync'ed (free on a tmpfs TMPDIR).
+	db, err := kv.OpenBolt(filepath.Join(b.TempDir(), "state.db"), 5*time.Second)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer db.Close()
+	st := state.New(db, nil, nil)
 	for _, err := range []error{
 		second(st.CreateTenant(state.Tenant{Name: "a", FIBTable: 100, Attachments: []tenant.Attachment{{Interface: "c1"}, {Interface: "b1"}}})),
 		second(st.CreateService(state.Service{Tenant: "a", Name: "web", VIP: netip.MustParseAddr("10.100.0.1"), Port: 80, Protocol: tenant.TCP, MaglevSize: 251})),

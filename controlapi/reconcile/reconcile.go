@@ -11,12 +11,13 @@
 // for an expiry, as the pass starts; the others (a link down, a trust level below the
 // service's) once the pass has derived every backend's status.
 //
-// The fast path is written first and the store after: a pass stores the standings
-// that changed once it has written the configuration that follows from them, so that
-// neither an eviction nor an admission waits for the disk (a bbolt commit is
-// fsync'ed: 0.4 ms on an idle disk here, tens of milliseconds under load). A gateway
-// that stops in between restarts with a store one result behind its pinned fast path;
-// New reconciles the two towards eviction.
+// The fast path is written first and the store after: the standings that changed and
+// the transitions a pass made are committed once the pass has written the
+// configuration that follows from them, and while Run runs, by a goroutine of their
+// own, so that no eviction, admission or following pass waits for the disk (a bbolt
+// commit is fsync'ed: 0.4 ms on an idle disk here, tens of milliseconds under load).
+// A gateway that stops in between restarts with a store one result behind its pinned
+// fast path; New reconciles the two towards eviction.
 package reconcile
 
 import (
@@ -135,6 +136,8 @@ type Reconciler struct {
 	// storing serialises flushes, so that an older snapshot of the standings is never
 	// committed after a newer one.
 	storing sync.Mutex
+	// commitNow wakes Run's committer: a pass has something to store.
+	commitNow chan struct{}
 
 	mu          sync.Mutex
 	standings   map[string]attest.Result // subject -> latest result that is not "refused"
@@ -143,6 +146,7 @@ type Reconciler struct {
 	dirty       map[string]bool // subjects whose standing is not yet stored
 	urgent      bool            // a stored standing's status is outdated: store at the end of the pass
 	history     []attest.Result
+	transitions []state.Transition // made by passes, not yet stored
 	lastHistory map[string]time.Time
 	stats       Stats
 	// usable are the backends the last configuration applied lets the fast path use
@@ -187,7 +191,7 @@ func New(cfg Config) (*Reconciler, error) {
 		cfg.HistoryInterval = time.Minute
 	}
 	r := &Reconciler{
-		cfg: cfg, wake: make(chan struct{}, 1),
+		cfg: cfg, wake: make(chan struct{}, 1), commitNow: make(chan struct{}, 1),
 		statuses: map[backendKey]state.BackendStatus{}, dirty: map[string]bool{}, lastHistory: map[string]time.Time{},
 		held: map[backendKey]bool{}, fresh: map[string]bool{},
 	}
@@ -261,20 +265,25 @@ func (r *Reconciler) Notify(res attest.Result) {
 	r.poke()
 }
 
-func (r *Reconciler) poke() {
+func (r *Reconciler) poke() { signal(r.wake) }
+
+// signal wakes whoever waits on c, unless it is already woken.
+func signal(c chan struct{}) {
 	select {
-	case r.wake <- struct{}{}:
+	case c <- struct{}{}:
 	default:
 	}
 }
 
 // Run reconciles whenever the desired state changes, a result arrives or a result
 // expires, until ctx ends; then it stores the latest results one last time. The
-// periodic store of the results runs beside the passes: a commit, fsync'ed, can take
-// tens of milliseconds on a loaded machine, and no pass waits for it.
+// store's commits run beside the passes, in a goroutine of their own: right after each
+// pass that changed a status, and every FlushInterval for the renewals. A commit,
+// fsync'ed, can take tens of milliseconds on a loaded machine, and no pass waits for
+// it; one that fails is tried again at the next.
 func (r *Reconciler) Run(ctx context.Context) error {
-	var flushes sync.WaitGroup
-	flushes.Go(func() {
+	var committer sync.WaitGroup
+	committer.Go(func() {
 		flush := time.NewTicker(r.cfg.FlushInterval)
 		defer flush.Stop()
 		for {
@@ -282,9 +291,10 @@ func (r *Reconciler) Run(ctx context.Context) error {
 			case <-ctx.Done():
 				return
 			case <-flush.C:
-				if err := r.flush(); err != nil {
-					r.cfg.Log.Error("store attestation results", "error", err)
-				}
+			case <-r.commitNow:
+			}
+			if err := r.flush(); err != nil {
+				r.cfg.Log.Error("store attestation results and transitions", "error", err)
 			}
 		}
 	})
@@ -293,13 +303,13 @@ func (r *Reconciler) Run(ctx context.Context) error {
 	for {
 		select {
 		case <-ctx.Done():
-			flushes.Wait()
+			committer.Wait()
 			return r.flush()
 		case <-r.wake:
 		case <-r.changes:
 		case <-next.C:
 		}
-		due, err := r.Pass()
+		due, err := r.pass(false)
 		if err != nil {
 			r.cfg.Log.Error("reconcile", "error", err)
 			due = r.cfg.Clock().Add(r.cfg.RetryInterval)
@@ -313,13 +323,19 @@ func (r *Reconciler) Run(ctx context.Context) error {
 }
 
 // Pass reconciles once: it builds the configuration from the store and the standings,
-// compiles it, writes it, and records the transitions it made; then, whether or not
-// it got that far, it stores the standings whose status changed (the fast path first,
+// compiles it and writes it; then, whether or not it got that far, it stores the
+// standings whose status changed and the transitions it made (the fast path first,
 // the store after: see New for a crash in between). It returns when the next pass is
 // due by itself (the earliest expiry of an admitting result), zero if never.
-func (r *Reconciler) Pass() (due time.Time, err error) {
+func (r *Reconciler) Pass() (time.Time, error) { return r.pass(true) }
+
+// pass is Pass; with store false it leaves the store's commits to Run's committer,
+// and wakes it.
+func (r *Reconciler) pass(store bool) (due time.Time, err error) {
 	defer func() {
-		if serr := r.storeStandings(); serr != nil && err == nil {
+		if !store {
+			signal(r.commitNow)
+		} else if serr := r.store(); serr != nil && err == nil {
 			r.fail(time.Time{})
 			due, err = time.Time{}, serr
 		}
@@ -402,13 +418,11 @@ func (r *Reconciler) Pass() (due time.Time, err error) {
 	}
 	transitions := r.commit(next, applied)
 	for _, t := range transitions {
-		if _, err := r.cfg.State.AppendTransition(t); err != nil {
-			r.cfg.Log.Error("record transition", "backend", t.Tenant+"/"+t.Service+"/"+t.Backend, "error", err)
-		}
 		r.cfg.Log.Info("backend "+string(t.To), "tenant", t.Tenant, "service", t.Service, "backend", t.Backend,
 			"from", t.From, "reason", t.Reason)
 	}
 	r.mu.Lock()
+	r.transitions = append(r.transitions, transitions...)
 	r.stats.Passes++
 	r.stats.LastPass = applied.Sub(start)
 	if !arrived.IsZero() {
@@ -497,11 +511,11 @@ func (r *Reconciler) evict(ids []uint32) {
 	r.mu.Unlock()
 }
 
-// storeStandings stores the standings whose status changed, if any, once the fast path
-// has them; on failure the next pass tries again.
-func (r *Reconciler) storeStandings() error {
+// store stores the standings whose status changed and the transitions not yet
+// stored, if any, once the fast path has them; on failure the next pass tries again.
+func (r *Reconciler) store() error {
 	r.mu.Lock()
-	urgent := r.urgent
+	urgent := r.urgent || len(r.transitions) > 0
 	r.urgent = false
 	r.mu.Unlock()
 	if !urgent {
@@ -511,7 +525,7 @@ func (r *Reconciler) storeStandings() error {
 		r.mu.Lock()
 		r.urgent = true
 		r.mu.Unlock()
-		return fmt.Errorf("store attestation results: %w", err)
+		return fmt.Errorf("store attestation results and transitions: %w", err)
 	}
 	return nil
 }
@@ -643,7 +657,8 @@ func (r *Reconciler) commit(next map[backendKey]state.BackendStatus, at time.Tim
 	return out
 }
 
-// flush stores the standings that changed and the results worth a history entry.
+// flush stores the standings that changed, the results worth a history entry and the
+// transitions not yet stored, in one commit.
 func (r *Reconciler) flush() error {
 	r.storing.Lock()
 	defer r.storing.Unlock()
@@ -652,13 +667,13 @@ func (r *Reconciler) flush() error {
 	for sub := range r.dirty {
 		latest = append(latest, r.standings[sub])
 	}
-	history := r.history
-	r.dirty, r.history = map[string]bool{}, nil
+	history, transitions := r.history, r.transitions
+	r.dirty, r.history, r.transitions = map[string]bool{}, nil, nil
 	r.mu.Unlock()
-	if len(latest) == 0 && len(history) == 0 {
+	if len(latest) == 0 && len(history) == 0 && len(transitions) == 0 {
 		return nil
 	}
-	if err := r.cfg.State.SaveResults(latest, history); err != nil {
+	if err := r.cfg.State.SaveOutcome(latest, history, transitions); err != nil {
 		r.mu.Lock() // keep them for the next flush
 		for _, res := range latest {
 			if _, newer := r.dirty[res.Subject]; !newer {
@@ -666,6 +681,7 @@ func (r *Reconciler) flush() error {
 			}
 		}
 		r.history = append(history, r.history...)
+		r.transitions = append(transitions, r.transitions...)
 		r.mu.Unlock()
 		return err
 	}

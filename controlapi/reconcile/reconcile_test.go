@@ -659,3 +659,80 @@ func TestResultDuringThePass(t *testing.T) {
 		t.Fatalf("the pass's Apply admitted w1 (%s) on a result that expired during it", s)
 	}
 }
+
+// stalled is a store whose commits wait while gate is closed (a disk that takes its
+// time); reads do not.
+type stalled struct {
+	kv.Store
+	gate    chan struct{}
+	commits atomic.Int32
+}
+
+func (s *stalled) Update(fn func(kv.Tx) error) error {
+	<-s.gate
+	s.commits.Add(1)
+	return s.Store.Update(fn)
+}
+
+// TestRunDoesNotWaitForCommits: while the store's commits hang, the running
+// reconciler still admits, evicts and admits again; once the store answers, the
+// latest standing and every transition are stored.
+func TestRunDoesNotWaitForCommits(t *testing.T) {
+	c := newClock()
+	kvs := kv.NewMem()
+	st, r0, _ := setup(t, kvs, c)
+	pass(t, r0) // the desired state and its ids, committed before the stall
+	ids, _ := st.LoadIDs()
+	disk := &stalled{Store: kvs, gate: make(chan struct{})}
+	st = state.New(disk, nil, c.now)
+	app := &fakeApplier{}
+	r, err := New(Config{State: st, Compiler: tenant.NewCompiler(testIfaces, tenant.DefaultLimits(), ids), Applier: app, Clock: c.now,
+		FlushInterval: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- r.Run(ctx) }()
+	waitFor := func(want lb.State) {
+		t.Helper()
+		for start := time.Now(); time.Since(start) < 5*time.Second; time.Sleep(time.Millisecond) {
+			if s, ok := app.state("w1"); ok && s == want {
+				return
+			}
+		}
+		s, _ := app.state("w1")
+		t.Fatalf("w1 %s, want %s, with the store's commits hanging", s, want)
+	}
+	r.Notify(affirming("a/h1", c, time.Hour, attest.TrustAllowListed))
+	waitFor(lb.StateAdmitted)
+	r.Notify(attest.Result{Subject: "a/h1", Status: attest.StatusContraindicated, Issued: c.now(), Expires: c.now()})
+	waitFor(lb.StateEvicted)
+	r.Notify(affirming("a/h1", c, time.Hour, attest.TrustAllowListed))
+	waitFor(lb.StateAdmitted)
+	if n := disk.commits.Load(); n != 0 {
+		t.Fatalf("%d commits went through a closed gate", n)
+	}
+
+	close(disk.gate)
+	for start := time.Now(); ; time.Sleep(time.Millisecond) {
+		got, _ := st.LoadStandings()
+		trs, _, _ := st.ListTransitions("a", 0, 0)
+		var w1 []state.BackendState
+		for _, tr := range trs {
+			if tr.Backend == "w1" {
+				w1 = append(w1, tr.To)
+			}
+		}
+		if got["a/h1"].Status == attest.StatusAffirming && slices.Equal(w1[max(0, len(w1)-3):], []state.BackendState{state.StateAdmitted, state.StateEvicted, state.StateAdmitted}) {
+			break
+		}
+		if time.Since(start) > 5*time.Second {
+			t.Fatalf("once the store answered: standing %+v, w1's transitions %v", got["a/h1"], w1)
+		}
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}

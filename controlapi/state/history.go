@@ -63,7 +63,19 @@ func appendResult(tx kv.Tx, r attest.Result) error {
 // restarted gateway admits them on until they attest again) and results to append to
 // their histories.
 func (s *Store) SaveResults(latest, history []attest.Result) error {
+	return s.SaveOutcome(latest, history, nil)
+}
+
+// SaveOutcome stores in one transaction (one commit) what SaveResults stores and
+// transitions to append, in order: what the reconciler learnt and did since its last
+// commit.
+func (s *Store) SaveOutcome(latest, history []attest.Result, transitions []Transition) error {
 	return s.kv.Update(func(tx kv.Tx) error {
+		for _, t := range transitions {
+			if _, err := appendTransition(tx, t); err != nil {
+				return err
+			}
+		}
 		for _, r := range latest {
 			raw, err := json.Marshal(r)
 			if err != nil {
@@ -134,18 +146,24 @@ func (s *Store) ListResults(subject string, after uint64, limit int) ([]ResultRe
 // sequence number.
 func (s *Store) AppendTransition(t Transition) (Transition, error) {
 	err := s.kv.Update(func(tx kv.Tx) error {
-		n, err := tx.NextSequence(transitionsBucket)
-		if err != nil {
-			return err
-		}
-		t.Seq = n
-		raw, err := json.Marshal(t)
-		if err != nil {
-			return err
-		}
-		return tx.Put(transitionsBucket, seqKey(n), raw)
+		var err error
+		t, err = appendTransition(tx, t)
+		return err
 	})
 	return t, err
+}
+
+func appendTransition(tx kv.Tx, t Transition) (Transition, error) {
+	n, err := tx.NextSequence(transitionsBucket)
+	if err != nil {
+		return t, err
+	}
+	t.Seq = n
+	raw, err := json.Marshal(t)
+	if err != nil {
+		return t, err
+	}
+	return t, tx.Put(transitionsBucket, seqKey(n), raw)
 }
 
 // ListTransitions returns transitions after seq after, oldest first; tenantName ""

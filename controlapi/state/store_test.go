@@ -326,3 +326,31 @@ func TestStandings(t *testing.T) {
 		t.Fatalf("history: %+v", rs)
 	}
 }
+
+// TestSaveOutcomeOneCommit: standings, history and transitions go to the store in one
+// commit, the transitions numbered in order after those already stored.
+func TestSaveOutcomeOneCommit(t *testing.T) {
+	kvs := &commitCounter{Store: kv.NewMem()}
+	s := New(kvs, nil, nil)
+	if _, err := s.AppendTransition(Transition{Tenant: "a", Backend: "w0", To: StateRegistered}); err != nil {
+		t.Fatal(err)
+	}
+	res := attest.Result{Subject: "a/h", Status: attest.StatusContraindicated}
+	trs := []Transition{{Tenant: "a", Backend: "w1", From: StateAdmitted, To: StateEvicted}, {Tenant: "a", Backend: "w2", From: StateAdmitted, To: StateEvicted}}
+	if err := s.SaveOutcome([]attest.Result{res}, []attest.Result{res}, trs); err != nil {
+		t.Fatal(err)
+	}
+	if kvs.commits != 2 {
+		t.Fatalf("%d commits, want 1 for the outcome after 1 for the first transition", kvs.commits)
+	}
+	got, _, err := s.ListTransitions("a", 0, 0)
+	if err != nil || len(got) != 3 || got[1].Backend != "w1" || got[2].Backend != "w2" || got[1].Seq != got[0].Seq+1 || got[2].Seq != got[1].Seq+1 {
+		t.Fatalf("transitions %+v %v", got, err)
+	}
+	if st, _ := s.LoadStandings(); st["a/h"].Status != attest.StatusContraindicated {
+		t.Fatalf("standing %+v", st["a/h"])
+	}
+	if hist, _, _ := s.ListResults("a/h", 0, 0); len(hist) != 1 {
+		t.Fatalf("history %+v", hist)
+	}
+}
