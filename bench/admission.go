@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -93,6 +94,11 @@ func (b *bencher) admissionPhase(ctx context.Context) (err error) {
 	if err := b.attachSinks(b.scene.Topo.PeerHosts()); err != nil {
 		return err
 	}
+	// The paced sender's thread spins, and keeps one of the process's Go processors
+	// for itself. One more processor leaves the decisions (moat's reconciler, the nft
+	// and conntrack calls) as many as they would have in a process of their own;
+	// without it they shared one, and a commit's fsync held it for milliseconds.
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(runtime.GOMAXPROCS(0) + 1))
 	for _, system := range []string{SysMoat, SysNft} {
 		if !b.opts.wants(system) {
 			continue
