@@ -128,10 +128,10 @@ type Reconciler struct {
 	cfg  Config
 	wake chan struct{}
 
-	// fastPath orders the writes to the fast path: an eviction on a result's arrival
-	// (Notify) and a pass's Apply, which must not put back a backend evicted after
-	// the pass derived its configuration. It is taken before mu, never while mu is
-	// held.
+	// fastPath orders the writes to the fast path: an eviction on a failed result's
+	// arrival (Notify) and a pass's Apply with the record of what it lets the fast
+	// path use, which must not put back a backend evicted after the pass derived its
+	// configuration. It is taken before mu, never while mu is held.
 	fastPath sync.Mutex
 	// storing serialises flushes, so that an older snapshot of the standings is never
 	// committed after a newer one.
@@ -237,8 +237,6 @@ func New(cfg Config) (*Reconciler, error) {
 // pass stores it and writes the configuration that follows from it.
 func (r *Reconciler) Notify(res attest.Result) {
 	now := r.cfg.Clock()
-	r.fastPath.Lock()
-	defer r.fastPath.Unlock()
 	r.mu.Lock()
 	if res.Status != attest.StatusRefused {
 		prev, had := r.standings[res.Subject]
@@ -260,7 +258,11 @@ func (r *Reconciler) Notify(res attest.Result) {
 	}
 	r.mu.Unlock()
 	if res.Status != attest.StatusRefused && !res.Admits(now) {
+		// After the standing: a pass applying meanwhile either sees it (keepLapsedOut)
+		// or has finished, its usable backends recorded, when this runs.
+		r.fastPath.Lock()
 		r.evictLapsed(now)
+		r.fastPath.Unlock()
 	}
 	r.poke()
 }
@@ -394,23 +396,15 @@ func (r *Reconciler) pass(store bool) (due time.Time, err error) {
 	}
 	r.fastPath.Lock()
 	r.keepLapsedOut(compiled, next, subjects)
-	err = r.cfg.Applier.Apply(compiled)
+	if err = r.cfg.Applier.Apply(compiled); err == nil {
+		r.recordUsable(compiled, subjects)
+	}
 	r.fastPath.Unlock()
 	if err != nil {
 		r.fail(arrived)
 		return time.Time{}, fmt.Errorf("write the fast path: %w", err)
 	}
 	applied := r.cfg.Clock()
-	usable := map[backendKey]usableBackend{}
-	for _, b := range compiled.Backends {
-		if b.State == lb.StateAdmitted || b.State == lb.StateDraining {
-			k := backendKey{b.Tenant, b.Service, b.Name}
-			usable[k] = usableBackend{id: b.ID, subject: subjects[k]}
-		}
-	}
-	r.mu.Lock()
-	r.usable = usable
-	r.mu.Unlock()
 	if r.cfg.Devices != nil {
 		if err := r.cfg.Devices.Applied(sn); err != nil {
 			r.cfg.Log.Error("after writing the fast path", "error", err)
@@ -465,6 +459,21 @@ func (r *Reconciler) keepLapsedOut(c *tenant.Compiled, next map[backendKey]state
 				LastResult: next[k].LastResult}
 		}
 	}
+}
+
+// recordUsable records the backends the configuration c, just applied, lets the fast
+// path use: those evictLapsed and evictAhead may evict. Call it with r.fastPath held.
+func (r *Reconciler) recordUsable(c *tenant.Compiled, subjects map[backendKey]string) {
+	usable := map[backendKey]usableBackend{}
+	for _, b := range c.Backends {
+		if b.State == lb.StateAdmitted || b.State == lb.StateDraining {
+			k := backendKey{b.Tenant, b.Service, b.Name}
+			usable[k] = usableBackend{id: b.ID, subject: subjects[k]}
+		}
+	}
+	r.mu.Lock()
+	r.usable = usable
+	r.mu.Unlock()
 }
 
 // evictAhead evicts, through the Applier when it is an Evicter, the backends the last

@@ -736,3 +736,39 @@ func TestRunDoesNotWaitForCommits(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestResultDuringTheApply: a failed result that arrives while a pass writes a
+// configuration admitting the backend (too late for the pass to keep it out) evicts
+// it as soon as that write is done.
+func TestResultDuringTheApply(t *testing.T) {
+	c := newClock()
+	_, r, app := setup(t, kv.NewMem(), c)
+	r.Notify(affirming("a/h2", c, 6*time.Second, attest.TrustAllowListed))
+	pass(t, r)
+	notified := make(chan struct{})
+	app.onApply = func() {
+		app.mu.Lock()
+		app.onApply = nil
+		app.mu.Unlock()
+		go func() {
+			r.Notify(attest.Result{Subject: "a/h1", Status: attest.StatusContraindicated, Issued: c.now(), Expires: c.now()})
+			close(notified)
+		}()
+		for { // until the result is in, its eviction waiting for this Apply
+			r.mu.Lock()
+			in := r.standings["a/h1"].Status == attest.StatusContraindicated
+			r.mu.Unlock()
+			if in {
+				return
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	r.Notify(affirming("a/h1", c, 6*time.Second, attest.TrustAllowListed))
+	pass(t, r) // admits w1: it derived and checked the configuration before the result
+	<-notified
+	w1 := app.id("w1")
+	if ev := app.evictions(); !slices.ContainsFunc(ev, func(ids []uint32) bool { return slices.Contains(ids, w1) }) {
+		t.Fatalf("w1, admitted by the Apply its failed result arrived during, was not evicted after it: %v", ev)
+	}
+}
