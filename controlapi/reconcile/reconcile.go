@@ -144,7 +144,7 @@ type Reconciler struct {
 	arrived     time.Time                // when the oldest unapplied result arrived
 	statuses    map[backendKey]state.BackendStatus
 	dirty       map[string]bool // subjects whose standing is not yet stored
-	urgent      bool            // a stored standing's status is outdated: store at the end of the pass
+	urgent      bool            // a stored standing's status is outdated: Pass stores it before it returns
 	history     []attest.Result
 	transitions []state.Transition // made by passes, not yet stored
 	lastHistory map[string]time.Time
@@ -524,16 +524,12 @@ func (r *Reconciler) evict(ids []uint32) {
 // stored, if any, once the fast path has them; on failure the next pass tries again.
 func (r *Reconciler) store() error {
 	r.mu.Lock()
-	urgent := r.urgent || len(r.transitions) > 0
-	r.urgent = false
+	due := r.urgent || len(r.transitions) > 0
 	r.mu.Unlock()
-	if !urgent {
+	if !due {
 		return nil
 	}
 	if err := r.flush(); err != nil {
-		r.mu.Lock()
-		r.urgent = true
-		r.mu.Unlock()
 		return fmt.Errorf("store attestation results and transitions: %w", err)
 	}
 	return nil
@@ -677,7 +673,7 @@ func (r *Reconciler) flush() error {
 		latest = append(latest, r.standings[sub])
 	}
 	history, transitions := r.history, r.transitions
-	r.dirty, r.history, r.transitions = map[string]bool{}, nil, nil
+	r.dirty, r.history, r.transitions, r.urgent = map[string]bool{}, nil, nil, false
 	r.mu.Unlock()
 	if len(latest) == 0 && len(history) == 0 && len(transitions) == 0 {
 		return nil
@@ -691,6 +687,7 @@ func (r *Reconciler) flush() error {
 		}
 		r.history = append(history, r.history...)
 		r.transitions = append(transitions, r.transitions...)
+		r.urgent = true
 		r.mu.Unlock()
 		return err
 	}
