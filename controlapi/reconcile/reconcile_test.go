@@ -475,6 +475,21 @@ func admitBoth(t *testing.T, r *Reconciler, app *fakeApplier, c *clock) uint32 {
 	return app.id("w1")
 }
 
+// failW1 has w1's host's result fail while broken is set (the store's reads or its
+// writes fail): the pass that follows fails, and w1 (id w1) is evicted all the same.
+func failW1(t *testing.T, r *Reconciler, app *fakeApplier, c *clock, w1 uint32, broken *atomic.Bool) {
+	t.Helper()
+	broken.Store(true)
+	defer broken.Store(false)
+	r.Notify(attest.Result{Subject: "a/h1", Status: attest.StatusContraindicated, Issued: c.now(), Expires: c.now()})
+	if _, err := r.Pass(); err == nil {
+		t.Fatal("a pass over a failing store succeeded")
+	}
+	if ev := app.evictions(); len(ev) != 1 || !slices.Equal(ev[0], []uint32{w1}) {
+		t.Fatalf("evictions %v, want [[%d]] although the store failed", ev, w1)
+	}
+}
+
 // TestEvictionBeforeTheStoreIsRead: a failed result evicts the backends it admitted
 // as it arrives, before any pass reads the desired state: even a store that cannot be
 // read (so the pass fails) does not keep them in the fast path, and the failed pass
@@ -485,15 +500,7 @@ func TestEvictionBeforeTheStoreIsRead(t *testing.T) {
 	st, r, app := setup(t, store, c)
 	w1 := admitBoth(t, r, app, c)
 
-	store.readsFail.Store(true)
-	r.Notify(attest.Result{Subject: "a/h1", Status: attest.StatusContraindicated, Issued: c.now(), Expires: c.now()})
-	if _, err := r.Pass(); err == nil {
-		t.Fatal("a pass over an unreadable store succeeded")
-	}
-	if ev := app.evictions(); len(ev) != 1 || !slices.Equal(ev[0], []uint32{w1}) {
-		t.Fatalf("evictions %v, want [[%d]] although the store could not be read", ev, w1)
-	}
-	store.readsFail.Store(false)
+	failW1(t, r, app, c, w1, &store.readsFail)
 	if got, _ := st.LoadStandings(); got["a/h1"].Status != attest.StatusContraindicated {
 		t.Fatalf("the standing behind the eviction was not stored: %+v", got["a/h1"])
 	}
@@ -545,18 +552,10 @@ func TestRestartBehindTheFastPath(t *testing.T) {
 	st, r, app := setup(t, store, c)
 	w1 := admitBoth(t, r, app, c)
 
-	store.writesFail.Store(true)
-	r.Notify(attest.Result{Subject: "a/h1", Status: attest.StatusContraindicated, Issued: c.now(), Expires: c.now()})
-	if _, err := r.Pass(); err == nil {
-		t.Fatal("a pass whose results could not be stored succeeded")
-	}
-	if ev := app.evictions(); len(ev) != 1 || !slices.Equal(ev[0], []uint32{w1}) {
-		t.Fatalf("evictions %v, want [[%d]] although the store could not be written", ev, w1)
-	}
+	failW1(t, r, app, c, w1, &store.writesFail)
 	if got, _ := st.LoadStandings(); got["a/h1"].Status != attest.StatusAffirming {
 		t.Fatalf("the store should be one result behind: %+v", got["a/h1"])
 	}
-	store.writesFail.Store(false)
 
 	// The restart: the fast path holds w1 evicted, as the previous run left it.
 	c.add(time.Second)
