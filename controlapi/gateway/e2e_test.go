@@ -67,17 +67,15 @@ func TestPrivilegedGatewayEndToEnd(t *testing.T) {
 	netns.RequireRoot(t)
 	bin := buildMoat(t)
 	dir := t.TempDir()
-	s, err := demo.NewAttestedScene(demo.AttestedOptions{Binary: bin, Dir: dir, Instance: netns.UniqueName("gw"), Backends: 3})
+	s, err := demo.NewAttestedScene(demo.AttestedOptions{Binary: bin, Dir: dir, Instance: netns.UniqueName("gw"), Backends: 3,
+		Tampered: demo.LastOfFirstTenant})
 	if err != nil {
 		dumpLogs(t, dir)
 		t.Fatal(err)
 	}
 	cleanupScene(t, dir, s.Close)
 	a, b := s.Topo.Tenants[0], s.Topo.Tenants[1]
-	tampered, changing := a.Backends[2], a.Backends[1]
-	if err := os.WriteFile(s.AppFile(tampered.Name), []byte("application of tenant a, release 1, with a backdoor\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	tampered, changing := demo.LastOfFirstTenant(s.Topo)[0], a.Backends[1]
 	start := time.Now()
 	if err := s.Register(); err != nil {
 		t.Fatal(err)

@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -67,6 +68,18 @@ type AttestedOptions struct {
 	// Site makes the gateway one site of a two-site overlay (sites.go): its own
 	// simulated SE, the overlay on, a segment per tenant.
 	Site *Site
+	// Tampered, when set, picks backend hosts whose application is tampered with from
+	// the start: their agent's first measurement shows it. Tampering with a host once
+	// its agent runs races the agent's round in flight: a round that measured the file
+	// before the change and is appraised after the host's registration is affirming,
+	// and the host is admitted before its next round evicts it.
+	Tampered func(*topology.Topology) []*topology.Backend
+}
+
+// LastOfFirstTenant is a Tampered that picks the last backend host of the first tenant.
+func LastOfFirstTenant(t *topology.Topology) []*topology.Backend {
+	a := t.Tenants[0]
+	return []*topology.Backend{a.Backends[len(a.Backends)-1]}
 }
 
 // AppFile is the measured application binary of a backend host.
@@ -78,6 +91,11 @@ func (s *AttestedScene) AppFile(backend string) string {
 // backend of a tenant runs the same application.
 func appContent(tenantName string) []byte {
 	return []byte("application of tenant " + tenantName + ", release 1\n")
+}
+
+// tamperedContent is a tampered application binary of a tenant's backend.
+func tamperedContent(tenantName string) []byte {
+	return []byte("application of tenant " + tenantName + ", release 1, with a backdoor\n")
 }
 
 // NewAttestedScene builds the topology, starts the gateway daemon and one agent per
@@ -135,13 +153,21 @@ func NewAttestedScene(o AttestedOptions) (s *AttestedScene, err error) {
 	if err := s.StartGateway(); err != nil {
 		return nil, err
 	}
+	var tampered []*topology.Backend
+	if o.Tampered != nil {
+		tampered = o.Tampered(s.Topo)
+	}
 	for _, tn := range s.Topo.Tenants {
 		for _, b := range tn.Backends {
 			dir := filepath.Join(s.Dir, b.Name)
 			if err := os.MkdirAll(dir, 0o700); err != nil {
 				return nil, err
 			}
-			if err := os.WriteFile(s.AppFile(b.Name), appContent(tn.Name), 0o644); err != nil {
+			app := appContent(tn.Name)
+			if slices.Contains(tampered, b) {
+				app = tamperedContent(tn.Name)
+			}
+			if err := os.WriteFile(s.AppFile(b.Name), app, 0o644); err != nil {
 				return nil, err
 			}
 			if err := s.startAgent(tn, b, o.Interval); err != nil {

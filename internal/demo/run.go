@@ -71,7 +71,8 @@ func Run(ctx context.Context, w io.Writer, o RunOptions) (err error) {
 		p("  and a remote host of tenant a (%s:8080) reachable only through the attested WireGuard overlay", RemoteSegmentAddr)
 	}
 	start := time.Now()
-	s, err := NewAttestedScene(AttestedOptions{Binary: o.Binary, Dir: dir, Instance: o.Instance, Backends: o.Backends, Overlay: !o.NoOverlay})
+	s, err := NewAttestedScene(AttestedOptions{Binary: o.Binary, Dir: dir, Instance: o.Instance, Backends: o.Backends, Overlay: !o.NoOverlay,
+		Tampered: LastOfFirstTenant})
 	if err != nil {
 		return fmt.Errorf("set up the scene (logs were in %s): %w", dir, err)
 	}
@@ -118,12 +119,8 @@ func Run(ctx context.Context, w io.Writer, o RunOptions) (err error) {
 }
 
 func (s *AttestedScene) stepAdmission(p func(string, ...any)) error {
-	a := s.Topo.Tenants[0]
-	tampered := a.Backends[len(a.Backends)-1]
-	if err := os.WriteFile(s.AppFile(tampered.Name), []byte("application of tenant a, release 1, with a backdoor\n"), 0o644); err != nil {
-		return err
-	}
-	p("  %s's application is tampered with before the backends are registered", tampered.Name)
+	tampered := LastOfFirstTenant(s.Topo)[0]
+	p("  %s's application was tampered with before the backends are registered", tampered.Name)
 	start := time.Now()
 	if err := s.Register(); err != nil {
 		return err
@@ -168,8 +165,7 @@ func (s *AttestedScene) stepBalance(p func(string, ...any), n int) error {
 		CloseAll(conns)
 		p("  tenant %s: %s (every connection kept its backend: %v)", tn.Name, formatSpread(Spread(conns)), sticky)
 	}
-	a := s.Topo.Tenants[0]
-	tampered := a.Backends[len(a.Backends)-1]
+	tampered := LastOfFirstTenant(s.Topo)[0]
 	p("  %s, never admitted, accepted %d connections", tampered.Name, tampered.Server.Accepted())
 	return nil
 }
