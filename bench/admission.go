@@ -681,59 +681,60 @@ var errNoFrameAfterDecision = errors.New("not one frame reached the backend afte
 func (b *bencher) paced(ctx context.Context, flows pacedFlows, watch func(now time.Time, sent uint64) (bool, error)) error {
 	client := b.scene.Topo.Tenants[0].Client
 	errc := make(chan error, 1)
-	go func() {
-		if err := lockToLoadCore(); err != nil {
-			errc <- err
-			return
-		}
-		sock, err := client.OpenRaw("eth0")
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer sock.Close()
-		var (
-			sent     uint64
-			longest  time.Duration
-			buf      = make([]byte, 0, 2*frameLen)
-			next     = time.Now()
-			lastTurn = next
-		)
-		defer func() { b.pacedPauses = append(b.pacedPauses, longest) }()
-		for ctx.Err() == nil {
-			now := time.Now()
-			longest = max(longest, now.Sub(lastTurn))
-			lastTurn = now
-			if !now.Before(next) {
-				for range pacedFrames {
-					buf = flows.frameInto(buf, sent)
-					err := sock.Send(buf)
-					if errors.Is(err, unix.ENOBUFS) {
-						// The veth's queue to the gateway is full, as a NIC's
-						// ring can be: the frame is lost on the wire, not the
-						// round. The next send carries the same flow number.
-						atomic.AddUint64(&b.pacedRefused, 1)
-						break
-					}
-					if err != nil {
-						errc <- fmt.Errorf("send frame %d: %w", sent, err)
-						return
-					}
-					sent++
-				}
-				if next = next.Add(pacedTick); next.Before(now) {
-					next = now.Add(pacedTick) // late (preempted): do not burst to catch up
-				}
-			}
-			done, err := watch(time.Now(), sent)
-			if done || err != nil {
-				errc <- err
-				return
-			}
-		}
-		errc <- ctx.Err()
-	}()
+	// The sender's longest pause is recorded before its error is sent: the caller
+	// reads the pauses once this returns.
+	go func() { errc <- b.sendPaced(ctx, client, flows, watch) }()
 	return <-errc
+}
+
+// sendPaced is paced's sender, on its own goroutine; it records its longest pause in
+// b.pacedPauses before it returns.
+func (b *bencher) sendPaced(ctx context.Context, client *netns.Host, flows pacedFlows, watch func(now time.Time, sent uint64) (bool, error)) error {
+	if err := lockToLoadCore(); err != nil {
+		return err
+	}
+	sock, err := client.OpenRaw("eth0")
+	if err != nil {
+		return err
+	}
+	defer sock.Close()
+	var (
+		sent     uint64
+		longest  time.Duration
+		buf      = make([]byte, 0, 2*frameLen)
+		next     = time.Now()
+		lastTurn = next
+	)
+	defer func() { b.pacedPauses = append(b.pacedPauses, longest) }()
+	for ctx.Err() == nil {
+		now := time.Now()
+		longest = max(longest, now.Sub(lastTurn))
+		lastTurn = now
+		if !now.Before(next) {
+			for range pacedFrames {
+				buf = flows.frameInto(buf, sent)
+				err := sock.Send(buf)
+				if errors.Is(err, unix.ENOBUFS) {
+					// The veth's queue to the gateway is full, as a NIC's
+					// ring can be: the frame is lost on the wire, not the
+					// round. The next send carries the same flow number.
+					atomic.AddUint64(&b.pacedRefused, 1)
+					break
+				}
+				if err != nil {
+					return fmt.Errorf("send frame %d: %w", sent, err)
+				}
+				sent++
+			}
+			if next = next.Add(pacedTick); next.Before(now) {
+				next = now.Add(pacedTick) // late (preempted): do not burst to catch up
+			}
+		}
+		if done, err := watch(time.Now(), sent); done || err != nil {
+			return err
+		}
+	}
+	return ctx.Err()
 }
 
 func latest(a, b time.Time) time.Time {
