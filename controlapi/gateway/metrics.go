@@ -55,14 +55,15 @@ var (
 	descStates      = prometheus.NewDesc("moat_backends", "Backends by admission state.", []string{"state"}, nil)
 	descPasses      = prometheus.NewDesc("moat_reconcile_passes_total", "Reconciliation passes applied.", nil, nil)
 	descFailures    = prometheus.NewDesc("moat_reconcile_failures_total", "Reconciliation passes that failed.", nil, nil)
-	descLatency     = prometheus.NewDesc("moat_reconcile_result_to_applied_seconds", "Last delay from an attestation result's arrival to the fast path holding its consequence.", nil, nil)
+	descLatency     = prometheus.NewDesc("moat_reconcile_result_to_applied_seconds", "Last delay from an attestation result's arrival to the write of the configuration that follows from it.", nil, nil)
+	descEviction    = prometheus.NewDesc("moat_reconcile_result_to_evicted_seconds", "Last delay from a failed attestation result's arrival to the eviction of the backends it admitted.", nil, nil)
 	descResults     = prometheus.NewDesc("moat_attestation_results_total", "Attestation results issued by the verifier, by status.", []string{"status"}, nil)
 )
 
 // Describe implements prometheus.Collector.
 func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descPackets, descTenant, descTenantBytes, descBackend, descNewFlows, descEvents,
-		descStates, descPasses, descFailures, descLatency, descResults} {
+		descStates, descPasses, descFailures, descLatency, descEviction, descResults} {
 		ch <- d
 	}
 }
@@ -112,6 +113,7 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	counter(descPasses, rs.Passes)
 	counter(descFailures, rs.Failures)
 	ch <- prometheus.MustNewConstMetric(descLatency, prometheus.GaugeValue, rs.LastLatency.Seconds())
+	ch <- prometheus.MustNewConstMetric(descEviction, prometheus.GaugeValue, rs.LastEviction.Seconds())
 	vs := g.Verifier.Stats()
 	for status, n := range map[string]uint64{"affirming": vs.Affirming, "contraindicated": vs.Contraindicated, "refused": vs.Refused, "expired": vs.Expired} {
 		counter(descResults, n, status)

@@ -109,9 +109,12 @@ type Stats struct {
 	Passes      uint64                     `json:"passes"`
 	Failures    uint64                     `json:"failures"`
 	LastPass    time.Duration              `json:"last_pass_ns"`
-	LastLatency time.Duration              `json:"last_result_to_applied_ns"` // from a result's arrival to its map write
+	LastLatency time.Duration              `json:"last_result_to_applied_ns"` // from a result's arrival to the write of the configuration that follows from it
 	Transitions uint64                     `json:"transitions"`
 	ByState     map[state.BackendState]int `json:"backends_by_state"`
+	// LastEviction is the last delay from a failed result's arrival to the eviction
+	// of the backends it admitted (Notify's map write; zero until one happened).
+	LastEviction time.Duration `json:"last_result_to_evicted_ns"`
 }
 
 type backendKey struct{ tenant, service, name string }
@@ -261,7 +264,12 @@ func (r *Reconciler) Notify(res attest.Result) {
 		// After the standing: a pass applying meanwhile either sees it (keepLapsedOut)
 		// or has finished, its usable backends recorded, when this runs.
 		r.fastPath.Lock()
-		r.evictLapsed(now)
+		if r.evictLapsed(now) {
+			took := r.cfg.Clock().Sub(now)
+			r.mu.Lock()
+			r.stats.LastEviction = took
+			r.mu.Unlock()
+		}
 		r.fastPath.Unlock()
 	}
 	r.poke()
@@ -430,9 +438,10 @@ func (r *Reconciler) pass(store bool) (due time.Time, err error) {
 // the last applied configuration admitted on a subject's result which no longer admits
 // them at now: a failed result arrived (Notify), or the result expired (the start of
 // a pass). Nothing in the store or the desired state can keep such a backend, only an
-// admitting result: it goes without waiting for either. Call it with r.fastPath held.
-func (r *Reconciler) evictLapsed(now time.Time) {
-	r.evict(r.usableIDs(func(_ backendKey, u usableBackend) bool {
+// admitting result: it goes without waiting for either. It says whether it evicted
+// any. Call it with r.fastPath held.
+func (r *Reconciler) evictLapsed(now time.Time) bool {
+	return r.evict(r.usableIDs(func(_ backendKey, u usableBackend) bool {
 		res, ok := r.standings[u.subject]
 		return ok && !res.Admits(now)
 	}))
@@ -506,18 +515,20 @@ func (r *Reconciler) usableIDs(lapsed func(backendKey, usableBackend) bool) []ui
 
 // evict evicts ids through the Applier (an Evicter: usableIDs said so) and drops them
 // from the usable backends, so that a pass that fails afterwards does not evict them
-// again in the next. A failure is only logged: the pass's Apply evicts them too.
-func (r *Reconciler) evict(ids []uint32) {
+// again in the next. A failure is only logged: the pass's Apply evicts them too. It
+// says whether it evicted any.
+func (r *Reconciler) evict(ids []uint32) bool {
 	if len(ids) == 0 {
-		return
+		return false
 	}
 	if err := r.cfg.Applier.(Evicter).Evict(ids); err != nil {
 		r.cfg.Log.Error("evict ahead of the configuration", "backends", ids, "error", err)
-		return
+		return false
 	}
 	r.mu.Lock()
 	maps.DeleteFunc(r.usable, func(_ backendKey, u usableBackend) bool { return slices.Contains(ids, u.id) })
 	r.mu.Unlock()
+	return true
 }
 
 // store stores the standings whose status changed and the transitions not yet

@@ -319,7 +319,8 @@ func TestApplyFailureRetried(t *testing.T) {
 }
 
 // TestRunEvictsOnItsOwn: the running reconciler evicts when a result expires, without
-// any notification, and reacts to results at once.
+// any notification, and reacts to results at once; its statistics time both, the
+// eviction on a failed result apart. It stores the latest result when it stops.
 func TestRunEvictsOnItsOwn(t *testing.T) {
 	st := state.New(kv.NewMem(), nil, nil)
 	st.CreateTenant(state.Tenant{Name: "a", Attachments: []tenant.Attachment{{Interface: "eth0"}}})
@@ -353,12 +354,22 @@ func TestRunEvictsOnItsOwn(t *testing.T) {
 	if lat := r.Stats().LastLatency; lat <= 0 || lat > time.Second {
 		t.Fatalf("result-to-applied latency %v", lat)
 	}
+	if ev := r.Stats().LastEviction; ev != 0 {
+		t.Fatalf("result-to-evicted latency %v after an expiry alone (no failed result)", ev)
+	}
+	now = time.Now()
+	r.Notify(attest.Result{Subject: "a/h1", Status: attest.StatusAffirming, Issued: now, Expires: now.Add(time.Minute)})
+	waitFor(lb.StateAdmitted, time.Second)
+	r.Notify(attest.Result{Subject: "a/h1", Status: attest.StatusContraindicated, Issued: time.Now(), Expires: time.Now()})
+	if ev := r.Stats().LastEviction; ev <= 0 || ev > time.Second || len(app.evictions()) == 0 {
+		t.Fatalf("after a failed result: result-to-evicted latency %v, evictions %v", ev, app.evictions())
+	}
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
-	if got, _ := st.LoadStandings(); got["a/h1"].Status != attest.StatusAffirming {
-		t.Fatalf("standing not stored on exit: %+v", got)
+	if got, _ := st.LoadStandings(); got["a/h1"].Status != attest.StatusContraindicated {
+		t.Fatalf("the latest standing not stored on exit: %+v", got)
 	}
 }
 
