@@ -2,6 +2,7 @@ package dataplane
 
 import (
 	"errors"
+	"fmt"
 	"maps"
 	"net/netip"
 	"os"
@@ -11,8 +12,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
 
+	"github.com/seed4c/moat/internal/netns"
 	"github.com/seed4c/moat/internal/packet"
 	"github.com/seed4c/moat/lb"
 	"github.com/seed4c/moat/tenant"
@@ -345,6 +349,50 @@ func TestPrivilegedIncompatiblePins(t *testing.T) {
 	if want := "moat dataplane remove"; !strings.Contains(err.Error(), want) {
 		t.Errorf("error does not say how to recover (%q): %v", want, err)
 	}
+}
+
+// TestPrivilegedFailedOpenLeavesPinsAsFound: an Open whose program the verifier refuses
+// (after its maps were created and pinned) removes the pins it created, and leaves
+// those of a running instance alone.
+func TestPrivilegedFailedOpenLeavesPinsAsFound(t *testing.T) {
+	env, dp, c := smallEnv(t, DefaultConfig())
+	// The program's first instruction reads a register nothing wrote; the rest, and
+	// its map references, are intact.
+	refused := func(spec *ebpf.CollectionSpec) {
+		insns := spec.Programs[gatewayProgXdpGateway].Instructions
+		insns[0] = asm.LoadMem(asm.R6, asm.R2, 0, asm.DWord).WithMetadata(insns[0].Metadata)
+	}
+	openRefused := func(opts Options) error {
+		return env.gw.Do(func() error {
+			d, err := open(opts, refused)
+			if err == nil {
+				d.Close()
+				return errors.New("the verifier accepted a program that reads an unwritten register")
+			}
+			if !strings.Contains(err.Error(), "verifier refused the program") {
+				return fmt.Errorf("not the verifier's refusal: %w", err)
+			}
+			return nil
+		})
+	}
+
+	fresh := DefaultOptions(netns.UniqueName("t"))
+	fresh.Config, fresh.Limits, fresh.MaxFlows = DefaultConfig(), tenant.DefaultLimits(), 1<<16
+	t.Cleanup(func() { Remove(fresh) })
+	if err := openRefused(fresh); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(fresh.PinDir()); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a first Open that failed left %s behind (%v)", fresh.PinDir(), err)
+	}
+
+	if err := openRefused(dp.Options()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dp.Options().PinDir(), gatewayMapConntrack)); err != nil {
+		t.Errorf("a failed Open over a running instance's pins removed them: %v", err)
+	}
+	env.apply(t, c) // the running instance still writes its maps
 }
 
 // TestPrivilegedWriterEvict: Evict cuts a backend out at once, ahead of any Apply: its

@@ -86,8 +86,15 @@ type Dataplane struct {
 
 // Open loads the fast path for opts.Instance, reusing the instance's pinned maps when
 // they exist (a restart keeps every flow and counter) and creating them otherwise.
-// It mounts bpffs at /sys/fs/bpf when nothing is mounted there.
-func Open(opts Options) (*Dataplane, error) {
+// It mounts bpffs at /sys/fs/bpf when nothing is mounted there. An Open that fails
+// leaves the instance's pins as it found them: none when it was to create them (the
+// maps are pinned before the program is verified), and those of a fast path that may
+// still be running otherwise.
+func Open(opts Options) (*Dataplane, error) { return open(opts, nil) }
+
+// open is Open; edit, when set, changes the specification before it is loaded (tests
+// make the load fail with it).
+func open(opts Options, edit func(*ebpf.CollectionSpec)) (_ *Dataplane, err error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -104,9 +111,20 @@ func Open(opts Options) (*Dataplane, error) {
 	if err != nil {
 		return nil, err
 	}
+	if edit != nil {
+		edit(spec)
+	}
 	dir := opts.PinDir()
+	_, statErr := os.Stat(dir)
 	if err := os.MkdirAll(filepath.Join(dir, "links"), 0o700); err != nil {
 		return nil, fmt.Errorf("create pin directory %s: %w", dir, err)
+	}
+	if errors.Is(statErr, os.ErrNotExist) {
+		defer func() {
+			if err != nil {
+				err = errors.Join(err, os.RemoveAll(dir))
+			}
+		}()
 	}
 	if err := replaceStaleConntrack(dir, spec.Maps[gatewayMapConntrack], opts.Logger); err != nil {
 		return nil, err
