@@ -285,8 +285,8 @@ func (w *Writer) Evicted() ([]uint32, error) {
 	return ids, nil
 }
 
-// knowMaps makes sure w.cur says what the maps hold: the first write reads them (a
-// restarted daemon inherits pinned state). Call it with w.mu held.
+// knowMaps makes sure w.cur says what the maps hold: the first call that needs it
+// reads them (a restarted daemon inherits pinned state). Call it with w.mu held.
 func (w *Writer) knowMaps() error {
 	if w.cur != nil {
 		return nil

@@ -157,7 +157,7 @@ type Reconciler struct {
 	usable map[backendKey]usableBackend
 	// held are the backends the fast path held as evicted when the reconciler was
 	// made: none is admitted again on a result stored before then, only on one that
-	// arrives after (fresh holds the subjects of those).
+	// arrives after (fresh holds the subjects of those while any is held).
 	held  map[backendKey]bool
 	fresh map[string]bool
 
@@ -244,7 +244,9 @@ func (r *Reconciler) Notify(res attest.Result) {
 	if res.Status != attest.StatusRefused {
 		prev, had := r.standings[res.Subject]
 		r.standings[res.Subject] = res
-		r.fresh[res.Subject] = true
+		if len(r.held) > 0 {
+			r.fresh[res.Subject] = true
+		}
 		r.dirty[res.Subject] = true
 		if !had || prev.Status != res.Status {
 			r.urgent = true
@@ -441,11 +443,18 @@ func (r *Reconciler) pass(store bool) (due time.Time, err error) {
 // admitting result: it goes without waiting for either. It says whether it evicted
 // any. Call it with r.fastPath held.
 func (r *Reconciler) evictLapsed(now time.Time) bool {
-	return r.evict(r.usableIDs(func(_ backendKey, u usableBackend) bool {
-		res, ok := r.standings[u.subject]
-		return ok && !res.Admits(now)
-	}))
+	return r.evict(r.usableIDs(func(_ backendKey, u usableBackend) bool { return r.lapsed(u.subject, now) }))
 }
+
+// lapsed says whether subject has a standing that no longer admits it at now. Call it
+// with r.mu held.
+func (r *Reconciler) lapsed(subject string, now time.Time) bool {
+	res, ok := r.standings[subject]
+	return ok && !res.Admits(now)
+}
+
+// usable says whether the fast path may use a backend in state s.
+func usable(s lb.State) bool { return s == lb.StateAdmitted || s == lb.StateDraining }
 
 // keepLapsedOut evicts, in the configuration c a pass is about to apply, the backends
 // admitted on a result that no longer admits them: one that arrived, or expired,
@@ -458,11 +467,11 @@ func (r *Reconciler) keepLapsedOut(c *tenant.Compiled, next map[backendKey]state
 	defer r.mu.Unlock()
 	for i := range c.Backends {
 		b := &c.Backends[i]
-		if b.State != lb.StateAdmitted && b.State != lb.StateDraining {
+		if !usable(b.State) {
 			continue
 		}
 		k := backendKey{b.Tenant, b.Service, b.Name}
-		if res, ok := r.standings[subjects[k]]; ok && !res.Admits(now) {
+		if r.lapsed(subjects[k], now) {
 			b.State = lb.StateEvicted
 			next[k] = state.BackendStatus{State: state.StateEvicted, Reason: "attestation result no longer admits it (arrived or expired during the pass)",
 				LastResult: next[k].LastResult}
@@ -473,15 +482,15 @@ func (r *Reconciler) keepLapsedOut(c *tenant.Compiled, next map[backendKey]state
 // recordUsable records the backends the configuration c, just applied, lets the fast
 // path use: those evictLapsed and evictAhead may evict. Call it with r.fastPath held.
 func (r *Reconciler) recordUsable(c *tenant.Compiled, subjects map[backendKey]string) {
-	usable := map[backendKey]usableBackend{}
+	set := map[backendKey]usableBackend{}
 	for _, b := range c.Backends {
-		if b.State == lb.StateAdmitted || b.State == lb.StateDraining {
+		if usable(b.State) {
 			k := backendKey{b.Tenant, b.Service, b.Name}
-			usable[k] = usableBackend{id: b.ID, subject: subjects[k]}
+			set[k] = usableBackend{id: b.ID, subject: subjects[k]}
 		}
 	}
 	r.mu.Lock()
-	r.usable = usable
+	r.usable = set
 	r.mu.Unlock()
 }
 
@@ -602,7 +611,9 @@ func (r *Reconciler) derive(b *state.Backend, sv *state.Service, ov *overlayView
 	}
 	if k := (backendKey{b.Tenant, b.Service, b.Name}); r.held[k] {
 		if r.fresh[subject] {
-			delete(r.held, k)
+			if delete(r.held, k); len(r.held) == 0 {
+				r.fresh = nil // nothing left to hold: results need no record
+			}
 		} else if st.State == state.StateAdmitted || st.State == state.StateDraining {
 			st = state.BackendStatus{State: state.StateEvicted, LastResult: st.LastResult,
 				Reason: "evicted in the fast path when the gateway started: waiting for a result newer than the stored one"}
