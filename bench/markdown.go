@@ -192,6 +192,9 @@ func (rep *Report) WriteMarkdown(w io.Writer) error {
 		}
 		p("")
 	}
+	if len(rep.CPUProfiles) > 0 {
+		writeProfiles(p, rep.CPUProfiles)
+	}
 	p("## Measurements (median of runs; spread = min–max of the per-core figure)")
 	p("")
 	p("| scenario | flows | system | handled/s | per core | SUT cores | offered/s | conns/s | trans/s | Gbit/s | latency p50 / p99 µs | spread per core |")
@@ -338,4 +341,76 @@ func fmtMicros(us float64) string {
 	default:
 		return fmt.Sprintf("%.0f µs", us)
 	}
+}
+
+// writeProfiles writes the CPU profiles: per part of the path, the ns per frame of
+// the rate measurement and the share of the system's samples; then the top symbols.
+func writeProfiles(p func(string, ...any), pfs []CPUProfile) {
+	var parts []string
+	for _, name := range ProfileParts {
+		if slices.ContainsFunc(pfs, func(pf CPUProfile) bool {
+			return slices.ContainsFunc(pf.Parts, func(pp ProfilePart) bool { return pp.Name == name })
+		}) {
+			parts = append(parts, name)
+		}
+	}
+	p("## Where the system's core goes (perf)")
+	p("")
+	p("Samples of the system-under-test core (perf, cpu-clock at %d Hz) during a separate %v burst of each scenario's traffic in the first repetition, counting only the threads whose run time the per-core rates count, sorted by kernel symbol into the parts of a frame's path (bench/cpuprofile.go). Each cell: ns per frame (the part's share of samples × the per-frame time of the rate measurement), then the share.", profileHz, profileBurst)
+	p("")
+	head := "| scenario | flows | system | samples | ns per frame |"
+	rule := "|---|---|---|---|---|"
+	for _, name := range parts {
+		head += " " + name + " |"
+		rule += "---|"
+	}
+	p("%s", head)
+	p("%s", rule)
+	for _, pf := range pfs {
+		flows := "–"
+		if pf.Flows > 0 {
+			flows = fmt.Sprint(pf.Flows)
+		}
+		var total float64
+		for _, pp := range pf.Parts {
+			total += pp.NsPerFrame
+		}
+		row := fmt.Sprintf("| %s | %s | %s | %d | %s |", pf.Scenario, flows, pf.System, pf.Samples, nsOrDash(total))
+		for _, name := range parts {
+			cell := "–"
+			for _, pp := range pf.Parts {
+				if pp.Name == name {
+					cell = fmt.Sprintf("%s (%.0f%%)", nsOrDash(pp.NsPerFrame), 100*pp.Share)
+				}
+			}
+			row += " " + cell + " |"
+		}
+		p("%s", row)
+	}
+	p("")
+	p("Top symbols of each profile (share of the system's samples):")
+	p("")
+	p("| scenario | flows | system | symbols |")
+	p("|---|---|---|---|")
+	for _, pf := range pfs {
+		flows := "–"
+		if pf.Flows > 0 {
+			flows = fmt.Sprint(pf.Flows)
+		}
+		var syms []string
+		for _, t := range pf.Top {
+			syms = append(syms, fmt.Sprintf("%s %.0f%%", t.Name, 100*t.Share))
+		}
+		p("| %s | %s | %s | %s |", pf.Scenario, flows, pf.System, strings.Join(syms, ", "))
+	}
+	p("")
+}
+
+// nsOrDash formats a time per frame in ns, or a dash when there is none (no rate
+// measurement of the same scenario to scale the shares by).
+func nsOrDash(ns float64) string {
+	if ns <= 0 {
+		return "–"
+	}
+	return fmt.Sprintf("%.0f ns", ns)
 }

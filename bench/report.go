@@ -165,6 +165,8 @@ type Report struct {
 	Targets        []Target                      `json:"targets"`
 	// ProgramTimes: what the XDP systems' programs cost per frame (progtime.go).
 	ProgramTimes []ProgramTime `json:"program_times,omitempty"`
+	// CPUProfiles: where the systems' cores went, by part of the path (cpuprofile.go).
+	CPUProfiles []CPUProfile `json:"cpu_profiles,omitempty"`
 	// Phases: where the run's time went (building the scene and tearing it down are
 	// the rest of Seconds).
 	Phases []Phase  `json:"phases,omitempty"`
@@ -271,6 +273,7 @@ func ratioKey(r *Record) string {
 // scenario both measured.
 func (rep *Report) ComputeRatios() {
 	rep.computeCoreShares()
+	rep.computeProfileTimes()
 	rep.Ratios = map[string]map[string]float64{}
 	rep.RatiosAbsolute = map[string]map[string]float64{}
 	moat := map[string]*Record{}

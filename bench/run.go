@@ -66,8 +66,12 @@ type Options struct {
 	Scenarios []string
 	Instance  string // fast path instance; default "bench"
 	Command   string // recorded in the report
-	Progress  io.Writer
-	Logger    *slog.Logger
+	// CPUProfile samples the SUT core with perf in a separate burst of each packet
+	// scenario, in the first repetition, and reports where its time went
+	// (cpuprofile.go). It needs perf.
+	CPUProfile bool
+	Progress   io.Writer
+	Logger     *slog.Logger
 }
 
 // AllSystems lists the systems in the order they are measured.
@@ -193,6 +197,11 @@ func Run(ctx context.Context, o Options) (rep *Report, err error) {
 	}
 	if runtime.NumCPU() < 2 {
 		return nil, errors.New("moat bench needs two CPUs: one for the load, one for the system under test")
+	}
+	if o.CPUProfile {
+		if err := perfAvailable(); err != nil {
+			return nil, fmt.Errorf("CPU profiles: %w", err)
+		}
 	}
 	b := &bencher{profile: o.Profile, opts: o, gens: map[*netns.Host]*Generator{}, sinks: map[*netns.Host]*Sink{}}
 	b.rep = &Report{Command: o.Command, Profile: o.Profile.Name, Started: time.Now().UTC(), Machine: DescribeMachine(), Isolation: isolationNotes()}
@@ -361,10 +370,10 @@ func (b *bencher) packetPhase(ctx context.Context) error {
 					}
 					b.record(sc.name, system, KindPackets, sc.flows, s)
 				}
-				if sys.prog == nil {
-					return nil
-				}
 				for _, sc := range own {
+					if sys.prog == nil { // not an XDP system: no program to time
+						break
+					}
 					b.prog.note(fmt.Sprintf("%-8s %-25s program time", system, sc.name))
 					pt, err := b.measureProgramTime(ctx, sys, sc)
 					if err != nil {
@@ -375,6 +384,21 @@ func (b *bencher) packetPhase(ctx context.Context) error {
 						continue
 					}
 					b.addProgramTime(pt)
+				}
+				for _, sc := range own {
+					if !b.opts.CPUProfile || rep > 0 { // the first repetition's is enough
+						break
+					}
+					b.prog.note(fmt.Sprintf("%-8s %-25s CPU profile", system, sc.name))
+					pf, err := b.measureCPUProfile(ctx, sys, sc)
+					if err != nil {
+						if ctx.Err() != nil {
+							return ctx.Err()
+						}
+						b.fail(fmt.Errorf("%s %s CPU profile: %w", system, sc.name, err))
+						continue
+					}
+					b.rep.CPUProfiles = append(b.rep.CPUProfiles, pf)
 				}
 				return nil
 			}); err != nil {

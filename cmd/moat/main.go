@@ -212,6 +212,7 @@ func benchCmd() *cobra.Command {
 	var (
 		profile, out       string
 		systems, scenarios []string
+		cpuProfile         bool
 	)
 	cmd := &cobra.Command{
 		Use:   "bench [--profile quick|full] [--out DIR]",
@@ -227,8 +228,8 @@ needs root and two CPUs; it installs HAProxy from Debian when missing.`,
 			if !ok {
 				return fmt.Errorf("--profile %q: want quick, full or smoke", profile)
 			}
-			o := bench.Options{Profile: p, Systems: systems, Scenarios: scenarios, Progress: os.Stderr,
-				Command: "moat " + strings.Join(os.Args[1:], " ")}
+			o := bench.Options{Profile: p, Systems: systems, Scenarios: scenarios, CPUProfile: cpuProfile,
+				Progress: os.Stderr, Command: "moat " + strings.Join(os.Args[1:], " ")}
 			rep, err := bench.Run(cmd.Context(), o)
 			if rep != nil {
 				rep.SortRecords()
@@ -246,6 +247,7 @@ needs root and two CPUs; it installs HAProxy from Debian when missing.`,
 	f.StringVar(&out, "out", "bench/results/latest", "directory for the report")
 	f.StringSliceVar(&systems, "systems", nil, "systems to measure (default all): "+strings.Join(bench.AllSystems, ", "))
 	f.StringSliceVar(&scenarios, "scenarios", nil, "scenarios to measure (default all): "+strings.Join(bench.AllScenarios, ", "))
+	f.BoolVar(&cpuProfile, "perf", false, "sample the system-under-test core with perf during a separate burst of each packet scenario (first repetition) and report where its time went, by part of the path (needs perf: apt-get install linux-perf)")
 	return cmd
 }
 

@@ -1,0 +1,249 @@
+package bench
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// A rate per busy core says how much of a core a frame costs, not what in the core
+// costs it. With Options.CPUProfile the bench samples the system-under-test core with
+// perf (cpu-clock, so it works in a VM without hardware counters) during a separate
+// burst of each packet scenario, keeps the samples of exactly the threads whose run
+// time it counts, and sorts their kernel symbols into the parts of a frame's path:
+// the system's own program, the BPF map lookups it calls, the veth receive, the
+// redirect, waking the receiving end, and for nftables the stack's parts. Sampling
+// costs the core an interrupt every 100 µs, so it never runs while rates are
+// measured; a profile's ns per frame are its shares of the rate measurement's
+// per-frame time.
+
+// profileBurst is how long the traffic of a CPU profile runs; perf samples it whole.
+const profileBurst = time.Second
+
+// profileHz is perf's sampling rate on the SUT core.
+const profileHz = 10000
+
+// CPUProfile is where a system's core time went in one packet scenario.
+type CPUProfile struct {
+	Scenario string `json:"scenario"`
+	System   string `json:"system"`
+	Flows    int    `json:"flows,omitempty"`
+	Samples  int    `json:"samples"` // samples of the system's threads
+	// Parts are the shares of those samples by part of the path, largest first;
+	// NsPerFrame is the share of the scenario's per-frame time (1 / per-core rate).
+	Parts []ProfilePart `json:"parts"`
+	// Top lists the symbols with the most samples, for what the parts hide.
+	Top []ProfilePart `json:"top"`
+}
+
+// ProfilePart is one part of a profile (or one symbol, in Top).
+type ProfilePart struct {
+	Name       string  `json:"name"`
+	Share      float64 `json:"share"`
+	NsPerFrame float64 `json:"ns_per_frame,omitempty"`
+}
+
+// Parts of a frame's path, in the order the report shows them.
+const (
+	PartProgram   = "program"             // the system's XDP program itself
+	PartMapLookup = "map lookups"         // hash map lookups the program calls
+	PartVethRecv  = "veth receive"        // NAPI poll of the receiving veth, the XDP run loop
+	PartRedirect  = "redirect"            // XDP_REDIRECT: devmap enqueue, bulk transmit to the egress veth
+	PartWake      = "waking the receiver" // scheduling the receiving end's NAPI (a wake-up on another core)
+	PartNetfilter = "netfilter"           // nftables rules, NAT
+	PartConntrack = "conntrack"           // the kernel's connection tracking
+	PartRouting   = "routing"             // FIB lookups, route input and output
+	PartStack     = "skb, stack"          // skbs built from frames (the CPUMAP kthread) and freed, GRO, IP receive and output
+	PartOther     = "other"
+)
+
+// ProfileParts lists the parts in report order.
+var ProfileParts = []string{PartProgram, PartMapLookup, PartVethRecv, PartRedirect, PartWake,
+	PartNetfilter, PartConntrack, PartRouting, PartStack, PartOther}
+
+// partOf names the part of the path a kernel symbol belongs to. The lists hold the
+// symbols these paths spend their time in on this kernel (6.18); an unknown symbol
+// is "other", never guessed.
+func partOf(sym string) string {
+	switch {
+	case strings.HasPrefix(sym, "bpf_prog_"):
+		return PartProgram
+	case strings.HasPrefix(sym, "htab_"), strings.HasPrefix(sym, "__htab_"), sym == "lookup_nulls_elem_raw",
+		sym == "lookup_elem_raw", strings.HasPrefix(sym, "bpf_lru_"):
+		return PartMapLookup
+	case sym == "__napi_schedule", sym == "__napi_schedule_irqoff", sym == "try_to_wake_up",
+		sym == "wake_up_process", strings.HasPrefix(sym, "ttwu_"), sym == "__smp_call_single_queue",
+		sym == "native_send_call_func_single_ipi", sym == "kvm_send_ipi_mask":
+		return PartWake
+	case strings.HasPrefix(sym, "veth_xdp_rcv"), sym == "veth_poll", sym == "__napi_poll",
+		strings.HasPrefix(sym, "napi_threaded_poll"), sym == "bpf_dispatcher_xdp_func", sym == "bpf_dispatcher_xdp",
+		strings.HasPrefix(sym, "page_pool_"), sym == "xdp_return_frame", sym == "xdp_return_frame_rx_napi",
+		sym == "__xdp_return":
+		return PartVethRecv
+	case strings.HasPrefix(sym, "xdp_do_"), strings.HasPrefix(sym, "dev_map_"), strings.HasPrefix(sym, "dev_hash_map_"),
+		strings.HasPrefix(sym, "bq_"), sym == "veth_xdp_xmit", sym == "veth_ndo_xdp_xmit", sym == "__dev_flush",
+		strings.HasPrefix(sym, "__xdp_enqueue"):
+		return PartRedirect
+	case strings.HasPrefix(sym, "nft_"), strings.HasPrefix(sym, "nf_hook"), strings.HasPrefix(sym, "nf_nat_"),
+		strings.HasPrefix(sym, "__nf_nat"), strings.HasPrefix(sym, "nf_tables_"), sym == "l4proto_manip_pkt":
+		return PartNetfilter
+	case strings.HasPrefix(sym, "nf_conntrack"), strings.HasPrefix(sym, "__nf_conntrack"), strings.HasPrefix(sym, "nf_ct_"),
+		strings.HasPrefix(sym, "__nf_ct_"), strings.HasPrefix(sym, "tcp_in_window"), sym == "hash_conntrack_raw",
+		strings.HasPrefix(sym, "ipv4_conntrack"), sym == "nf_confirm", strings.HasPrefix(sym, "__siphash"):
+		return PartConntrack
+	case strings.HasPrefix(sym, "fib"), strings.HasPrefix(sym, "ip_route_"), strings.HasPrefix(sym, "__fib"),
+		strings.HasPrefix(sym, "ip_mkroute"), strings.HasPrefix(sym, "bpf_ipv4_fib"), strings.HasPrefix(sym, "l3mdev"):
+		return PartRouting
+	case strings.Contains(sym, "skb"), strings.HasPrefix(sym, "ip_"), strings.HasPrefix(sym, "gro_"),
+		strings.HasPrefix(sym, "dev_gro"), strings.HasPrefix(sym, "__netif"), strings.HasPrefix(sym, "netif_"),
+		strings.HasPrefix(sym, "__dev_queue_xmit"), sym == "dev_hard_start_xmit", sym == "veth_xmit",
+		strings.HasPrefix(sym, "inet_gro"), strings.HasPrefix(sym, "tcp4_gro"), strings.HasPrefix(sym, "tcp_gro"),
+		strings.Contains(sym, "kmem_cache"), sym == "__inet_lookup_established", strings.HasPrefix(sym, "cpu_map_"),
+		strings.HasPrefix(sym, "__ip_"), strings.HasPrefix(sym, "neigh_"), strings.HasPrefix(sym, "eth_"):
+		return PartStack
+	}
+	return PartOther
+}
+
+// perfLine is one line of `perf report --sort pid,sym --show-nr-samples --stdio`:
+// "    25.70%          1368     5773:napi/ca-81680    [k] lookup_nulls_elem_raw"
+// (share, samples, thread id and name, symbol).
+var perfLine = regexp.MustCompile(`^\s*[0-9.]+%\s+(\d+)\s+(\d+):\S*\s+\[[^\]]+\]\s+(\S+)`)
+
+// parsePerfReport reads such a report and returns the profile of the threads in tids:
+// their samples, the shares of those samples by part of the path, and the top
+// symbols. Samples of other threads (perf itself, the harness) are left out, as the
+// busy-core figures leave out their run time.
+func parsePerfReport(out string, tids []int) (CPUProfile, error) {
+	want := map[int]bool{}
+	for _, t := range tids {
+		want[t] = true
+	}
+	parts := map[string]int{}
+	syms := map[string]int{}
+	var p CPUProfile
+	sc := bufio.NewScanner(strings.NewReader(out))
+	for sc.Scan() {
+		m := perfLine.FindStringSubmatch(sc.Text())
+		if m == nil {
+			continue
+		}
+		n, err := strconv.Atoi(m[1])
+		if err != nil {
+			return p, fmt.Errorf("perf report line %q: %w", sc.Text(), err)
+		}
+		if tid, _ := strconv.Atoi(m[2]); !want[tid] {
+			continue
+		}
+		p.Samples += n
+		parts[partOf(m[3])] += n
+		syms[m[3]] += n
+	}
+	if err := sc.Err(); err != nil {
+		return p, err
+	}
+	if p.Samples == 0 {
+		return p, fmt.Errorf("perf recorded no sample of threads %v", tids)
+	}
+	share := func(n int) float64 { return float64(n) / float64(p.Samples) }
+	for _, name := range ProfileParts {
+		if n := parts[name]; n > 0 {
+			p.Parts = append(p.Parts, ProfilePart{Name: name, Share: share(n)})
+		}
+	}
+	sort.SliceStable(p.Parts, func(i, j int) bool { return p.Parts[i].Share > p.Parts[j].Share })
+	for s, n := range syms {
+		p.Top = append(p.Top, ProfilePart{Name: s, Share: share(n)})
+	}
+	sort.Slice(p.Top, func(i, j int) bool {
+		if p.Top[i].Share != p.Top[j].Share {
+			return p.Top[i].Share > p.Top[j].Share
+		}
+		return p.Top[i].Name < p.Top[j].Name
+	})
+	if len(p.Top) > profileTop {
+		p.Top = p.Top[:profileTop]
+	}
+	return p, nil
+}
+
+// profileTop is how many symbols a profile lists.
+const profileTop = 8
+
+// measureCPUProfile runs a fresh burst of sc through sys while perf samples the SUT
+// core, and returns where the system's threads spent it.
+func (b *bencher) measureCPUProfile(ctx context.Context, sys *sut, sc packetScenario) (CPUProfile, error) {
+	pf := CPUProfile{Scenario: sc.name, System: sys.name, Flows: sc.flows}
+	ts, err := b.trafficFor(ctx, sc)
+	if err != nil {
+		return pf, err
+	}
+	_, tids, err := sys.cpuTime()
+	if err != nil {
+		return pf, err
+	}
+	data := filepath.Join(b.tmp, "perf.data")
+	defer os.Remove(data)
+	rec := exec.CommandContext(ctx, "perf", "record", "-q", "-e", "cpu-clock", "-F", strconv.Itoa(profileHz),
+		"-C", strconv.Itoa(sutCPU), "-o", data, "--", "sleep", fmt.Sprintf("%.3f", profileBurst.Seconds()))
+	var recErr strings.Builder
+	rec.Stderr = &recErr
+	if err := rec.Start(); err != nil {
+		return pf, fmt.Errorf("perf record: %w", err)
+	}
+	// perf needs a moment to open its events before the burst it is to sample.
+	time.Sleep(100 * time.Millisecond)
+	_, trafficErr := b.runTraffic(ctx, ts, profileBurst-200*time.Millisecond)
+	if err := rec.Wait(); err != nil {
+		return pf, fmt.Errorf("perf record: %w: %s", err, strings.TrimSpace(recErr.String()))
+	}
+	if trafficErr != nil {
+		return pf, trafficErr
+	}
+	rep, err := exec.CommandContext(ctx, "perf", "report", "-i", data, "--no-children", "--sort", "pid,sym",
+		"--stdio", "-g", "none", "--show-nr-samples").Output()
+	if err != nil {
+		return pf, fmt.Errorf("perf report: %w", err)
+	}
+	p, err := parsePerfReport(string(rep), tids)
+	if err != nil {
+		return pf, err
+	}
+	p.Scenario, p.System, p.Flows = pf.Scenario, pf.System, pf.Flows
+	return p, nil
+}
+
+// perfAvailable says whether perf can sample here, and why not.
+func perfAvailable() error {
+	if _, err := exec.LookPath("perf"); err != nil {
+		return fmt.Errorf("perf is not installed (apt-get install linux-perf)")
+	}
+	return nil
+}
+
+// computeProfileTimes turns each profile's shares into ns per frame of the rate
+// measurement of the same scenario and system.
+func (rep *Report) computeProfileTimes() {
+	for i := range rep.CPUProfiles {
+		pf := &rep.CPUProfiles[i]
+		r := rep.Find(pf.Scenario, pf.System, pf.Flows)
+		if r == nil || r.PPSPerCore <= 0 {
+			continue
+		}
+		frame := 1e9 / r.PPSPerCore
+		for j := range pf.Parts {
+			pf.Parts[j].NsPerFrame = pf.Parts[j].Share * frame
+		}
+		for j := range pf.Top {
+			pf.Top[j].NsPerFrame = pf.Top[j].Share * frame
+		}
+	}
+}

@@ -1,0 +1,201 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/seed4c/moat/internal/netns"
+)
+
+// A report as `perf report --sort pid,sym --show-nr-samples --stdio -g none` printed
+// it during an established run of moat (thread 5773 is its NAPI thread), with a line
+// of the harness's own process and one of an unrelated thread.
+const moatPerfReport = `# Samples: 5K of event 'cpu-clock'
+#
+# Overhead       Samples      Pid:Command          Symbol
+# ........  ............  .......................  ..................
+#
+    25.70%          1368     5773:napi/ca-81680    [k] lookup_nulls_elem_raw
+    17.17%           914     5773:napi/ca-81680    [k] bpf_prog_3499316af82fcbd7_xdp_gateway
+     9.47%           504     5773:napi/ca-81680    [k] __napi_schedule
+     9.30%           495     5773:napi/ca-81680    [k] veth_xdp_rcv
+     6.78%           361     5773:napi/ca-81680    [k] veth_xdp_rcv_one
+     2.82%           150     5773:napi/ca-81680    [k] xdp_do_redirect
+     2.16%           115     5773:napi/ca-81680    [k] htab_map_hash
+     2.01%           107     5773:napi/ca-81680    [k] veth_xdp_xmit
+     1.15%            61     5802:moat             [k] generic_map_lookup_batch
+     0.40%            21     5773:napi/ca-81680    [k] srso_alias_return_thunk
+     0.10%             5       17:ksoftirqd/1      [k] __napi_schedule
+
+`
+
+func TestParsePerfReportKeepsTheSystemsThreads(t *testing.T) {
+	p, err := parsePerfReport(moatPerfReport, []int{5773})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const want = 1368 + 914 + 504 + 495 + 361 + 150 + 115 + 107 + 21
+	if p.Samples != want {
+		t.Fatalf("samples = %d, want %d (the harness's and ksoftirqd's left out)", p.Samples, want)
+	}
+	shares := map[string]float64{}
+	var sum float64
+	for _, pp := range p.Parts {
+		shares[pp.Name] = pp.Share
+		sum += pp.Share
+	}
+	if math.Abs(sum-1) > 1e-9 {
+		t.Errorf("shares sum to %v, want 1", sum)
+	}
+	for part, n := range map[string]int{
+		PartMapLookup: 1368 + 115,
+		PartProgram:   914,
+		PartWake:      504,
+		PartVethRecv:  495 + 361,
+		PartRedirect:  150 + 107,
+		PartOther:     21,
+	} {
+		if got, want := shares[part], float64(n)/float64(want); math.Abs(got-want) > 1e-9 {
+			t.Errorf("%s share = %.4f, want %.4f", part, got, want)
+		}
+	}
+	for i := 1; i < len(p.Parts); i++ {
+		if p.Parts[i].Share > p.Parts[i-1].Share {
+			t.Errorf("parts not largest first: %v", p.Parts)
+		}
+	}
+	if len(p.Top) != profileTop || p.Top[0].Name != "lookup_nulls_elem_raw" || p.Top[1].Name != "bpf_prog_3499316af82fcbd7_xdp_gateway" {
+		t.Errorf("top symbols = %v", p.Top)
+	}
+	for _, s := range p.Top {
+		if s.Name == "generic_map_lookup_batch" {
+			t.Errorf("the harness's symbol is in the system's top: %v", p.Top)
+		}
+	}
+}
+
+func TestParsePerfReportRefusesAProfileWithoutTheSystem(t *testing.T) {
+	if _, err := parsePerfReport(moatPerfReport, []int{4242}); err == nil {
+		t.Fatal("a report without a sample of the system's threads gave a profile")
+	}
+	if _, err := parsePerfReport("", []int{5773}); err == nil {
+		t.Fatal("an empty report gave a profile")
+	}
+}
+
+// nftables' path, as perf names it in the CPUMAP kthread: every symbol lands in the
+// part an operator would look for it in.
+func TestPartOfNftablesPath(t *testing.T) {
+	for sym, want := range map[string]string{
+		"__napi_schedule":             PartWake,
+		"nft_do_chain":                PartNetfilter,
+		"nf_hook_slow":                PartNetfilter,
+		"nf_nat_ipv4_manip_pkt":       PartNetfilter,
+		"l4proto_manip_pkt":           PartNetfilter,
+		"__nf_conntrack_find_get":     PartConntrack,
+		"nf_conntrack_tcp_packet":     PartConntrack,
+		"__siphash_unaligned":         PartConntrack,
+		"fib_table_lookup":            PartRouting,
+		"fib4_rule_action":            PartRouting,
+		"ip_route_input_slow":         PartRouting,
+		"__fib_validate_source":       PartRouting,
+		"cpu_map_kthread_run":         PartStack,
+		"veth_xmit":                   PartStack,
+		"ip_forward":                  PartStack,
+		"napi_skb_cache_get_bulk":     PartStack,
+		"__kmem_cache_alloc_bulk":     PartStack,
+		"__inet_lookup_established":   PartStack,
+		"bpf_prog_efbac497c6e464a0_x": PartProgram,
+		"dev_hash_map_redirect":       PartRedirect,
+		"bq_xmit_all":                 PartRedirect,
+		"veth_poll":                   PartVethRecv,
+		"page_pool_put_unrefed_page":  PartVethRecv,
+		"some_unknown_symbol":         PartOther,
+		"__pi_memcpy":                 PartOther,
+	} {
+		if got := partOf(sym); got != want {
+			t.Errorf("partOf(%s) = %q, want %q", sym, got, want)
+		}
+	}
+}
+
+func TestProfileTimesScaleByTheRate(t *testing.T) {
+	rep := &Report{
+		Records: []Record{{Scenario: ScEstablished, System: SysMoat, Flows: 4096, Kind: KindPackets, Sample: Sample{PPSPerCore: 2e6}}},
+		CPUProfiles: []CPUProfile{{Scenario: ScEstablished, System: SysMoat, Flows: 4096,
+			Parts: []ProfilePart{{Name: PartMapLookup, Share: 0.25}, {Name: PartProgram, Share: 0.75}},
+			Top:   []ProfilePart{{Name: "lookup_nulls_elem_raw", Share: 0.2}}}},
+	}
+	rep.computeProfileTimes()
+	pf := rep.CPUProfiles[0]
+	// 2 Mpps per core: 500 ns per frame.
+	if pf.Parts[0].NsPerFrame != 125 || pf.Parts[1].NsPerFrame != 375 || pf.Top[0].NsPerFrame != 100 {
+		t.Fatalf("ns per frame = %v, %v; want 125, 375 and 100", pf.Parts, pf.Top)
+	}
+	var md strings.Builder
+	writeProfiles(func(f string, a ...any) { fmt.Fprintf(&md, f+"\n", a...) }, rep.CPUProfiles)
+	for _, want := range []string{"| established | 4096 | moat |", "125 ns (25%)", "375 ns (75%)", "lookup_nulls_elem_raw 20%"} {
+		if !strings.Contains(md.String(), want) {
+			t.Errorf("markdown lacks %q:\n%s", want, md.String())
+		}
+	}
+}
+
+// TestPrivilegedCPUProfile runs the smoke profile's established scenario on moat and
+// nftables with CPU profiles: each system's samples are its own threads', sorted into
+// the parts its path has (moat's program and conntrack lookups; nftables' netfilter,
+// conntrack and stack, and no XDP program of its own), and scaled to ns per frame.
+// It needs perf (.ci/deps installs it): it skips without it, and fails under CI=true.
+func TestPrivilegedCPUProfile(t *testing.T) {
+	netns.RequireRoot(t)
+	if err := perfAvailable(); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("%v, and CI=true", err)
+		}
+		t.Skip(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	rep, err := Run(ctx, Options{Profile: Profiles["smoke"], Systems: []string{SysMoat, SysNft},
+		Scenarios: []string{ScEstablished}, Instance: netns.UniqueName("bperf"), Command: t.Name(), CPUProfile: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range rep.Errors {
+		t.Errorf("run error: %s", e)
+	}
+	rep.computeProfileTimes()
+	parts := map[string]map[string]ProfilePart{}
+	for _, pf := range rep.CPUProfiles {
+		if pf.Scenario != ScEstablished || pf.Samples < 100 {
+			t.Errorf("profile %s %s: %d samples", pf.System, pf.Scenario, pf.Samples)
+		}
+		parts[pf.System] = map[string]ProfilePart{}
+		for _, pp := range pf.Parts {
+			parts[pf.System][pp.Name] = pp
+		}
+	}
+	for system, want := range map[string][]string{
+		SysMoat: {PartProgram, PartMapLookup, PartVethRecv, PartRedirect},
+		SysNft:  {PartNetfilter, PartConntrack, PartStack},
+	} {
+		got, ok := parts[system]
+		if !ok {
+			t.Errorf("no profile of %s", system)
+			continue
+		}
+		for _, name := range want {
+			if pp := got[name]; pp.Share <= 0 || pp.NsPerFrame <= 0 {
+				t.Errorf("%s: part %q = %+v, want a share and a time per frame", system, name, pp)
+			}
+		}
+	}
+	if _, ok := parts[SysNft][PartProgram]; ok {
+		t.Errorf("nftables' profile has an XDP program part: %v", parts[SysNft])
+	}
+}
