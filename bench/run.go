@@ -370,35 +370,25 @@ func (b *bencher) packetPhase(ctx context.Context) error {
 					}
 					b.record(sc.name, system, KindPackets, sc.flows, s)
 				}
-				for _, sc := range own {
-					if sys.prog == nil { // not an XDP system: no program to time
-						break
-					}
-					b.prog.note(fmt.Sprintf("%-8s %-25s program time", system, sc.name))
-					pt, err := b.measureProgramTime(ctx, sys, sc)
-					if err != nil {
-						if ctx.Err() != nil {
-							return ctx.Err()
+				if sys.prog != nil { // an XDP system: time its program
+					if err := b.measureEach(ctx, system, "program time", own, func(sc packetScenario) error {
+						pt, err := b.measureProgramTime(ctx, sys, sc)
+						if err == nil {
+							b.addProgramTime(pt)
 						}
-						b.fail(fmt.Errorf("%s %s program time: %w", system, sc.name, err))
-						continue
+						return err
+					}); err != nil {
+						return err
 					}
-					b.addProgramTime(pt)
 				}
-				for _, sc := range own {
-					if !b.opts.CPUProfile || rep > 0 { // the first repetition's is enough
-						break
-					}
-					b.prog.note(fmt.Sprintf("%-8s %-25s CPU profile", system, sc.name))
-					pf, err := b.measureCPUProfile(ctx, sys, sc)
-					if err != nil {
-						if ctx.Err() != nil {
-							return ctx.Err()
+				if b.opts.CPUProfile && rep == 0 { // the first repetition's profiles are enough
+					return b.measureEach(ctx, system, "CPU profile", own, func(sc packetScenario) error {
+						pf, err := b.measureCPUProfile(ctx, sys, sc)
+						if err == nil {
+							b.rep.CPUProfiles = append(b.rep.CPUProfiles, pf)
 						}
-						b.fail(fmt.Errorf("%s %s CPU profile: %w", system, sc.name, err))
-						continue
-					}
-					b.rep.CPUProfiles = append(b.rep.CPUProfiles, pf)
+						return err
+					})
 				}
 				return nil
 			}); err != nil {
@@ -431,6 +421,22 @@ func (b *bencher) packetPhase(ctx context.Context) error {
 		delete(b.sinks, h)
 	}
 	return errors.Join(errs...)
+}
+
+// measureEach runs measure on each of scs in turn, showing what it measures. A
+// failure is recorded in the report and the next scenario goes on; only a cancelled
+// run stops it.
+func (b *bencher) measureEach(ctx context.Context, system, what string, scs []packetScenario, measure func(packetScenario) error) error {
+	for _, sc := range scs {
+		b.prog.note(fmt.Sprintf("%-8s %-25s %s", system, sc.name, what))
+		if err := measure(sc); err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			b.fail(fmt.Errorf("%s %s %s: %w", system, sc.name, what, err))
+		}
+	}
+	return nil
 }
 
 // withSystem sets a system up, runs f, and takes it down again.
