@@ -221,7 +221,8 @@ func (b *bencher) measureCPUProfile(ctx context.Context, sys *sut, sc packetScen
 	return p, nil
 }
 
-// perfAvailable says whether perf can sample here, and why not.
+// perfAvailable says whether perf is installed. (Whether it may sample is found out
+// by the first profile: perf's own error goes into the report's errors.)
 func perfAvailable() error {
 	if _, err := exec.LookPath("perf"); err != nil {
 		return fmt.Errorf("perf is not installed (apt-get install linux-perf)")

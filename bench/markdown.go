@@ -180,10 +180,7 @@ func (rep *Report) WriteMarkdown(w io.Writer) error {
 		p("| scenario | flows | system | ns per frame | frames | share of busy core |")
 		p("|---|---|---|---|---|---|")
 		for _, pt := range rep.ProgramTimes {
-			flows := "–"
-			if pt.Flows > 0 {
-				flows = fmt.Sprint(pt.Flows)
-			}
+			flows := flowsCell(pt.Flows)
 			share := "–"
 			if pt.CoreShare > 0 {
 				share = fmt.Sprintf("%.0f%%", 100*pt.CoreShare)
@@ -204,10 +201,7 @@ func (rep *Report) WriteMarkdown(w io.Writer) error {
 		if r.Kind != KindPackets && r.Kind != KindTCP {
 			continue
 		}
-		flows := "–"
-		if r.Flows > 0 {
-			flows = fmt.Sprint(r.Flows)
-		}
+		flows := flowsCell(r.Flows)
 		lat := "–"
 		if r.Latency != nil {
 			lat = fmt.Sprintf("%.0f / %.0f", r.Latency.P50, r.Latency.P99)
@@ -277,10 +271,7 @@ func (rep *Report) writeDropMarkdown(p func(string, ...any)) {
 		for _, k := range reasons {
 			parts = append(parts, k+" "+fmtCount(r.DropReasons[k]))
 		}
-		flows := "–"
-		if r.Flows > 0 {
-			flows = fmt.Sprint(r.Flows)
-		}
+		flows := flowsCell(r.Flows)
 		p("| %s | %s | %s | %s |", r.Scenario, flows, r.System, strings.Join(parts, ", "))
 	}
 	if !first {
@@ -367,10 +358,7 @@ func writeProfiles(p func(string, ...any), pfs []CPUProfile) {
 	p("%s", head)
 	p("%s", rule)
 	for _, pf := range pfs {
-		flows := "–"
-		if pf.Flows > 0 {
-			flows = fmt.Sprint(pf.Flows)
-		}
+		flows := flowsCell(pf.Flows)
 		var total float64
 		for _, pp := range pf.Parts {
 			total += pp.NsPerFrame
@@ -393,10 +381,7 @@ func writeProfiles(p func(string, ...any), pfs []CPUProfile) {
 	p("| scenario | flows | system | symbols |")
 	p("|---|---|---|---|")
 	for _, pf := range pfs {
-		flows := "–"
-		if pf.Flows > 0 {
-			flows = fmt.Sprint(pf.Flows)
-		}
+		flows := flowsCell(pf.Flows)
 		var syms []string
 		for _, t := range pf.Top {
 			syms = append(syms, fmt.Sprintf("%s %.0f%%", t.Name, 100*t.Share))
@@ -413,4 +398,12 @@ func nsOrDash(ns float64) string {
 		return "–"
 	}
 	return fmt.Sprintf("%.0f ns", ns)
+}
+
+// flowsCell is a table's flow count: the number, or a dash for scenarios without one.
+func flowsCell(n int) string {
+	if n <= 0 {
+		return "–"
+	}
+	return fmt.Sprint(n)
 }
