@@ -169,8 +169,7 @@ func TestPrivilegedCPUProfile(t *testing.T) {
 	for _, e := range rep.Errors {
 		t.Errorf("run error: %s", e)
 	}
-	rep.computeProfileTimes()
-	parts := map[string]map[string]ProfilePart{}
+	parts := map[string]map[string]ProfilePart{} // Run scaled them: ns per frame
 	for _, pf := range rep.CPUProfiles {
 		if pf.Scenario != ScEstablished || pf.Samples < 100 {
 			t.Errorf("profile %s %s: %d samples", pf.System, pf.Scenario, pf.Samples)
