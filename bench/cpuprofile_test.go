@@ -198,3 +198,32 @@ func TestPrivilegedCPUProfile(t *testing.T) {
 		t.Errorf("nftables' profile has an XDP program part: %v", parts[SysNft])
 	}
 }
+
+func TestProfileSVG(t *testing.T) {
+	rep := &Report{CPUProfiles: []CPUProfile{
+		{Scenario: ScEstablished, System: SysMoat, Flows: 4096,
+			Parts: []ProfilePart{{Name: PartMapLookup, Share: 0.4, NsPerFrame: 226}, {Name: PartProgram, Share: 0.6, NsPerFrame: 339}}},
+		{Scenario: ScEstablished, System: SysNft, Flows: 4096,
+			Parts: []ProfilePart{{Name: PartStack, Share: 0.7, NsPerFrame: 3400}, {Name: PartWake, Share: 0.2, NsPerFrame: 970}, {Name: PartNetfilter, Share: 0.1, NsPerFrame: 500}}},
+	}}
+	svg := wellFormed(t, "profile.svg", rep.WriteProfileSVG)
+	if n := strings.Count(svg, "<rect x="); n != 5+5 { // 5 bar segments, 5 legend entries
+		t.Errorf("profile.svg has %d rects, want 10", n)
+	}
+	for _, want := range []string{"established (4096 flows), moat: 565 ns", "established (4096 flows), nftables: 4870 ns", "nftables, waking the receiver: 970 ns, 20%"} {
+		if !strings.Contains(svg, want) {
+			t.Errorf("profile.svg lacks %q", want)
+		}
+	}
+	// Only a run with profiles gets the file.
+	for _, r := range []*Report{rep, {}} {
+		dir := t.TempDir()
+		if err := WriteFiles(r, dir); err != nil {
+			t.Fatal(err)
+		}
+		_, err := os.Stat(dir + "/" + ProfileSVG)
+		if got, want := err == nil, len(r.CPUProfiles) > 0; got != want {
+			t.Errorf("%d profiles: %s written = %v", len(r.CPUProfiles), ProfileSVG, got)
+		}
+	}
+}

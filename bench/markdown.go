@@ -347,7 +347,7 @@ func writeProfiles(p func(string, ...any), pfs []CPUProfile) {
 	}
 	p("## Where the system's core goes (perf)")
 	p("")
-	p("Samples of the system-under-test core (perf, cpu-clock at %d Hz) during a separate %v burst of each scenario's traffic in the first repetition, counting only the threads whose run time the per-core rates count, sorted by kernel symbol into the parts of a frame's path (bench/cpuprofile.go). Each cell: ns per frame (the part's share of samples × the per-frame time of the rate measurement), then the share.", profileHz, profileBurst)
+	p("Samples of the system-under-test core (perf, cpu-clock at %d Hz) during a separate %v burst of each scenario's traffic in the first repetition, counting only the threads whose run time the per-core rates count, sorted by kernel symbol into the parts of a frame's path (bench/cpuprofile.go). Each cell: ns per frame (the part's share of samples × the per-frame time of the rate measurement), then the share; %s draws the shares.", profileHz, profileBurst, ProfileSVG)
 	p("")
 	head := "| scenario | flows | system | samples | ns per frame |"
 	rule := "|---|---|---|---|---|"

@@ -642,13 +642,20 @@ func WriteFiles(rep *Report, dir string) error {
 		}
 		return fh.Close()
 	}
-	return errors.Join(
+	err := errors.Join(
 		write("report.json", rep.WriteJSON),
 		write("report.md", rep.WriteMarkdown),
 		write("flows.svg", rep.WriteFlowsSVG),
 		write("latency.svg", rep.WriteLatencySVG),
 	)
+	if len(rep.CPUProfiles) > 0 {
+		err = errors.Join(err, write(ProfileSVG, rep.WriteProfileSVG))
+	}
+	return err
 }
+
+// ProfileSVG is the file WriteFiles draws the CPU profiles in, when the run has them.
+const ProfileSVG = "profile.svg"
 
 func hostNames(hs []*netns.Host) []string {
 	var out []string

@@ -5,6 +5,7 @@ import (
 	"html"
 	"io"
 	"math"
+	"slices"
 	"sort"
 	"strings"
 )
@@ -26,7 +27,12 @@ type svgPlot struct {
 }
 
 func newPlot(title string) *svgPlot {
-	p := &svgPlot{w: 720, h: 420, left: 80, right: 160, top: 40, bot: 60}
+	return newPlotSized(title, 720, 420, 80)
+}
+
+// newPlotSized is newPlot with its width, height and left margin chosen.
+func newPlotSized(title string, w, h, left float64) *svgPlot {
+	p := &svgPlot{w: w, h: h, left: left, right: 160, top: 40, bot: 60}
 	fmt.Fprintf(&p.b, `<svg xmlns="http://www.w3.org/2000/svg" width="%.0f" height="%.0f" viewBox="0 0 %.0f %.0f" font-family="sans-serif" font-size="12">`+"\n", p.w, p.h, p.w, p.h)
 	fmt.Fprintf(&p.b, `<rect width="100%%" height="100%%" fill="white"/>`+"\n")
 	fmt.Fprintf(&p.b, `<text x="%.0f" y="22" font-size="15" font-weight="bold">%s</text>`+"\n", p.left, html.EscapeString(title))
@@ -180,6 +186,71 @@ func (rep *Report) WriteLatencySVG(w io.Writer) error {
 	}
 	for i, r := range rows {
 		p.legend(i, r.sys, colorOf(r.sys))
+	}
+	return p.end(w)
+}
+
+// partColor colours the parts of a frame's path in the profile plot.
+var partColor = map[string]string{
+	PartProgram: "#1f77b4", PartMapLookup: "#ff7f0e", PartVethRecv: "#2ca02c", PartRedirect: "#17becf",
+	PartWake: "#d62728", PartNetfilter: "#9467bd", PartConntrack: "#8c564b", PartRouting: "#e377c2",
+	PartStack: "#bcbd22", PartOther: "#7f7f7f",
+}
+
+// WriteProfileSVG draws each CPU profile as one bar split by part of the path. The
+// bars show shares of the system's samples, so that a 500 ns frame and a 5 µs one are
+// both readable; each bar's label gives its time per frame.
+func (rep *Report) WriteProfileSVG(w io.Writer) error {
+	const rowH = 22.0
+	var parts []string
+	for _, name := range ProfileParts {
+		for _, pf := range rep.CPUProfiles {
+			if slices.ContainsFunc(pf.Parts, func(pp ProfilePart) bool { return pp.Name == name }) {
+				parts = append(parts, name)
+				break
+			}
+		}
+	}
+	rows := float64(max(len(rep.CPUProfiles), 1))
+	h := 40 + 60 + max(rowH*rows, 20*float64(len(parts)))
+	// The left margin holds the longest label, "mixed_tenants (4096 flows), plain_ct:
+	// 377 ns", at about 6.6 px a character.
+	p := newPlotSized("Where the system-under-test core goes: each part's share of a frame", 900, h, 320)
+	p.axes("share of the system's samples (perf)", "")
+	for i := 0; i <= 5; i++ {
+		x := p.left + p.pw()*float64(i)/5
+		fmt.Fprintf(&p.b, `<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="#ddd"/>`+"\n", x, p.top, x, p.h-p.bot)
+		fmt.Fprintf(&p.b, `<text x="%.1f" y="%.1f" text-anchor="middle">%d%%</text>`+"\n", x, p.h-p.bot+16, 20*i)
+	}
+	for i, pf := range rep.CPUProfiles {
+		y := p.top + rowH*float64(i) + 3
+		var total float64
+		for _, pp := range pf.Parts {
+			total += pp.NsPerFrame
+		}
+		label := fmt.Sprintf("%s, %s", pf.Scenario, pf.System)
+		if pf.Flows > 0 {
+			label = fmt.Sprintf("%s (%d flows), %s", pf.Scenario, pf.Flows, pf.System)
+		}
+		if total > 0 {
+			label += fmt.Sprintf(": %.0f ns", total)
+		}
+		fmt.Fprintf(&p.b, `<text x="%.1f" y="%.1f" text-anchor="end">%s</text>`+"\n", p.left-6, y+rowH*0.6, html.EscapeString(label))
+		x := p.left
+		for _, name := range parts { // the same order in every bar
+			for _, pp := range pf.Parts {
+				if pp.Name != name {
+					continue
+				}
+				wd := pp.Share * p.pw()
+				fmt.Fprintf(&p.b, `<rect x="%.1f" y="%.1f" width="%.1f" height="%.1f" fill="%s"><title>%s, %s: %s, %.0f%%</title></rect>`+"\n",
+					x, y, wd, rowH-6, partColor[name], pf.System, name, nsOrDash(pp.NsPerFrame), 100*pp.Share)
+				x += wd
+			}
+		}
+	}
+	for i, name := range parts {
+		p.legend(i, name, partColor[name])
 	}
 	return p.end(w)
 }

@@ -236,7 +236,11 @@ needs root and two CPUs; it installs HAProxy from Debian when missing.`,
 				if werr := bench.WriteFiles(rep, out); werr != nil {
 					err = errors.Join(err, werr)
 				} else {
-					fmt.Fprintf(cmd.OutOrStdout(), "moat bench: report in %s (report.md, report.json, flows.svg, latency.svg)\n", out)
+					files := "report.md, report.json, flows.svg, latency.svg"
+					if len(rep.CPUProfiles) > 0 {
+						files += ", " + bench.ProfileSVG
+					}
+					fmt.Fprintf(cmd.OutOrStdout(), "moat bench: report in %s (%s)\n", out, files)
 				}
 			}
 			return err
