@@ -24,6 +24,13 @@ import (
 // costs the core an interrupt every 100 µs, so it never runs while rates are
 // measured; a profile's ns per frame are its shares of the rate measurement's
 // per-frame time.
+//
+// cpu-clock samples come from a timer interrupt, so a sample due while interrupts
+// are off is taken where they come back on: the time of a region that runs with
+// interrupts off lands on the symbol that ends it. That is why waking the receiver is
+// read off __napi_schedule, which holds the wake-up (and its inter-processor
+// interrupt) inside such a region, and why a spin_unlock_irqrestore can collect the
+// time of the locked code before it.
 
 // profileBurst is how long the traffic of a CPU profile runs; perf samples it whole.
 const profileBurst = time.Second
