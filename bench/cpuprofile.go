@@ -3,6 +3,7 @@ package bench
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -11,7 +12,10 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // A rate per busy core says how much of a core a frame costs, not what in the core
@@ -32,7 +36,7 @@ import (
 // interrupt) inside such a region, and why a spin_unlock_irqrestore can collect the
 // time of the locked code before it.
 
-// profileBurst is how long the traffic of a CPU profile runs; perf samples it whole.
+// profileBurst is how long the traffic of a CPU profile runs; perf samples all of it.
 const profileBurst = time.Second
 
 // profileHz is perf's sampling rate on the SUT core.
@@ -198,22 +202,47 @@ func (b *bencher) measureCPUProfile(ctx context.Context, sys *sut, sc packetScen
 		return pf, err
 	}
 	data := filepath.Join(b.tmp, "perf.data")
+	ctl, ack := filepath.Join(b.tmp, "perf.ctl"), filepath.Join(b.tmp, "perf.ack")
 	defer os.Remove(data)
+	for _, f := range []string{ctl, ack} {
+		os.Remove(f)
+		if err := unix.Mkfifo(f, 0o600); err != nil {
+			return pf, fmt.Errorf("perf control fifo: %w", err)
+		}
+		defer os.Remove(f)
+	}
+	// perf starts with its events off (-D -1) and samples from the moment it
+	// acknowledges "enable" on its control fifo: the burst starts then, however long
+	// perf took to start on a loaded machine. SIGINT ends the recording.
 	rec := exec.CommandContext(ctx, "perf", "record", "-q", "-e", "cpu-clock", "-F", strconv.Itoa(profileHz),
-		"-C", strconv.Itoa(sutCPU), "-o", data, "--", "sleep", fmt.Sprintf("%.3f", profileBurst.Seconds()))
+		"-C", strconv.Itoa(sutCPU), "-o", data, "-D", "-1", "--control", "fifo:"+ctl+","+ack, "--", "sleep", "600")
 	var recErr strings.Builder
 	rec.Stderr = &recErr
 	if err := rec.Start(); err != nil {
 		return pf, fmt.Errorf("perf record: %w", err)
 	}
-	// perf needs a moment to open its events before the burst it is to sample.
-	time.Sleep(100 * time.Millisecond)
-	_, trafficErr := b.runTraffic(ctx, ts, profileBurst-200*time.Millisecond)
-	if err := rec.Wait(); err != nil {
-		return pf, fmt.Errorf("perf record: %w: %s", err, strings.TrimSpace(recErr.String()))
+	exited := make(chan error, 1)
+	go func() { exited <- rec.Wait() }()
+	stop := func() error {
+		rec.Process.Signal(os.Interrupt)
+		select {
+		case err := <-exited:
+			if err != nil && !endedBySignal(err) {
+				return fmt.Errorf("perf record: %w: %s", err, strings.TrimSpace(recErr.String()))
+			}
+			return nil
+		case <-time.After(30 * time.Second):
+			rec.Process.Kill()
+			<-exited
+			return errors.New("perf record did not stop on SIGINT")
+		}
 	}
-	if trafficErr != nil {
-		return pf, trafficErr
+	if err := perfEnable(ctl, ack, exited, 30*time.Second); err != nil {
+		return pf, errors.Join(fmt.Errorf("perf record: %w", err), stop())
+	}
+	_, trafficErr := b.runTraffic(ctx, ts, profileBurst)
+	if err := errors.Join(trafficErr, stop()); err != nil {
+		return pf, err
 	}
 	rep, err := exec.CommandContext(ctx, "perf", "report", "-i", data, "--no-children", "--sort", "pid,sym",
 		"--stdio", "-g", "none", "--show-nr-samples").Output()
@@ -226,6 +255,66 @@ func (b *bencher) measureCPUProfile(ctx context.Context, sys *sut, sc packetScen
 	}
 	p.Scenario, p.System, p.Flows = pf.Scenario, pf.System, pf.Flows
 	return p, nil
+}
+
+// endedBySignal says whether a perf record exited as it does when stopped: on SIGINT
+// it ends its workload with SIGTERM, then dies of the workload's signal. A recording
+// cut short any other way fails at `perf report`.
+func endedBySignal(err error) bool {
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) {
+		return false
+	}
+	ws, ok := ee.Sys().(syscall.WaitStatus)
+	return ok && ws.Signaled() && (ws.Signal() == syscall.SIGTERM || ws.Signal() == syscall.SIGINT)
+}
+
+// perfEnable turns on the events of a `perf record -D -1 --control fifo:ctl,ack` and
+// returns once perf has acknowledged, or with an error when perf exited or did not
+// answer within timeout. perf opens ctl at start and then ack for writing, which
+// waits for a reader: ack is opened first, read-write so that it never blocks.
+func perfEnable(ctl, ack string, exited <-chan error, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	r, err := os.OpenFile(ack, os.O_RDWR, 0)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	var w *os.File
+	for w == nil {
+		// Non-blocking: fails with ENXIO until perf has opened its end.
+		f, err := os.OpenFile(ctl, os.O_WRONLY|unix.O_NONBLOCK, 0)
+		switch {
+		case err == nil:
+			w = f
+		case !errors.Is(err, unix.ENXIO):
+			return err
+		case time.Now().After(deadline):
+			return errors.New("perf did not open its control fifo")
+		default:
+			select {
+			case err := <-exited:
+				return fmt.Errorf("perf exited before it listened: %v", err)
+			case <-time.After(10 * time.Millisecond):
+			}
+		}
+	}
+	defer w.Close()
+	if _, err := w.WriteString("enable\n"); err != nil {
+		return err
+	}
+	if err := r.SetReadDeadline(deadline); err != nil {
+		return err
+	}
+	buf := make([]byte, 16)
+	n, err := r.Read(buf)
+	if err != nil {
+		return fmt.Errorf("perf did not acknowledge enable: %w", err)
+	}
+	if !strings.HasPrefix(string(buf[:n]), "ack") {
+		return fmt.Errorf("perf answered %q to enable", buf[:n])
+	}
+	return nil
 }
 
 // perfAvailable says whether perf is installed. (Whether it may sample is found out

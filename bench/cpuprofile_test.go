@@ -171,6 +171,7 @@ func TestPrivilegedCPUProfile(t *testing.T) {
 	}
 	parts := map[string]map[string]ProfilePart{} // Run scaled them: ns per frame
 	for _, pf := range rep.CPUProfiles {
+		t.Logf("%s %s: %d samples", pf.System, pf.Scenario, pf.Samples)
 		if pf.Scenario != ScEstablished || pf.Samples < 100 {
 			t.Errorf("profile %s %s: %d samples", pf.System, pf.Scenario, pf.Samples)
 		}
