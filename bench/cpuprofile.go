@@ -221,14 +221,17 @@ func (b *bencher) measureCPUProfile(ctx context.Context, sys *sut, sc packetScen
 	if err := rec.Start(); err != nil {
 		return pf, fmt.Errorf("perf record: %w", err)
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- rec.Wait() }()
+	// exited is closed when perf has exited, waitErr says how: a closed channel can
+	// be waited on by perfEnable and by stop alike.
+	exited := make(chan struct{})
+	var waitErr error
+	go func() { waitErr = rec.Wait(); close(exited) }()
 	stop := func() error {
 		rec.Process.Signal(os.Interrupt)
 		select {
-		case err := <-exited:
-			if err != nil && !endedBySignal(err) {
-				return fmt.Errorf("perf record: %w: %s", err, strings.TrimSpace(recErr.String()))
+		case <-exited:
+			if waitErr != nil && !endedBySignal(waitErr) {
+				return fmt.Errorf("perf record: %w: %s", waitErr, strings.TrimSpace(recErr.String()))
 			}
 			return nil
 		case <-time.After(30 * time.Second):
@@ -273,7 +276,7 @@ func endedBySignal(err error) bool {
 // returns once perf has acknowledged, or with an error when perf exited or did not
 // answer within timeout. perf opens ctl at start and then ack for writing, which
 // waits for a reader: ack is opened first, read-write so that it never blocks.
-func perfEnable(ctl, ack string, exited <-chan error, timeout time.Duration) error {
+func perfEnable(ctl, ack string, exited <-chan struct{}, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	r, err := os.OpenFile(ack, os.O_RDWR, 0)
 	if err != nil {
@@ -293,8 +296,8 @@ func perfEnable(ctl, ack string, exited <-chan error, timeout time.Duration) err
 			return errors.New("perf did not open its control fifo")
 		default:
 			select {
-			case err := <-exited:
-				return fmt.Errorf("perf exited before it listened: %v", err)
+			case <-exited:
+				return errors.New("perf exited before it listened")
 			case <-time.After(10 * time.Millisecond):
 			}
 		}

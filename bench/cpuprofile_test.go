@@ -5,9 +5,13 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/seed4c/moat/internal/netns"
 )
@@ -226,5 +230,29 @@ func TestProfileSVG(t *testing.T) {
 		if got, want := err == nil, len(r.CPUProfiles) > 0; got != want {
 			t.Errorf("%d profiles: %s written = %v", len(r.CPUProfiles), ProfileSVG, got)
 		}
+	}
+}
+
+// perfEnable returns when perf exits without listening, instead of waiting forever.
+func TestPerfEnableGivesUpWhenPerfExits(t *testing.T) {
+	dir := t.TempDir()
+	ctl, ack := filepath.Join(dir, "ctl"), filepath.Join(dir, "ack")
+	for _, f := range []string{ctl, ack} {
+		if err := unix.Mkfifo(f, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cmd := exec.Command("true")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	t0 := time.Now()
+	if err := perfEnable(ctl, ack, exited, 20*time.Second); err == nil {
+		t.Fatal("perfEnable succeeded with nobody listening")
+	}
+	if d := time.Since(t0); d > 5*time.Second {
+		t.Errorf("perfEnable took %v to notice the exit", d)
 	}
 }
