@@ -681,8 +681,9 @@ var errNoFrameAfterDecision = errors.New("not one frame reached the backend afte
 func (b *bencher) paced(ctx context.Context, flows pacedFlows, watch func(now time.Time, sent uint64) (bool, error)) error {
 	client := b.scene.Topo.Tenants[0].Client
 	errc := make(chan error, 1)
-	// The sender's longest pause is recorded before its error is sent: the caller
-	// reads the pauses once this returns.
+	// A goroutine of its own: lockToLoadCore ties its thread to the load core for
+	// good. The sender's longest pause is recorded before its error is sent: the
+	// caller reads the pauses once this returns.
 	go func() { errc <- b.sendPaced(ctx, client, flows, watch) }()
 	return <-errc
 }

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -60,6 +61,35 @@ type ProfilePart struct {
 	Name       string  `json:"name"`
 	Share      float64 `json:"share"`
 	NsPerFrame float64 `json:"ns_per_frame,omitempty"`
+}
+
+// part returns the profile's part of that name (false: the profile has none).
+func (pf *CPUProfile) part(name string) (ProfilePart, bool) {
+	i := slices.IndexFunc(pf.Parts, func(pp ProfilePart) bool { return pp.Name == name })
+	if i < 0 {
+		return ProfilePart{}, false
+	}
+	return pf.Parts[i], true
+}
+
+// nsPerFrame is the profile's whole time per frame (0 until computeProfileTimes).
+func (pf *CPUProfile) nsPerFrame() float64 {
+	var ns float64
+	for _, pp := range pf.Parts {
+		ns += pp.NsPerFrame
+	}
+	return ns
+}
+
+// partsIn lists, in report order, the parts that any of pfs has.
+func partsIn(pfs []CPUProfile) []string {
+	var parts []string
+	for _, name := range ProfileParts {
+		if slices.ContainsFunc(pfs, func(pf CPUProfile) bool { _, ok := pf.part(name); return ok }) {
+			parts = append(parts, name)
+		}
+	}
+	return parts
 }
 
 // Parts of a frame's path, in the order the report shows them.
@@ -197,7 +227,7 @@ func (b *bencher) measureCPUProfile(ctx context.Context, sys *sut, sc packetScen
 	if err != nil {
 		return pf, err
 	}
-	_, tids, err := sys.cpuTime()
+	tids, err := sys.tids()
 	if err != nil {
 		return pf, err
 	}

@@ -337,14 +337,7 @@ func fmtMicros(us float64) string {
 // writeProfiles writes the CPU profiles: per part of the path, the ns per frame of
 // the rate measurement and the share of the system's samples; then the top symbols.
 func writeProfiles(p func(string, ...any), pfs []CPUProfile) {
-	var parts []string
-	for _, name := range ProfileParts {
-		if slices.ContainsFunc(pfs, func(pf CPUProfile) bool {
-			return slices.ContainsFunc(pf.Parts, func(pp ProfilePart) bool { return pp.Name == name })
-		}) {
-			parts = append(parts, name)
-		}
-	}
+	parts := partsIn(pfs)
 	p("## Where the system's core goes (perf)")
 	p("")
 	p("Samples of the system-under-test core (perf, cpu-clock at %d Hz) during a separate %v burst of each scenario's traffic in the first repetition, counting only the threads whose run time the per-core rates count, sorted by kernel symbol into the parts of a frame's path (bench/cpuprofile.go). Each cell: ns per frame (the part's share of samples × the per-frame time of the rate measurement), then the share; %s draws the shares.", profileHz, profileBurst, ProfileSVG)
@@ -359,17 +352,11 @@ func writeProfiles(p func(string, ...any), pfs []CPUProfile) {
 	p("%s", rule)
 	for _, pf := range pfs {
 		flows := flowsCell(pf.Flows)
-		var total float64
-		for _, pp := range pf.Parts {
-			total += pp.NsPerFrame
-		}
-		row := fmt.Sprintf("| %s | %s | %s | %d | %s |", pf.Scenario, flows, pf.System, pf.Samples, nsOrDash(total))
+		row := fmt.Sprintf("| %s | %s | %s | %d | %s |", pf.Scenario, flows, pf.System, pf.Samples, nsOrDash(pf.nsPerFrame()))
 		for _, name := range parts {
 			cell := "–"
-			for _, pp := range pf.Parts {
-				if pp.Name == name {
-					cell = fmt.Sprintf("%s (%.0f%%)", nsOrDash(pp.NsPerFrame), 100*pp.Share)
-				}
+			if pp, ok := pf.part(name); ok {
+				cell = fmt.Sprintf("%s (%.0f%%)", nsOrDash(pp.NsPerFrame), 100*pp.Share)
 			}
 			row += " " + cell + " |"
 		}

@@ -43,15 +43,24 @@ type sut struct {
 	prog  *ebpf.Program         // its XDP program on the gateway (nil: not an XDP system)
 }
 
-// cpuTime sums the run time of the system's threads, in nanoseconds.
-func (s *sut) cpuTime() (int64, []int, error) {
+// tids lists the system's threads: those it was set up with and its extra ones.
+func (s *sut) tids() ([]int, error) {
 	tids := append([]int(nil), s.threads...)
 	if s.extra != nil {
 		more, err := s.extra()
 		if err != nil {
-			return 0, nil, err
+			return nil, err
 		}
 		tids = append(tids, more...)
+	}
+	return tids, nil
+}
+
+// cpuTime sums the run time of the system's threads, in nanoseconds.
+func (s *sut) cpuTime() (int64, []int, error) {
+	tids, err := s.tids()
+	if err != nil {
+		return 0, nil, err
 	}
 	var sum int64
 	for _, t := range tids {

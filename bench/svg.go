@@ -5,7 +5,6 @@ import (
 	"html"
 	"io"
 	"math"
-	"slices"
 	"sort"
 	"strings"
 )
@@ -202,15 +201,7 @@ var partColor = map[string]string{
 // both readable; each bar's label gives its time per frame.
 func (rep *Report) WriteProfileSVG(w io.Writer) error {
 	const rowH = 22.0
-	var parts []string
-	for _, name := range ProfileParts {
-		for _, pf := range rep.CPUProfiles {
-			if slices.ContainsFunc(pf.Parts, func(pp ProfilePart) bool { return pp.Name == name }) {
-				parts = append(parts, name)
-				break
-			}
-		}
-	}
+	parts := partsIn(rep.CPUProfiles)
 	rows := float64(max(len(rep.CPUProfiles), 1))
 	h := 40 + 60 + max(rowH*rows, 20*float64(len(parts)))
 	// The left margin holds the longest label, "mixed_tenants (4096 flows), plain_ct:
@@ -224,29 +215,24 @@ func (rep *Report) WriteProfileSVG(w io.Writer) error {
 	}
 	for i, pf := range rep.CPUProfiles {
 		y := p.top + rowH*float64(i) + 3
-		var total float64
-		for _, pp := range pf.Parts {
-			total += pp.NsPerFrame
-		}
 		label := fmt.Sprintf("%s, %s", pf.Scenario, pf.System)
 		if pf.Flows > 0 {
 			label = fmt.Sprintf("%s (%d flows), %s", pf.Scenario, pf.Flows, pf.System)
 		}
-		if total > 0 {
-			label += fmt.Sprintf(": %.0f ns", total)
+		if ns := pf.nsPerFrame(); ns > 0 {
+			label += fmt.Sprintf(": %.0f ns", ns)
 		}
 		fmt.Fprintf(&p.b, `<text x="%.1f" y="%.1f" text-anchor="end">%s</text>`+"\n", p.left-6, y+rowH*0.6, html.EscapeString(label))
 		x := p.left
 		for _, name := range parts { // the same order in every bar
-			for _, pp := range pf.Parts {
-				if pp.Name != name {
-					continue
-				}
-				wd := pp.Share * p.pw()
-				fmt.Fprintf(&p.b, `<rect x="%.1f" y="%.1f" width="%.1f" height="%.1f" fill="%s"><title>%s, %s: %s, %.0f%%</title></rect>`+"\n",
-					x, y, wd, rowH-6, partColor[name], pf.System, name, nsOrDash(pp.NsPerFrame), 100*pp.Share)
-				x += wd
+			pp, ok := pf.part(name)
+			if !ok {
+				continue
 			}
+			wd := pp.Share * p.pw()
+			fmt.Fprintf(&p.b, `<rect x="%.1f" y="%.1f" width="%.1f" height="%.1f" fill="%s"><title>%s, %s: %s, %.0f%%</title></rect>`+"\n",
+				x, y, wd, rowH-6, partColor[name], pf.System, name, nsOrDash(pp.NsPerFrame), 100*pp.Share)
+			x += wd
 		}
 	}
 	for i, name := range parts {
