@@ -57,7 +57,7 @@ static __always_inline void nat_rewrite(struct pkt *p, int which, __be32 addr, _
  * buffer, and the load waits for the store to reach the cache. A profile of the
  * established scenario found 12% of the program's samples on that load; with the
  * load gone they moved to other first touches of the frame's line, which another
- * core wrote (README, "Where a core's time goes"), and the rate did not change. */
+ * core wrote (bench/README.md, "CPU profiles"), and the rate did not change. */
 static __always_inline void ttl_decrement(struct pkt *p)
 {
 	struct iphdr *ip = p->ip;
