@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -178,11 +179,16 @@ func parsePerfReport(out string, tids []int) (CPUProfile, error) {
 			continue
 		}
 		n, err := strconv.Atoi(m[1])
+		if err == nil && n > math.MaxInt32 {
+			// A second of sampling at profileHz has a few thousand: bounding the
+			// count keeps the sums below from wrapping.
+			err = fmt.Errorf("%d samples", n)
+		}
 		if err != nil {
 			return p, fmt.Errorf("perf report line %q: %w", sc.Text(), err)
 		}
-		if tid, _ := strconv.Atoi(m[2]); !want[tid] {
-			continue
+		if tid, _ := strconv.Atoi(m[2]); !want[tid] || n == 0 {
+			continue // another thread's, or a symbol with no sample to share
 		}
 		p.Samples += n
 		parts[partOf(m[3])] += n

@@ -118,40 +118,22 @@ func napiThreadsOnce(h *netns.Host, ifname string) ([]int, error) {
 				msgs = append(msgs, m.Data)
 			}
 		}
-		for _, m := range msgs {
-			if len(m) < nl.SizeofGenlmsg {
-				continue
-			}
-			attrs, err := nl.ParseRouteAttr(m[nl.SizeofGenlmsg:])
-			if err != nil {
-				return err
-			}
-			var idx, id, pid uint32
-			for _, a := range attrs {
-				if len(a.Value) < 4 {
-					continue
-				}
-				v := binary.NativeEndian.Uint32(a.Value)
-				switch a.Attr.Type {
-				case netdevANAPIIfidx:
-					idx = v
-				case netdevANAPIID:
-					id = v
-				case netdevANAPIPID:
-					pid = v
-				}
-			}
-			if idx != ifindex || pid == 0 {
+		instances, err := parseNAPIDump(msgs)
+		if err != nil {
+			return fmt.Errorf("dump NAPI of %s: %w", ifname, err)
+		}
+		for _, n := range instances {
+			if n.ifindex != ifindex || n.pid == 0 {
 				continue
 			}
 			// The kernel may hand a NAPI instance re-created on the same device the
 			// thread of its predecessor, named after the old id.
 			want := fmt.Sprintf("%s%s-", napiThreadComment, ifname)
-			comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+			comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", n.pid))
 			if err != nil || !strings.HasPrefix(strings.TrimSpace(string(comm)), want) {
-				return fmt.Errorf("NAPI thread %d of %s (id %d) is %q, want %s*", pid, ifname, id, strings.TrimSpace(string(comm)), want)
+				return fmt.Errorf("NAPI thread %d of %s (id %d) is %q, want %s*", n.pid, ifname, n.id, strings.TrimSpace(string(comm)), want)
 			}
-			pids = append(pids, int(pid))
+			pids = append(pids, int(n.pid))
 		}
 		return nil
 	})
@@ -159,6 +141,67 @@ func napiThreadsOnce(h *netns.Host, ifname string) ([]int, error) {
 		err = fmt.Errorf("%s in %s has no NAPI thread (threaded NAPI off, or no XDP program?)", ifname, h.Name)
 	}
 	return pids, err
+}
+
+// napiInstance is one NAPI instance of a netdev family dump: its device, its id, and
+// the kernel thread that polls it (0: not threaded).
+type napiInstance struct {
+	ifindex, id, pid uint32
+}
+
+// parseNAPIDump reads the messages of a NAPI dump (generic netlink header, then
+// attributes). A message too short for the header is skipped, and so is an attribute
+// shorter than its 32-bit value; an attribute that overruns its message is an error.
+func parseNAPIDump(msgs [][]byte) ([]napiInstance, error) {
+	var out []napiInstance
+	for _, m := range msgs {
+		if len(m) < nl.SizeofGenlmsg {
+			continue
+		}
+		var n napiInstance
+		err := walkNetlinkAttrs(m[nl.SizeofGenlmsg:], func(typ uint16, val []byte) {
+			if len(val) < 4 {
+				return
+			}
+			v := binary.NativeEndian.Uint32(val)
+			switch typ {
+			case netdevANAPIIfidx:
+				n.ifindex = v
+			case netdevANAPIID:
+				n.id = v
+			case netdevANAPIPID:
+				n.pid = v
+			}
+		})
+		if err != nil {
+			return nil, fmt.Errorf("NAPI attributes: %w", err)
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}
+
+// nlaTypeMask leaves an attribute's type without its NLA_F_NESTED and
+// NLA_F_NET_BYTEORDER flags (include/uapi/linux/netlink.h).
+const nlaTypeMask = 0x3fff
+
+// walkNetlinkAttrs calls fn with the type and value of each attribute in b (struct
+// nlattr: a 16-bit length that counts its 4-byte header, a 16-bit type, the value
+// padded to 4 bytes; the last one's padding may be missing). nl.ParseRouteAttr
+// panics on a last attribute without its padding, which FuzzParseNAPIDump found.
+func walkNetlinkAttrs(b []byte, fn func(typ uint16, val []byte)) error {
+	for len(b) > 0 {
+		if len(b) < unix.NLA_HDRLEN {
+			return fmt.Errorf("%d bytes left, shorter than an attribute header", len(b))
+		}
+		l := int(binary.NativeEndian.Uint16(b))
+		if l < unix.NLA_HDRLEN || l > len(b) {
+			return fmt.Errorf("attribute of length %d with %d bytes left", l, len(b))
+		}
+		fn(binary.NativeEndian.Uint16(b[2:])&nlaTypeMask, b[unix.NLA_HDRLEN:l])
+		b = b[min((l+unix.NLA_ALIGNTO-1)&^(unix.NLA_ALIGNTO-1), len(b)):]
+	}
+	return nil
 }
 
 // pinThread binds a thread (kernel threads included) to cpu and, when fifo > 0, makes

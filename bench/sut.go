@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -169,7 +170,7 @@ func (s *Scene) setupNftPackets() (*sut, error) {
 	for deadline := time.Now().Add(2 * time.Second); tid == 0 && time.Now().Before(deadline); {
 		after, _ := kthreads(fmt.Sprintf("cpumap/%d/", sutCPU))
 		for _, t := range after {
-			if !contains(before, t) {
+			if !slices.Contains(before, t) {
 				tid = t
 			}
 		}
@@ -254,13 +255,4 @@ func kthreads(prefix string) ([]int, error) {
 		}
 	}
 	return out, nil
-}
-
-func contains(s []int, v int) bool {
-	for _, x := range s {
-		if x == v {
-			return true
-		}
-	}
-	return false
 }
