@@ -684,7 +684,7 @@ func parseAttachment(s string) (tenant.Attachment, error) {
 	}
 	if tagged {
 		n, err := strconv.ParseUint(vlan, 10, 12)
-		if err != nil || n == 0 {
+		if err != nil || n == 0 || n > 4094 { // 4095 is reserved (802.1Q)
 			return a, fmt.Errorf("%q: VLAN %q: want 1 to 4094", s, vlan)
 		}
 		a.VLAN = uint16(n)

@@ -224,6 +224,9 @@ func (c *Config) Validate() error {
 	if c.TLS.Mode == certs.ModeACME && (c.TLS.ACME.Directory == "" || c.TLS.ACME.Email == "") {
 		errs = append(errs, errors.New("tls.acme: directory and email are required in acme mode"))
 	}
+	if p := c.TLS.ACME.ChallengePort; c.TLS.Mode == certs.ModeACME && (p < 1 || p > 65535) {
+		errs = append(errs, fmt.Errorf("tls.acme.challenge_port %d: want 1 to 65535", p))
+	}
 	if c.TLS.Mode == certs.ModeACME && len(c.TLS.Names) == 0 {
 		errs = append(errs, errors.New("tls.names: acme mode needs the gateway's public DNS names"))
 	}
@@ -256,6 +259,9 @@ func (c *Config) Validate() error {
 		}
 		if o.Identity == "" {
 			errs = append(errs, errors.New("overlay.identity: required (no host name to default to)"))
+		}
+		if err := overlay.CheckKeepalive(o.Keepalive); err != nil {
+			errs = append(errs, fmt.Errorf("overlay.keepalive %w", err))
 		}
 		if o.AttestInterval < 100*time.Millisecond {
 			errs = append(errs, fmt.Errorf("overlay.attest_interval %v: at least 100ms", o.AttestInterval))

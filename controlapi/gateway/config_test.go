@@ -35,6 +35,9 @@ func TestConfigRefused(t *testing.T) {
 		"acme without dir":   {"interfaces: [e]\ntls:\n  mode: acme\n", "directory and email"},
 		"acme without names": {"interfaces: [e]\ntls:\n  mode: acme\n  acme:\n    directory: https://x\n    email: a@b\n", "tls.names"},
 		"log level":          {"interfaces: [e]\nlog:\n  level: loud\n", "log.level"},
+		"challenge port":     {"interfaces: [e]\ntls:\n  mode: acme\n  names: [g]\n  acme:\n    directory: https://x\n    email: a@b\n    challenge_port: -443\n", "challenge_port"},
+		"keepalive fraction": {"interfaces: [e]\nse:\n  kind: device\noverlay:\n  enabled: true\n  address: 100.64.0.1/24\n  keepalive: 500ms\n", "overlay.keepalive 500ms"},
+		"keepalive too long": {"interfaces: [e]\nse:\n  kind: device\noverlay:\n  enabled: true\n  address: 100.64.0.1/24\n  keepalive: 20h\n", "overlay.keepalive 20h"},
 		"twice":              {"interfaces: [e, e]\n", "twice"},
 		"not yaml":           {"interfaces: [e\n", "decode"},
 	} {

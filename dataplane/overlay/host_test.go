@@ -47,6 +47,8 @@ func TestHostConfig(t *testing.T) {
 		"gateway's end":  {"peers: [gw-1]", "peers: [gw-1]\n    fast_path: true", "fast_path"},
 		"bad digest":     {"references: {/usr/local/bin/moat: [" + testDigest + "]}", "references: {/usr/local/bin/moat: [zz]}", "reference for"},
 		"no keepalive":   {"keepalive: 25s", "keepalive: -1s", ""},
+		"keepalive ms":   {"keepalive: 25s", "keepalive: 1500ms", "keepalive 1.5s"},
+		"keepalive 1d":   {"keepalive: 25s", "keepalive: 24h", "keepalive 24h0m0s"},
 		"explicit key":   {`key_file: ""`, "key_file: /etc/moat/wg.key", ""},
 		"unknown peer":   {"peers: [gw-1]", "peers: [gw-9]", "not configured"},
 		"no address":     {"address: 100.64.0.3/24", "address: 100.64.0.3", "no '/'"},

@@ -80,10 +80,28 @@ func (c *Config) setDefaults() error {
 	if c.Epoch < time.Second || c.Epoch%time.Second != 0 {
 		errs = append(errs, fmt.Errorf("epoch %v: a whole number of seconds, at least 1 s", c.Epoch))
 	}
+	if err := CheckKeepalive(c.Keepalive); err != nil {
+		errs = append(errs, fmt.Errorf("keepalive %w", err))
+	}
 	if !c.Address.IsValid() || !c.Address.Addr().Is4() {
 		errs = append(errs, fmt.Errorf("address %v: want an IPv4 address with the overlay's prefix", c.Address))
 	}
 	return errors.Join(append(errs, c.CheckPeers(c.Peers))...)
+}
+
+// MaxKeepalive is the longest persistent keepalive WireGuard takes: its interval is a
+// 16-bit count of seconds.
+const MaxKeepalive = 65535 * time.Second
+
+// CheckKeepalive refuses a keepalive WireGuard cannot be given as is: negative, not a
+// whole number of seconds (the UAPI counts seconds, so 500ms would turn it off), or
+// past MaxKeepalive (the UAPI would refuse it when the peer is configured). 0 is off.
+// The gateway's configuration checks its overlay's with it before any node is made.
+func CheckKeepalive(d time.Duration) error {
+	if d < 0 || d%time.Second != 0 || d > MaxKeepalive {
+		return fmt.Errorf("%v: 0 (off) or a whole number of seconds up to %v", d, MaxKeepalive)
+	}
+	return nil
 }
 
 // CheckPeers reports peers this node could not configure: subjects empty or repeated,
