@@ -99,7 +99,7 @@ const MaxKeepalive = 65535 * time.Second
 // The gateway's configuration checks its overlay's with it before any node is made.
 func CheckKeepalive(d time.Duration) error {
 	if d < 0 || d%time.Second != 0 || d > MaxKeepalive {
-		return fmt.Errorf("%v: 0 (off) or a whole number of seconds up to %v", d, MaxKeepalive)
+		return fmt.Errorf("%v: 0 (off) or a whole number of seconds up to %d s", d, MaxKeepalive/time.Second)
 	}
 	return nil
 }
