@@ -153,12 +153,12 @@ func (rep *Report) WriteMarkdown(w io.Writer) error {
 		p("| target | want | got (range over the runs) | bound | |")
 		p("|---|---|---|---|---|")
 		for _, t := range rep.Targets {
-			mark := "met"
-			switch {
-			case !t.Met && t.OutOfReach():
-				mark = "**missed**: out of reach here"
-			case !t.Met:
-				mark = "**missed**"
+			mark, rest, _ := strings.Cut(t.Verdict(), ":")
+			if !t.Met {
+				mark = "**" + mark + "**"
+			}
+			if rest != "" {
+				mark += ":" + rest
 			}
 			bound := "–"
 			if t.BoundSystem != "" {

@@ -146,6 +146,31 @@ type Target struct {
 // OutOfReach says whether the target's bound was measured and stays below it.
 func (t Target) OutOfReach() bool { return t.BoundSystem != "" && t.Bound < t.Want }
 
+// Verdict is "met", "missed", or "missed: out of reach here".
+func (t Target) Verdict() string {
+	switch {
+	case t.Met:
+		return "met"
+	case t.OutOfReach():
+		return "missed: out of reach here"
+	}
+	return "missed"
+}
+
+// WriteTargetSummary writes one line per target, for the terminal at the end of a run.
+func (r *Report) WriteTargetSummary(w io.Writer) error {
+	for _, t := range r.Targets {
+		line := fmt.Sprintf("%-26s %s: %.2f× (want ≥ %.1f×", t.Verdict(), t.Name, t.Got, t.Want)
+		if t.BoundSystem != "" {
+			line += fmt.Sprintf("; bound: %s %.2f×", t.BoundSystem, t.Bound)
+		}
+		if _, err := fmt.Fprintln(w, line+")"); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // Report is a whole run.
 type Report struct {
 	Command   string    `json:"command"`

@@ -335,3 +335,21 @@ func sceneTopologyForText() *topology.Topology {
 	}
 	return t
 }
+
+func TestTargetSummary(t *testing.T) {
+	rep := &Report{Targets: []Target{
+		{Name: "a", Want: 10, Got: 12, Met: true},
+		{Name: "b", Want: 10, Got: 9, Bound: 11, BoundSystem: SysPlainCT},
+		{Name: "c", Want: 10, Got: 5, Bound: 6, BoundSystem: SysXDPDrop},
+	}}
+	var b strings.Builder
+	if err := rep.WriteTargetSummary(&b); err != nil {
+		t.Fatal(err)
+	}
+	want := "met                        a: 12.00× (want ≥ 10.0×)\n" +
+		"missed                     b: 9.00× (want ≥ 10.0×; bound: plain_ct 11.00×)\n" +
+		"missed: out of reach here  c: 5.00× (want ≥ 10.0×; bound: xdp_drop 6.00×)\n"
+	if b.String() != want {
+		t.Errorf("summary:\n%s\nwant:\n%s", b.String(), want)
+	}
+}

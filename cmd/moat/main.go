@@ -241,6 +241,7 @@ needs root and two CPUs; it installs HAProxy from Debian when missing.`,
 						files += ", " + bench.ProfileSVG
 					}
 					fmt.Fprintf(cmd.OutOrStdout(), "moat bench: report in %s (%s)\n", out, files)
+					err = errors.Join(err, rep.WriteTargetSummary(cmd.OutOrStdout()))
 				}
 			}
 			return err
