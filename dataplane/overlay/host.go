@@ -271,10 +271,15 @@ func decodeStrict(path string, v any) error {
 	if err != nil {
 		return err
 	}
+	return decodeStrictBytes(raw, path, v)
+}
+
+// decodeStrictBytes decodes YAML into v, refusing unknown fields; name is for errors.
+func decodeStrictBytes(raw []byte, name string, v any) error {
 	dec := yaml.NewDecoder(bytes.NewReader(raw))
 	dec.KnownFields(true)
 	if err := dec.Decode(v); err != nil {
-		return fmt.Errorf("%s: %w", path, err)
+		return fmt.Errorf("%s: %w", name, err)
 	}
 	return nil
 }
