@@ -1,0 +1,47 @@
+package bench
+
+import (
+	"bytes"
+	"encoding/json"
+	"io"
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+// TestCommittedReportsRender: the committed runs' report.md and plots are what this
+// code renders from their report.json, so the README's tables and the files beside
+// them cannot drift apart from the data (re-render them when the rendering changes).
+func TestCommittedReportsRender(t *testing.T) {
+	for _, dir := range []string{"results/full", "results/quick"} {
+		raw, err := os.ReadFile(filepath.Join(dir, "report.json"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var rep Report
+		if err := json.Unmarshal(raw, &rep); err != nil {
+			t.Fatalf("%s/report.json: %v", dir, err)
+		}
+		files := map[string]func(io.Writer) error{
+			"report.md":   rep.WriteMarkdown,
+			"flows.svg":   rep.WriteFlowsSVG,
+			"latency.svg": rep.WriteLatencySVG,
+		}
+		if len(rep.CPUProfiles) > 0 {
+			files[ProfileSVG] = rep.WriteProfileSVG
+		}
+		for name, render := range files {
+			var got bytes.Buffer
+			if err := render(&got); err != nil {
+				t.Fatalf("%s/%s: %v", dir, name, err)
+			}
+			want, err := os.ReadFile(filepath.Join(dir, name))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(got.Bytes(), want) {
+				t.Errorf("%s/%s differs from what its report.json renders to", dir, name)
+			}
+		}
+	}
+}
