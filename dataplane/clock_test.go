@@ -1,6 +1,7 @@
 package dataplane
 
 import (
+	"math"
 	"strings"
 	"testing"
 	"time"
@@ -83,4 +84,28 @@ func TestPrivilegedKernelHZMeasured(t *testing.T) {
 	if hz, err := KernelHZ(); err != nil || hz != configured {
 		t.Fatalf("KernelHZ() = %d, %v; want %d", hz, err, configured)
 	}
+}
+
+// FuzzParseConfigHZ: a tick rate comes only from a CONFIG_HZ line, the first one, and
+// lines of other options change nothing.
+func FuzzParseConfigHZ(f *testing.F) {
+	f.Add("CONFIG_HZ_250=y\nCONFIG_HZ=250\n")
+	f.Add("CONFIG_HZ=0\n")
+	f.Add("CONFIG_HZ=4294967296\n")
+	f.Add("CONFIG_HZ=100\r\nCONFIG_HZ=300\n")
+	f.Fuzz(func(t *testing.T, text string) {
+		hz, err := parseConfigHZ(strings.NewReader(text), "config")
+		if err != nil {
+			return
+		}
+		if hz == 0 || hz > math.MaxUint32 || !strings.Contains(text, "CONFIG_HZ=") {
+			t.Fatalf("%q read as %d", text, hz)
+		}
+		if got, err := parseConfigHZ(strings.NewReader("# CONFIG_HZ_PERIODIC is not set\nCONFIG_HZ_1000=y\n"+text), "config"); err != nil || got != hz {
+			t.Fatalf("other options before %q changed %d to %d, %v", text, hz, got, err)
+		}
+		if got, err := parseConfigHZ(strings.NewReader("CONFIG_HZ=123\n"+text), "config"); err != nil || got != 123 {
+			t.Fatalf("a first CONFIG_HZ=123 before %q read as %d, %v", text, got, err)
+		}
+	})
 }
