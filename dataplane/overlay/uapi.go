@@ -87,9 +87,13 @@ func ParseStatus(dump string) (DeviceStatus, error) {
 			case "endpoint":
 				peer.Endpoint, err = netip.ParseAddrPort(v)
 			case "last_handshake_time_sec":
-				sec, err = strconv.ParseInt(v, 10, 64)
+				if sec, err = strconv.ParseInt(v, 10, 64); err == nil && (sec < 0 || sec > maxHandshakeSec) {
+					err = fmt.Errorf("%d s is not a time after 1970 and before the year 10000", sec)
+				}
 			case "last_handshake_time_nsec":
-				nsec, err = strconv.ParseInt(v, 10, 64)
+				if nsec, err = strconv.ParseInt(v, 10, 64); err == nil && (nsec < 0 || nsec >= 1e9) {
+					err = fmt.Errorf("%d ns is not a fraction of a second", nsec)
+				}
 			case "tx_bytes":
 				peer.TxBytes, err = strconv.ParseUint(v, 10, 64)
 			case "rx_bytes":
@@ -114,6 +118,11 @@ func ParseStatus(dump string) (DeviceStatus, error) {
 	flush()
 	return st, nil
 }
+
+// maxHandshakeSec is the last second of the year 9999: a handshake time past it would
+// make a status that JSON cannot carry (time.Time refuses to marshal it), which
+// FuzzParseStatus found.
+var maxHandshakeSec = time.Date(9999, 12, 31, 23, 59, 59, 0, time.UTC).Unix()
 
 func parseHexKey(s string) (Key, error) {
 	if len(s) != 64 {
