@@ -228,14 +228,13 @@ const profileTop = 8
 // measureCPUProfile runs a fresh burst of sc through sys while perf samples the SUT
 // core, and returns where the system's threads spent it.
 func (b *bencher) measureCPUProfile(ctx context.Context, sys *sut, sc packetScenario) (CPUProfile, error) {
-	pf := CPUProfile{Scenario: sc.name, System: sys.name, Flows: sc.flows}
 	ts, err := b.trafficFor(ctx, sc)
 	if err != nil {
-		return pf, err
+		return CPUProfile{}, err
 	}
 	tids, err := sys.tids()
 	if err != nil {
-		return pf, err
+		return CPUProfile{}, err
 	}
 	data := filepath.Join(b.tmp, "perf.data")
 	ctl, ack := filepath.Join(b.tmp, "perf.ctl"), filepath.Join(b.tmp, "perf.ack")
@@ -243,7 +242,7 @@ func (b *bencher) measureCPUProfile(ctx context.Context, sys *sut, sc packetScen
 	for _, f := range []string{ctl, ack} {
 		os.Remove(f)
 		if err := unix.Mkfifo(f, 0o600); err != nil {
-			return pf, fmt.Errorf("perf control fifo: %w", err)
+			return CPUProfile{}, fmt.Errorf("perf control fifo: %w", err)
 		}
 		defer os.Remove(f)
 	}
@@ -255,7 +254,7 @@ func (b *bencher) measureCPUProfile(ctx context.Context, sys *sut, sc packetScen
 	var recErr strings.Builder
 	rec.Stderr = &recErr
 	if err := rec.Start(); err != nil {
-		return pf, fmt.Errorf("perf record: %w", err)
+		return CPUProfile{}, fmt.Errorf("perf record: %w", err)
 	}
 	// exited is closed when perf has exited, waitErr says how: a closed channel can
 	// be waited on by perfEnable and by stop alike.
@@ -277,22 +276,22 @@ func (b *bencher) measureCPUProfile(ctx context.Context, sys *sut, sc packetScen
 		}
 	}
 	if err := perfEnable(ctl, ack, exited, 30*time.Second); err != nil {
-		return pf, errors.Join(fmt.Errorf("perf record: %w", err), stop())
+		return CPUProfile{}, errors.Join(fmt.Errorf("perf record: %w", err), stop())
 	}
 	_, trafficErr := b.runTraffic(ctx, ts, profileBurst)
 	if err := errors.Join(trafficErr, stop()); err != nil {
-		return pf, err
+		return CPUProfile{}, err
 	}
 	rep, err := exec.CommandContext(ctx, "perf", "report", "-i", data, "--no-children", "--sort", "pid,sym",
 		"--stdio", "-g", "none", "--show-nr-samples").Output()
 	if err != nil {
-		return pf, fmt.Errorf("perf report: %w", err)
+		return CPUProfile{}, fmt.Errorf("perf report: %w", err)
 	}
 	p, err := parsePerfReport(string(rep), tids)
 	if err != nil {
-		return pf, err
+		return CPUProfile{}, err
 	}
-	p.Scenario, p.System, p.Flows = pf.Scenario, pf.System, pf.Flows
+	p.Scenario, p.System, p.Flows = sc.name, sys.name, sc.flows
 	return p, nil
 }
 

@@ -153,12 +153,9 @@ func (rep *Report) WriteMarkdown(w io.Writer) error {
 		p("| target | want | got (range over the runs) | bound | |")
 		p("|---|---|---|---|---|")
 		for _, t := range rep.Targets {
-			mark, rest, _ := strings.Cut(t.Verdict(), ":")
+			mark := t.Verdict()
 			if !t.Met {
-				mark = "**" + mark + "**"
-			}
-			if rest != "" {
-				mark += ":" + rest
+				mark = "**missed**" + strings.TrimPrefix(mark, "missed")
 			}
 			bound := "–"
 			if t.BoundSystem != "" {

@@ -296,7 +296,7 @@ func (b *bencher) measurePackets(ctx context.Context, sys *sut, sc packetScenari
 		if drops, err = sys.drops(); err != nil {
 			return
 		}
-		cpu, _, err = sys.cpuTime()
+		cpu, err = sys.cpuTime()
 		return
 	}
 	s0, d0, c0, err := snap()

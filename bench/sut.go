@@ -58,20 +58,20 @@ func (s *sut) tids() ([]int, error) {
 }
 
 // cpuTime sums the run time of the system's threads, in nanoseconds.
-func (s *sut) cpuTime() (int64, []int, error) {
+func (s *sut) cpuTime() (int64, error) {
 	tids, err := s.tids()
 	if err != nil {
-		return 0, nil, err
+		return 0, err
 	}
 	var sum int64
 	for _, t := range tids {
 		ns, err := threadCPUTime(t)
 		if err != nil {
-			return 0, nil, fmt.Errorf("CPU time of thread %d: %w", t, err)
+			return 0, fmt.Errorf("CPU time of thread %d: %w", t, err)
 		}
 		sum += ns
 	}
-	return sum, tids, nil
+	return sum, nil
 }
 
 // threadNAPI makes the NAPI of ifnames of h threaded and pins the threads to cpu at

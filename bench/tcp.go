@@ -236,7 +236,7 @@ func (b *bencher) requestResponse(ctx context.Context, system string, d time.Dur
 
 // measureTCP runs one TCP scenario on one system with CPU accounting.
 func (b *bencher) measureTCP(ctx context.Context, sys *sut, scenario string) (Sample, error) {
-	c0, _, err := sys.cpuTime()
+	c0, err := sys.cpuTime()
 	if err != nil {
 		return Sample{}, err
 	}
@@ -256,7 +256,7 @@ func (b *bencher) measureTCP(ctx context.Context, sys *sut, scenario string) (Sa
 		return smp, err
 	}
 	el := time.Since(t0).Seconds()
-	c1, _, err := sys.cpuTime()
+	c1, err := sys.cpuTime()
 	if err != nil {
 		return smp, err
 	}

@@ -9,8 +9,7 @@ import (
 // either is refused with a reason or makes a node configuration the node itself
 // accepts, with a keepalive WireGuard can be given.
 func FuzzHostConfig(f *testing.F) {
-	filled := strings.NewReplacer("<sha256 hex of the gateway's moat binary>", testDigest,
-		"<sha256 hex of the gateway's EK, from moat ctl status>", testDigest).Replace(HostExample)
+	filled := filledHostExample()
 	f.Add([]byte(filled))
 	f.Add([]byte(strings.Replace(filled, "keepalive: 25s", "keepalive: -3s", 1)))
 	f.Add([]byte(strings.Replace(filled, "keepalive: 25s", "keepalive: 1500ms", 1)))

@@ -10,6 +10,12 @@ import (
 
 const testDigest = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
 
+// filledHostExample is HostExample with its placeholders filled in: a valid host file.
+func filledHostExample() string {
+	return strings.NewReplacer("<sha256 hex of the gateway's moat binary>", testDigest,
+		"<sha256 hex of the gateway's EK, from moat ctl status>", testDigest).Replace(HostExample)
+}
+
 // TestHostConfig: the documented example decodes strictly and, its placeholders filled
 // in, makes a node, a machine and a verifier policy that pins the gateway's EK;
 // what a host cannot run with is refused.
@@ -21,8 +27,7 @@ func TestHostConfig(t *testing.T) {
 		}
 		return p
 	}
-	filled := strings.NewReplacer("<sha256 hex of the gateway's moat binary>", testDigest,
-		"<sha256 hex of the gateway's EK, from moat ctl status>", testDigest).Replace(HostExample)
+	filled := filledHostExample()
 	hc, err := LoadHostConfig(write(filled))
 	if err != nil {
 		t.Fatal(err)
