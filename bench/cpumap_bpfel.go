@@ -32,10 +32,13 @@ type cpumapCounter struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	cpumapMapCpumapStats = "cpumap_stats"
-	cpumapMapCpus        = "cpus"
-	cpumapProgXdpToCpu   = "xdp_to_cpu"
-	cpumapVarTargetCpu   = "target_cpu"
+	cpumapMapCpumapRefused       = "cpumap_refused"
+	cpumapMapCpumapStats         = "cpumap_stats"
+	cpumapMapCpus                = "cpus"
+	cpumapProgCountCpumapRefused = "count_cpumap_refused"
+	cpumapProgXdpToCpu           = "xdp_to_cpu"
+	cpumapVarCpusMapId           = "cpus_map_id"
+	cpumapVarTargetCpu           = "target_cpu"
 )
 
 // loadCpumap returns the embedded CollectionSpec for cpumap.
@@ -80,21 +83,24 @@ type cpumapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type cpumapProgramSpecs struct {
-	XdpToCpu *ebpf.ProgramSpec `ebpf:"xdp_to_cpu"`
+	CountCpumapRefused *ebpf.ProgramSpec `ebpf:"count_cpumap_refused"`
+	XdpToCpu           *ebpf.ProgramSpec `ebpf:"xdp_to_cpu"`
 }
 
 // cpumapMapSpecs contains maps before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type cpumapMapSpecs struct {
-	CpumapStats *ebpf.MapSpec `ebpf:"cpumap_stats"`
-	Cpus        *ebpf.MapSpec `ebpf:"cpus"`
+	CpumapRefused *ebpf.MapSpec `ebpf:"cpumap_refused"`
+	CpumapStats   *ebpf.MapSpec `ebpf:"cpumap_stats"`
+	Cpus          *ebpf.MapSpec `ebpf:"cpus"`
 }
 
 // cpumapVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type cpumapVariableSpecs struct {
+	CpusMapId *ebpf.VariableSpec `ebpf:"cpus_map_id"`
 	TargetCpu *ebpf.VariableSpec `ebpf:"target_cpu"`
 }
 
@@ -118,12 +124,14 @@ func (o *cpumapObjects) Close() error {
 //
 // It can be passed to loadCpumapObjects or ebpf.CollectionSpec.LoadAndAssign.
 type cpumapMaps struct {
-	CpumapStats *ebpf.Map `ebpf:"cpumap_stats"`
-	Cpus        *ebpf.Map `ebpf:"cpus"`
+	CpumapRefused *ebpf.Map `ebpf:"cpumap_refused"`
+	CpumapStats   *ebpf.Map `ebpf:"cpumap_stats"`
+	Cpus          *ebpf.Map `ebpf:"cpus"`
 }
 
 func (m *cpumapMaps) Close() error {
 	return _CpumapClose(
+		m.CpumapRefused,
 		m.CpumapStats,
 		m.Cpus,
 	)
@@ -133,6 +141,7 @@ func (m *cpumapMaps) Close() error {
 //
 // It can be passed to loadCpumapObjects or ebpf.CollectionSpec.LoadAndAssign.
 type cpumapVariables struct {
+	CpusMapId *ebpf.Variable `ebpf:"cpus_map_id"`
 	TargetCpu *ebpf.Variable `ebpf:"target_cpu"`
 }
 
@@ -140,11 +149,13 @@ type cpumapVariables struct {
 //
 // It can be passed to loadCpumapObjects or ebpf.CollectionSpec.LoadAndAssign.
 type cpumapPrograms struct {
-	XdpToCpu *ebpf.Program `ebpf:"xdp_to_cpu"`
+	CountCpumapRefused *ebpf.Program `ebpf:"count_cpumap_refused"`
+	XdpToCpu           *ebpf.Program `ebpf:"xdp_to_cpu"`
 }
 
 func (p *cpumapPrograms) Close() error {
 	return _CpumapClose(
+		p.CountCpumapRefused,
 		p.XdpToCpu,
 	)
 }

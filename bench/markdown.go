@@ -217,6 +217,7 @@ func (rep *Report) WriteMarkdown(w io.Writer) error {
 			fmtRate(r.ConnsPerSec), fmtRate(r.TPS), gb, lat, fmtRate(lo), fmtRate(hi), len(r.Runs))
 	}
 	p("")
+	rep.writeLedgerMarkdown(p)
 	rep.writeDropMarkdown(p)
 	rep.writeControlMarkdown(p)
 	p("## How the measurement was isolated")
@@ -234,6 +235,42 @@ func (rep *Report) WriteMarkdown(w io.Writer) error {
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+// writeLedgerMarkdown says where the frames of each packet measurement went (nothing
+// for a report made before the ledger was kept).
+func (rep *Report) writeLedgerMarkdown(p func(string, ...any)) {
+	first := true
+	for i := range rep.Records {
+		r := &rep.Records[i]
+		l := r.Frames
+		if l == nil {
+			continue
+		}
+		if first {
+			p("## Where the frames went (all runs)")
+			p("")
+			p("The frames the generators sent: counted by the sinks on the far ends, dropped by the system under test (its own count), refused on receive (a full gateway interface ring, or for nftables its full CPUMAP queue: lost before the system saw them, so they cost it nothing), refused on transmit (the far end's ring full: lost after the system had handled them, and not counted in its rate), and the rest: frames in flight when the counters were read, less the namespaces' own frames counted in.")
+			p("")
+			p("| scenario | flows | system | sent | delivered | dropped by the system | refused on receive | refused on transmit | rest |")
+			p("|---|---|---|---|---|---|---|---|---|")
+			first = false
+		}
+		share := func(n int64) string {
+			if l.Sent == 0 {
+				return fmt.Sprint(n)
+			}
+			if s := fmt.Sprintf("%.1f%%", 100*float64(n)/float64(l.Sent)); s != "-0.0%" {
+				return s
+			}
+			return "0.0%"
+		}
+		p("| %s | %s | %s | %s | %s | %s | %s | %s | %s |", r.Scenario, flowsCell(r.Flows), r.System, fmtCount(l.Sent),
+			share(int64(l.Delivered)), share(int64(l.Dropped)), share(int64(l.RefusedIn)), fmtCount(l.RefusedOut), share(l.Rest()))
+	}
+	if !first {
+		p("")
+	}
 }
 
 // writeDropMarkdown lists, for the systems that count their drops by reason, what

@@ -289,17 +289,31 @@ func (b *bencher) measurePackets(ctx context.Context, sys *sut, sc packetScenari
 	if err != nil {
 		return Sample{}, err
 	}
-	snap := func() (sinks, drops uint64, cpu int64, err error) {
-		if sinks, err = b.sinkTotal(); err != nil {
+	type counts struct {
+		sinks, drops, refusedIn, refusedOut uint64
+		cpu                                 int64
+	}
+	snap := func() (c counts, err error) {
+		if c.sinks, err = b.sinkTotal(); err != nil {
 			return
 		}
-		if drops, err = sys.drops(); err != nil {
+		if c.drops, err = sys.drops(); err != nil {
 			return
 		}
-		cpu, err = sys.cpuTime()
+		if c.refusedIn, c.refusedOut, err = b.scene.InterfaceDrops(); err != nil {
+			return
+		}
+		if sys.refused != nil {
+			var q uint64
+			if q, err = sys.refused(); err != nil {
+				return
+			}
+			c.refusedIn += q
+		}
+		c.cpu, err = sys.cpuTime()
 		return
 	}
-	s0, d0, c0, err := snap()
+	c0, err := snap()
 	if err != nil {
 		return Sample{}, err
 	}
@@ -316,7 +330,7 @@ func (b *bencher) measurePackets(ctx context.Context, sys *sut, sc packetScenari
 	}
 	time.Sleep(30 * time.Millisecond) // let the queues drain
 	el := time.Since(t0).Seconds()
-	s1, d1, c1, err := snap()
+	c1, err := snap()
 	if err != nil {
 		return Sample{}, err
 	}
@@ -328,21 +342,24 @@ func (b *bencher) measurePackets(ctx context.Context, sys *sut, sc packetScenari
 		}
 		reasons = countersSince(r0, r1)
 	}
-	delivered, dropped := float64(s1-s0), float64(d1-d0)
-	cpu := float64(c1-c0) / 1e9
+	ledger := &FrameLedger{Sent: sent, Delivered: c1.sinks - c0.sinks, Dropped: c1.drops - c0.drops,
+		RefusedIn: c1.refusedIn - c0.refusedIn, RefusedOut: c1.refusedOut - c0.refusedOut}
+	delivered, dropped := float64(ledger.Delivered), float64(ledger.Dropped)
+	cpu := float64(c1.cpu-c0.cpu) / 1e9
 	smp := Sample{
 		Seconds:      el,
 		OfferedPPS:   float64(sent) / el,
 		DeliveredPPS: delivered / el,
 		CPU:          cpu / el,
 		DropReasons:  reasons,
+		Frames:       ledger,
 	}
 	handled := delivered
 	if sc.drop && sys.name != SysPlain {
 		handled = dropped
-		smp.Leaked = s1 - s0
+		smp.Leaked = ledger.Delivered
 	} else {
-		smp.SUTDrops = d1 - d0
+		smp.SUTDrops = ledger.Dropped
 	}
 	smp.PPS = handled / el
 	if cpu > 0 {

@@ -54,6 +54,41 @@ type Sample struct {
 	// scenario they say what the drops were (the namespaces' own IPv6 chatter
 	// is some); in an isolation scenario, that the right rule dropped the probes.
 	DropReasons map[string]uint64 `json:"drop_reasons,omitempty"`
+	// Frames says where the frames the generators sent went (packet scenarios; for a
+	// record, summed over its runs; absent from reports made before it was kept).
+	Frames *FrameLedger `json:"frames,omitempty"`
+}
+
+// FrameLedger accounts for the frames of a packet measurement. A system's per-core rate
+// counts the frames it handled; the ledger shows that the frames it did not handle
+// were lost where it spent nothing on them. Frames refused on transmit are the
+// exception: the system handled them, and its rate does not count them.
+type FrameLedger struct {
+	Sent      uint64 `json:"sent"`      // by the generators
+	Delivered uint64 `json:"delivered"` // counted by the sinks on the far ends
+	Dropped   uint64 `json:"dropped"`   // by the system under test, by its own count
+	// RefusedIn: refused before the system saw them, by a gateway interface's ring on
+	// receive, or by the queue in front of the system (nftables' CPUMAP), all full.
+	RefusedIn uint64 `json:"refused_in"`
+	// RefusedOut: refused by a gateway interface on transmit (the far end's ring
+	// full), after the system had handled them.
+	RefusedOut uint64 `json:"refused_out"`
+}
+
+// Rest is what the ledger does not place: frames in flight when the counters were
+// read, less the namespaces' own frames that the counters took in (their IPv6
+// chatter). Near 0: anything else is a frame lost where the harness does not look.
+func (l *FrameLedger) Rest() int64 {
+	return int64(l.Sent) - int64(l.Delivered) - int64(l.Dropped) - int64(l.RefusedIn) - int64(l.RefusedOut)
+}
+
+// add sums o into l.
+func (l *FrameLedger) add(o *FrameLedger) {
+	l.Sent += o.Sent
+	l.Delivered += o.Delivered
+	l.Dropped += o.Dropped
+	l.RefusedIn += o.RefusedIn
+	l.RefusedOut += o.RefusedOut
 }
 
 // Record is one scenario on one system: the median of its samples, and the samples.
@@ -240,11 +275,17 @@ func (r *Record) aggregate() {
 	r.OpsPerCore = pick(func(s *Sample) float64 { return s.OpsPerCore })
 	r.Gbps = pick(func(s *Sample) float64 { return s.Gbps })
 	r.GbpsPerCore = pick(func(s *Sample) float64 { return s.GbpsPerCore })
-	r.Leaked, r.SUTDrops, r.DropReasons = 0, 0, nil
+	r.Leaked, r.SUTDrops, r.DropReasons, r.Frames = 0, 0, nil, nil
 	var lat []*Latency
 	for _, s := range r.Runs {
 		r.Leaked += s.Leaked
 		r.SUTDrops += s.SUTDrops
+		if s.Frames != nil {
+			if r.Frames == nil {
+				r.Frames = &FrameLedger{}
+			}
+			r.Frames.add(s.Frames)
+		}
 		for reason, n := range s.DropReasons {
 			if r.DropReasons == nil {
 				r.DropReasons = map[string]uint64{}

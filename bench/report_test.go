@@ -250,6 +250,42 @@ func TestDropReasons(t *testing.T) {
 	}
 }
 
+// TestFrameLedger: a record's ledger is the sum of its runs', its rest what no
+// count places (negative when the namespaces' chatter was counted in), and the
+// Markdown gives each part as a share of the frames sent; a report without ledgers
+// (made before they were kept) has no such section.
+func TestFrameLedger(t *testing.T) {
+	r := Record{Scenario: ScEstablished, System: SysNft, Kind: KindPackets, Flows: 4096, Runs: []Sample{
+		{PPS: 1, PPSPerCore: 2, Frames: &FrameLedger{Sent: 1000, Delivered: 150, RefusedIn: 840, RefusedOut: 2}},
+		{PPS: 1, PPSPerCore: 2, Frames: &FrameLedger{Sent: 1000, Delivered: 170, Dropped: 4, RefusedIn: 830}},
+	}}
+	r.aggregate()
+	if want := (FrameLedger{Sent: 2000, Delivered: 320, Dropped: 4, RefusedIn: 1670, RefusedOut: 2}); r.Frames == nil || *r.Frames != want {
+		t.Fatalf("ledger %+v, want %+v", r.Frames, want)
+	}
+	if r.Frames.Rest() != 4 {
+		t.Errorf("rest %d, want 4", r.Frames.Rest())
+	}
+	if l := (FrameLedger{Sent: 10, Delivered: 12}); l.Rest() != -2 {
+		t.Errorf("rest %d with chatter counted in, want -2", l.Rest())
+	}
+	rep := &Report{Records: []Record{r}}
+	var buf bytes.Buffer
+	if err := rep.WriteMarkdown(&buf); err != nil {
+		t.Fatal(err)
+	}
+	if want := "| established | 4096 | nftables | 2.0 k | 16.0% | 0.2% | 83.5% | 2 | 0.2% |"; !strings.Contains(buf.String(), want) {
+		t.Errorf("markdown lacks %q:\n%s", want, buf.String())
+	}
+	buf.Reset()
+	if err := sampleReport().WriteMarkdown(&buf); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(buf.String(), "Where the frames went") {
+		t.Error("a report without ledgers has a section for them")
+	}
+}
+
 func wellFormed(t *testing.T, name string, write func(io.Writer) error) string {
 	t.Helper()
 	var buf bytes.Buffer

@@ -148,6 +148,27 @@ func (s *Scene) GatewayIfaces() []string {
 	return append(s.Topo.GatewayInterfaces(), strangerIface)
 }
 
+// InterfaceDrops sums what the gateway's interfaces refused, from their statistics: on
+// receive, the frames a peer sent that the interface's ring had no room for (a veth
+// counts them as rx_dropped), so lost before any system on the gateway saw them; on
+// transmit, the frames sent through it that the far end's ring refused (tx_dropped),
+// so lost after the system had handled them.
+func (s *Scene) InterfaceDrops() (rx, tx uint64, err error) {
+	for _, ifn := range s.GatewayIfaces() {
+		l, err := s.Topo.GW.Netlink().LinkByName(ifn)
+		if err != nil {
+			return 0, 0, fmt.Errorf("statistics of %s: %w", ifn, err)
+		}
+		st := l.Attrs().Statistics
+		if st == nil {
+			return 0, 0, fmt.Errorf("statistics of %s: the kernel sent none", ifn)
+		}
+		rx += st.RxDropped
+		tx += st.TxDropped
+	}
+	return rx, tx, nil
+}
+
 // Peers lists every host on the far end of a gateway veth (its interface is eth0).
 func (s *Scene) Peers() []*netns.Host {
 	return append(s.Topo.PeerHosts(), s.Stranger)

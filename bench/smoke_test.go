@@ -91,6 +91,18 @@ func TestPrivilegedSmoke(t *testing.T) {
 		if r.Kind == KindPackets && r.PPS > r.OfferedPPS*1.01 {
 			t.Errorf("%s %s: handled %.0f/s of %.0f/s offered", r.System, r.Scenario, r.PPS, r.OfferedPPS)
 		}
+		// Every frame sent is accounted for, on every system: what the ledger does
+		// not place is only the namespaces' own chatter.
+		if r.Kind == KindPackets {
+			l := r.Frames
+			if l == nil {
+				t.Errorf("%s %s: no frame ledger", r.System, r.Scenario)
+				continue
+			}
+			if chatter := int64(l.Sent/100) + 256; l.Rest() < -chatter || l.Rest() > chatter {
+				t.Errorf("%s %s: %d frames unaccounted for: %+v", r.System, r.Scenario, l.Rest(), *l)
+			}
+		}
 		// moat refuses each isolation probe by the rule meant for it: another tenant's
 		// address is no service of the sender's tenant, an interface attached to no
 		// tenant has none. (A few frames of the namespaces' own chatter may mix in.)

@@ -36,6 +36,9 @@ type sut struct {
 	drops   func() (uint64, error) // its own count of dropped frames
 	// dropReasons, when the system has them, counts its drops by reason (nil: none).
 	dropReasons func() (map[string]uint64, error)
+	// refused, when the system has a queue in front of it that is no interface's
+	// ring (nftables' CPUMAP), counts the frames that queue refused (nil: none).
+	refused func() (uint64, error)
 	// flush empties the system's flow state (nil: it keeps none): every packet
 	// measurement starts from an empty conntrack table on every system.
 	flush func() error
@@ -184,7 +187,7 @@ func (s *Scene) setupNftPackets() (*sut, error) {
 	if err := pinThread(tid, sutCPU, rtPrio); err != nil {
 		return nil, errors.Join(err, undo())
 	}
-	return &sut{name: SysNft, threads: []int{tid}, drops: s.NftDrops, flush: s.FlushConntrack, close: undo}, nil
+	return &sut{name: SysNft, threads: []int{tid}, drops: s.NftDrops, refused: r.Refused, flush: s.FlushConntrack, close: undo}, nil
 }
 
 // setupNftTCP loads the nftables baseline for real TCP: frames reach the stack

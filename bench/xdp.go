@@ -394,7 +394,8 @@ func (f *Forwarder) Close() error { return errors.Join(f.close(), f.objs.Close()
 // CPURedirector hands every frame of some interfaces to a CPUMAP entry: the receive
 // side of the kernel-stack baseline (bpf/bench/cpumap.c).
 type CPURedirector struct {
-	objs cpumapObjects
+	objs    cpumapObjects
+	refused link.Link // counts the CPUMAP queue's refusals
 	progOnIfaces
 }
 
@@ -417,6 +418,24 @@ func AttachCPURedirector(host *netns.Host, ifnames []string, cpu int, qsize uint
 		r.objs.Close()
 		return nil, fmt.Errorf("CPUMAP entry for CPU %d: %w", cpu, err)
 	}
+	info, err := r.objs.Cpus.Info()
+	if err != nil {
+		r.objs.Close()
+		return nil, fmt.Errorf("CPUMAP's id: %w", err)
+	}
+	id, ok := info.ID()
+	if !ok {
+		r.objs.Close()
+		return nil, errors.New("CPUMAP's id: the kernel gave none")
+	}
+	if err := r.objs.CpusMapId.Set(uint32(id)); err != nil {
+		r.objs.Close()
+		return nil, fmt.Errorf("CPUMAP's id for its refusal counter: %w", err)
+	}
+	if r.refused, err = link.AttachTracing(link.TracingOptions{Program: r.objs.CountCpumapRefused}); err != nil {
+		r.objs.Close()
+		return nil, fmt.Errorf("attach the CPUMAP refusal counter: %w", err)
+	}
 	if err := r.attach(host, r.objs.XdpToCpu, ifnames); err != nil {
 		r.Close()
 		return nil, err
@@ -430,8 +449,17 @@ func (r *CPURedirector) Redirected() (uint64, error) {
 	return p, err
 }
 
+// Refused returns the frames the CPUMAP's queue refused (full): the redirector handed
+// them over, the CPU behind the queue never saw them.
+func (r *CPURedirector) Refused() (uint64, error) {
+	p, _, err := sumCounters(r.objs.CpumapRefused, func(c cpumapCounter) (uint64, uint64) { return c.Packets, c.Bytes })
+	return p, err
+}
+
 // Close detaches and unloads the redirector; the CPUMAP's kthread goes with the map.
-func (r *CPURedirector) Close() error { return errors.Join(r.close(), r.objs.Close()) }
+func (r *CPURedirector) Close() error {
+	return errors.Join(r.close(), r.refused.Close(), r.objs.Close())
+}
 
 // netOrder16 swaps between a port's value and its network-order bytes read natively
 // (the same swap both ways).
