@@ -178,6 +178,17 @@ type Target struct {
 	Runs []float64 `json:"runs,omitempty"`
 }
 
+// RunsMet counts the repetitions whose own ratio meets the target.
+func (t Target) RunsMet() int {
+	n := 0
+	for _, r := range t.Runs {
+		if r >= t.Want {
+			n++
+		}
+	}
+	return n
+}
+
 // OutOfReach says whether the target's bound was measured and stays below it.
 func (t Target) OutOfReach() bool { return t.BoundSystem != "" && t.Bound < t.Want }
 
@@ -196,6 +207,9 @@ func (t Target) Verdict() string {
 func (r *Report) WriteTargetSummary(w io.Writer) error {
 	for _, t := range r.Targets {
 		line := fmt.Sprintf("%-26s %s: %.2f× (want ≥ %.1f×", t.Verdict(), t.Name, t.Got, t.Want)
+		if len(t.Runs) > 1 {
+			line += fmt.Sprintf("; met in %d of %d runs", t.RunsMet(), len(t.Runs))
+		}
 		if t.BoundSystem != "" {
 			line += fmt.Sprintf("; bound: %s %.2f×", t.BoundSystem, t.Bound)
 		}
