@@ -33,7 +33,6 @@ type cpumapCounter struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	cpumapMapCpumapRefused       = "cpumap_refused"
-	cpumapMapCpumapStats         = "cpumap_stats"
 	cpumapMapCpus                = "cpus"
 	cpumapProgCountCpumapRefused = "count_cpumap_refused"
 	cpumapProgXdpToCpu           = "xdp_to_cpu"
@@ -92,7 +91,6 @@ type cpumapProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type cpumapMapSpecs struct {
 	CpumapRefused *ebpf.MapSpec `ebpf:"cpumap_refused"`
-	CpumapStats   *ebpf.MapSpec `ebpf:"cpumap_stats"`
 	Cpus          *ebpf.MapSpec `ebpf:"cpus"`
 }
 
@@ -125,14 +123,12 @@ func (o *cpumapObjects) Close() error {
 // It can be passed to loadCpumapObjects or ebpf.CollectionSpec.LoadAndAssign.
 type cpumapMaps struct {
 	CpumapRefused *ebpf.Map `ebpf:"cpumap_refused"`
-	CpumapStats   *ebpf.Map `ebpf:"cpumap_stats"`
 	Cpus          *ebpf.Map `ebpf:"cpus"`
 }
 
 func (m *cpumapMaps) Close() error {
 	return _CpumapClose(
 		m.CpumapRefused,
-		m.CpumapStats,
 		m.Cpus,
 	)
 }

@@ -443,12 +443,6 @@ func AttachCPURedirector(host *netns.Host, ifnames []string, cpu int, qsize uint
 	return r, nil
 }
 
-// Redirected returns the frames the redirector handed to the CPUMAP.
-func (r *CPURedirector) Redirected() (uint64, error) {
-	p, _, err := sumCounters(r.objs.CpumapStats, func(c cpumapCounter) (uint64, uint64) { return c.Packets, c.Bytes })
-	return p, err
-}
-
 // Refused returns the frames the CPUMAP's queue refused (full): the redirector handed
 // them over, the CPU behind the queue never saw them.
 func (r *CPURedirector) Refused() (uint64, error) {

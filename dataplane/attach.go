@@ -182,19 +182,6 @@ func loadFloor() (*ebpf.Program, *ebpf.Map, error) {
 	return objs.Prog, objs.Stats, nil
 }
 
-// Count returns what the program has seen.
-func (c *CountPass) Count() (Traffic, error) {
-	var per []gatewayTraffic
-	if err := c.stats.Lookup(uint32(0), &per); err != nil {
-		return Traffic{}, fmt.Errorf("read count-pass counter: %w", err)
-	}
-	var t Traffic
-	for _, v := range per {
-		t = t.plus(Traffic{v.Packets, v.Bytes})
-	}
-	return t, nil
-}
-
 // Close detaches and unloads the program.
 func (c *CountPass) Close() error {
 	return errors.Join(c.link.Close(), c.prog.Close(), c.stats.Close())

@@ -89,8 +89,6 @@ func (b *byteSource) next(n int) int {
 	return v % n
 }
 
-func choose[T any](b *byteSource, options ...T) T { return options[b.next(len(options))] }
-
 // mostly draws one of valid, and one of invalid for one byte value in sixteen, so that
 // a fuzzed configuration with many parts still often compiles. The invalid candidates
 // include values that collide with what another part of the configuration uses.

@@ -1,7 +1,6 @@
 package verifier
 
 import (
-	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -104,9 +103,6 @@ func (m Policies) Policy(subject string) (*Policy, error) {
 	}
 	return p, nil
 }
-
-// DigestOf is the reference value of a content: SHA-256.
-func DigestOf(content []byte) [32]byte { return sha256.Sum256(content) }
 
 // ParseDigest decodes a hex SHA-256 digest, as operators write reference values.
 func ParseDigest(s string) ([32]byte, error) {

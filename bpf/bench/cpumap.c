@@ -18,24 +18,9 @@ struct {
 	__type(value, struct bpf_cpumap_val);
 } cpus SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct counter);
-} cpumap_stats SEC(".maps");
-
 SEC("xdp")
 int xdp_to_cpu(struct xdp_md *ctx)
 {
-	struct counter *n;
-	__u32 k = 0;
-
-	n = bpf_map_lookup_elem(&cpumap_stats, &k);
-	if (n) {
-		n->packets++;
-		n->bytes += ctx->data_end - ctx->data;
-	}
 	return bpf_redirect_map(&cpus, target_cpu, XDP_DROP);
 }
 

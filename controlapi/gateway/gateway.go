@@ -262,7 +262,7 @@ func Start(parent context.Context, cfg Config, log *slog.Logger) (g *Gateway, er
 		// Peer gateways attest to the same verifier, served with the TLS key this
 		// gateway's own quotes bind (its agents present it to their peers' verifiers):
 		// a peer's agent pins it as the gateway's agents pin a host's verifier.
-		peerTLS := &tls.Config{Certificates: []tls.Certificate{g.overlay.cert}, ClientAuth: tls.RequireAnyClientCert, MinVersion: tls.VersionTLS13}
+		peerTLS := verifier.ServerTLSConfig(g.overlay.cert)
 		if g.PeerVerifierAddr, err = g.serve("overlay verifier", cfg.Overlay.VerifierListen, agentMux, peerTLS); err != nil {
 			return nil, err
 		}

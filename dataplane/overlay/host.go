@@ -217,7 +217,7 @@ func (h *Host) Start(se attest.SE, cert tls.Certificate, log *slog.Logger) (key 
 	}
 	mux := http.NewServeMux()
 	mux.Handle(VerifierPrefix+"/", http.StripPrefix(VerifierPrefix, v.Handler()))
-	tlsCfg := &tls.Config{Certificates: []tls.Certificate{cert}, ClientAuth: tls.RequireAnyClientCert, MinVersion: tls.VersionTLS13}
+	tlsCfg := verifier.ServerTLSConfig(cert)
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}
 	ctx, cancel := context.WithCancel(context.Background())
 	h.mu.Lock()

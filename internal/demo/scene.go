@@ -105,16 +105,6 @@ func (s *Scene) Apply(cfg tenant.Config) error {
 	return nil
 }
 
-// BackendID returns the fast path id of a backend by tenant and name.
-func (s *Scene) BackendID(tenantName, backend string) uint32 {
-	for _, b := range s.Compiled.Backends {
-		if b.Tenant == tenantName && b.Name == backend {
-			return b.ID
-		}
-	}
-	return 0
-}
-
 // Close detaches and removes the fast path and deletes the topology.
 func (s *Scene) Close() error {
 	var errs []error
