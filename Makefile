@@ -25,6 +25,7 @@ build: deps
 
 test: deps
 	$(GO) vet $(PKGS)
+	$(GO) tool staticcheck $(PKGS)
 	$(GO) test $(TESTFLAGS) $(PKGS)
 
 demo: build
@@ -44,6 +45,7 @@ lint: deps
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go')); \
 	  if [ -n "$$unformatted" ]; then echo "gofmt needed: $$unformatted"; exit 1; fi
 	$(GO) vet $(PKGS)
+	$(GO) tool staticcheck $(PKGS)
 
 clean:
 	rm -rf bin
