@@ -2,6 +2,7 @@ package bench
 
 import (
 	"net/netip"
+	"slices"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -74,6 +75,64 @@ func TestPrivilegedForwarderBounds(t *testing.T) {
 	}
 	if n, err := f.Handled(); err != nil || n != drops {
 		t.Fatalf("drop bound counted %d (%v), want %d", n, err, drops)
+	}
+}
+
+// TestPrivilegedForwarderBoundSeparatesInterfaces: identical tuples that arrive on two
+// interfaces (the mixed scenario's two tenants) are two flows in the tracking bound, as
+// they are two in moat's conntrack, each keyed by its ingress interface; a bound that
+// merged them would keep half moat's state and forward one tenant's frames on the
+// other's route.
+func TestPrivilegedForwarderBoundSeparatesInterfaces(t *testing.T) {
+	netns.RequireRoot(t)
+	h, err := netns.NewHost(netns.UniqueName("bfwd"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	a, b, err := netns.Veth(h, "ta", h, "tb")
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec, err := loadFwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := trackLikeMoat(spec, 1024); err != nil {
+		t.Fatal(err)
+	}
+	var objs fwdObjects
+	if err := spec.LoadAndAssign(&objs, nil); err != nil {
+		t.Fatal(err)
+	}
+	defer objs.Close()
+	frame := packet.Frame{SrcIP: netip.MustParseAddr("10.0.0.7"), DstIP: netip.MustParseAddr("10.100.0.1"), Proto: 6, SrcPort: 1000, DstPort: 80}.Build()
+	ifindexes := []uint32{uint32(a.Attrs().Index), uint32(b.Attrs().Index)}
+	err = h.Do(func() error {
+		for _, ifindex := range ifindexes {
+			for range 2 {
+				if _, err := objs.XdpFwd.Run(dataplane.XDPRunOptions(frame, make([]byte, len(frame)+8), ifindex)); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var (
+		k    fwdFlowKey
+		v    fwdFlowState
+		seen []uint32
+	)
+	for it := objs.FwdFlows.Iterate(); it.Next(&k, &v); {
+		seen = append(seen, k.TenantId)
+	}
+	slices.Sort(seen)
+	slices.Sort(ifindexes)
+	if !slices.Equal(seen, ifindexes) {
+		t.Errorf("flow entries keyed by %v, want one per ingress interface %v", seen, ifindexes)
 	}
 }
 

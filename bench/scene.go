@@ -205,25 +205,35 @@ func (s *Scene) OpenMoat() (*dataplane.Dataplane, error) {
 	return s.dp, err
 }
 
-// AttachMoat puts the fast path on every gateway interface.
+// AttachMoat puts the fast path on every gateway interface, or on none: a failure
+// takes it off the interfaces it had reached, so that the next system can attach.
 func (s *Scene) AttachMoat() error {
 	dp, err := s.OpenMoat()
 	if err != nil {
 		return err
 	}
-	s.attached = true
-	return s.Topo.GW.Do(func() error {
+	var done []string
+	err = s.Topo.GW.Do(func() error {
 		for _, ifn := range s.GatewayIfaces() {
 			mode, err := dp.Attach(ifn)
 			if err != nil {
 				return err
 			}
+			done = append(done, ifn)
 			if mode != dataplane.ModeNative {
 				return fmt.Errorf("moat on %s: %s mode, want native", ifn, mode)
 			}
 		}
 		return nil
 	})
+	if err != nil {
+		for _, ifn := range done {
+			err = errors.Join(err, dp.Detach(ifn))
+		}
+		return err
+	}
+	s.attached = true
+	return nil
 }
 
 // DetachMoat takes the fast path off every gateway interface (its maps stay).

@@ -169,9 +169,14 @@ func (s *Scene) setupNftPackets() (*sut, error) {
 	if _, err := threadNAPI(s.Topo.GW, loadCPU, rtPrio, s.GatewayIfaces()...); err != nil {
 		return nil, errors.Join(err, undo())
 	}
+	// The kthread is named after the CPU and the map's id ("cpumap/1/map:42"), cut to
+	// the 15 bytes of a task's comm: with the threads that existed before, that tells
+	// ours from another CPUMAP user's.
+	name := fmt.Sprintf("cpumap/%d/map:%d", sutCPU, r.MapID())
+	name = name[:min(len(name), 15)]
 	var tid int
 	for deadline := time.Now().Add(2 * time.Second); tid == 0 && time.Now().Before(deadline); {
-		after, _ := kthreads(fmt.Sprintf("cpumap/%d/", sutCPU))
+		after, _ := kthreads(name + "\n") // the whole comm
 		for _, t := range after {
 			if !slices.Contains(before, t) {
 				tid = t

@@ -117,7 +117,7 @@ func (b *bencher) connectionsPerSecond(ctx context.Context, system string, d tim
 		mu           sync.Mutex
 		lat          []time.Duration
 		wg           sync.WaitGroup
-		firstErr     atomic.Value
+		firstErr     error // under mu: the first failure, for the message
 	)
 	end := time.Now().Add(d)
 	t0 := time.Now()
@@ -146,7 +146,11 @@ func (b *bencher) connectionsPerSecond(ctx context.Context, system string, d tim
 				}()
 				if err != nil {
 					failed.Add(1)
-					firstErr.CompareAndSwap(nil, err)
+					mu.Lock()
+					if firstErr == nil {
+						firstErr = err
+					}
+					mu.Unlock()
 					continue
 				}
 				mine = append(mine, time.Since(st))
@@ -161,12 +165,10 @@ func (b *bencher) connectionsPerSecond(ctx context.Context, system string, d tim
 	el := time.Since(t0).Seconds()
 	smp := Sample{Seconds: el, ConnsPerSec: float64(done.Load()) / el, Latency: latencies(lat)}
 	if done.Load() == 0 {
-		err, _ := firstErr.Load().(error)
-		return smp, fmt.Errorf("%s: no connection to %s completed: %v", system, target, err)
+		return smp, fmt.Errorf("%s: no connection to %s completed: %v", system, target, firstErr)
 	}
 	if f := failed.Load(); f > done.Load()/100 {
-		err, _ := firstErr.Load().(error)
-		return smp, fmt.Errorf("%s: %d of %d connections to %s failed: %v", system, f, f+done.Load(), target, err)
+		return smp, fmt.Errorf("%s: %d of %d connections to %s failed: %v", system, f, f+done.Load(), target, firstErr)
 	}
 	return smp, nil
 }

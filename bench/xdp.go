@@ -395,6 +395,7 @@ func (f *Forwarder) Close() error { return errors.Join(f.close(), f.objs.Close()
 // side of the kernel-stack baseline (bpf/bench/cpumap.c).
 type CPURedirector struct {
 	objs    cpumapObjects
+	mapID   ebpf.MapID
 	refused link.Link // counts the CPUMAP queue's refusals
 	progOnIfaces
 }
@@ -428,6 +429,7 @@ func AttachCPURedirector(host *netns.Host, ifnames []string, cpu int, qsize uint
 		r.objs.Close()
 		return nil, errors.New("CPUMAP's id: the kernel gave none")
 	}
+	r.mapID = id
 	if err := r.objs.CpusMapId.Set(uint32(id)); err != nil {
 		r.objs.Close()
 		return nil, fmt.Errorf("CPUMAP's id for its refusal counter: %w", err)
@@ -442,6 +444,9 @@ func AttachCPURedirector(host *netns.Host, ifnames []string, cpu int, qsize uint
 	}
 	return r, nil
 }
+
+// MapID is the CPUMAP's id, which names its kthread.
+func (r *CPURedirector) MapID() ebpf.MapID { return r.mapID }
 
 // Refused returns the frames the CPUMAP's queue refused (full): the redirector handed
 // them over, the CPU behind the queue never saw them.

@@ -88,15 +88,17 @@ static __always_inline void ip_decrease_ttl(struct iphdr *ip)
 
 /* flow_key_of fills every field of k for a TCP or UDP frame (the caller leaves k
  * uninitialised: the plain forwarder must not pay for it); it returns 0 for anything
- * else, with k untouched. */
-static __always_inline int flow_key_of(struct flow_key *k, struct iphdr *ip, void *data_end)
+ * else, with k untouched. The ingress interface stands in for moat's tenant id: the
+ * tenants of the mixed scenario send identical tuples, which must be as many flows
+ * here as in moat, and never share a route. */
+static __always_inline int flow_key_of(struct flow_key *k, struct xdp_md *ctx, struct iphdr *ip, void *data_end)
 {
 	__be16 *ports = (void *)(ip + 1);
 
 	if (ip->ihl != 5 || (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP) ||
 	    (void *)(ports + 2) > data_end)
 		return 0;
-	k->tenant_id = 0;
+	k->tenant_id = ctx->ingress_ifindex;
 	k->dir = 0;
 	k->pad = 0;
 	k->saddr = ip->saddr;
@@ -134,7 +136,7 @@ int xdp_fwd(struct xdp_md *ctx)
 		return XDP_PASS;
 	if (ip->ttl <= 1)
 		return XDP_PASS;
-	if (track_flows && flow_key_of(&k, ip, data_end)) {
+	if (track_flows && flow_key_of(&k, ctx, ip, data_end)) {
 		tracked = 1;
 		st = bpf_map_lookup_elem(&fwd_flows, &k);
 		if (st && st->ifindex)
