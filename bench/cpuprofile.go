@@ -228,7 +228,7 @@ const profileTop = 8
 // measureCPUProfile runs a fresh burst of sc through sys while perf samples the SUT
 // core, and returns where the system's threads spent it.
 func (b *bencher) measureCPUProfile(ctx context.Context, sys *sut, sc packetScenario) (CPUProfile, error) {
-	ts, err := b.trafficFor(ctx, sc)
+	ts, err := b.freshTraffic(ctx, sys, sc)
 	if err != nil {
 		return CPUProfile{}, err
 	}

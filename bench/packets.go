@@ -177,9 +177,12 @@ func (b *bencher) trafficFor(ctx context.Context, sc packetScenario) ([]traffic,
 		}
 		return ts, b.prime(ctx, ts, nil)
 	case ScReply:
-		// Establish twice the flows, learn which of them the system balanced to the
-		// first backend, and answer those from it.
-		fwd, err := b.clientTraffic(0, 2*sc.flows, packet.ACK)
+		// Establish four times the flows, learn which of them the system sent to the
+		// first backend, and answer sc.flows of those from it. Every system answers
+		// the same number: the balancing ones (moat, nftables) send that backend
+		// about a third of the flows, plain forwarding all of them, and a reply
+		// working set of another size would not compare.
+		fwd, err := b.clientTraffic(0, replyPrimeFactor*sc.flows, packet.ACK)
 		if err != nil {
 			return nil, err
 		}
@@ -192,12 +195,10 @@ func (b *bencher) trafficFor(ctx context.Context, sc packetScenario) ([]traffic,
 		if err != nil {
 			return nil, err
 		}
-		if len(learnt) == 0 {
-			return nil, fmt.Errorf("reply: no flow reached backend %s while priming", be.Name)
+		if len(learnt) < sc.flows {
+			return nil, fmt.Errorf("reply: %d of the %d flows needed reached backend %s while priming", len(learnt), sc.flows, be.Name)
 		}
-		if len(learnt) > sc.flows {
-			learnt = learnt[:sc.flows]
-		}
+		learnt = learnt[:sc.flows]
 		g, err := b.generator(be.Host)
 		if err != nil {
 			return nil, err
@@ -213,6 +214,22 @@ func (b *bencher) trafficFor(ctx context.Context, sc packetScenario) ([]traffic,
 	}
 	return nil, fmt.Errorf("unknown packet scenario %q", sc.name)
 }
+
+// churn floods the system under test with new flows for one measurement's duration,
+// unmeasured.
+func (b *bencher) churn(ctx context.Context) error {
+	t, err := b.clientTraffic(0, 0, packet.SYN)
+	if err != nil {
+		return err
+	}
+	_, err = b.runTraffic(ctx, []traffic{t}, b.profile.Duration)
+	return err
+}
+
+// replyPrimeFactor: the reply scenario establishes this many times its flows, so that
+// the first of three backends receives at least its flows (a third of them, give or
+// take the hash's spread) on every system.
+const replyPrimeFactor = 4
 
 // prime sends the traffic once through every flow, plus a little, unmeasured; with a
 // sink, that sink learns the client ends it receives meanwhile.
@@ -261,6 +278,20 @@ func (b *bencher) runTraffic(ctx context.Context, ts []traffic, d time.Duration)
 	return sent, errors.Join(errs...)
 }
 
+// freshTraffic empties the system's flow table and returns sc's traffic, primed. Every
+// burst of traffic, measured or profiled, starts from an empty conntrack table on
+// every system alike: nftables' must be emptied (full of the new-flow scenario's
+// unanswered SYNs, it drops new flows), and moat's and plain_ct's would otherwise
+// hold every flow of the scenarios before where nftables' holds none.
+func (b *bencher) freshTraffic(ctx context.Context, sys *sut, sc packetScenario) ([]traffic, error) {
+	if sys.flush != nil {
+		if err := sys.flush(); err != nil {
+			return nil, fmt.Errorf("%s: flush flows: %w", sys.name, err)
+		}
+	}
+	return b.trafficFor(ctx, sc)
+}
+
 // sinkTotal sums what every sink has received.
 func (b *bencher) sinkTotal() (uint64, error) {
 	var sum uint64
@@ -276,16 +307,7 @@ func (b *bencher) sinkTotal() (uint64, error) {
 
 // measurePackets runs one packet scenario on one system and returns the sample.
 func (b *bencher) measurePackets(ctx context.Context, sys *sut, sc packetScenario) (Sample, error) {
-	// From an empty conntrack table, on every system alike: nftables' must be emptied
-	// (full of the new-flow scenario's unanswered SYNs, it drops new flows), and
-	// moat's and plain_ct's would otherwise hold every flow of the scenarios before
-	// where nftables' holds none.
-	if sys.flush != nil {
-		if err := sys.flush(); err != nil {
-			return Sample{}, fmt.Errorf("%s: flush flows: %w", sys.name, err)
-		}
-	}
-	ts, err := b.trafficFor(ctx, sc)
+	ts, err := b.freshTraffic(ctx, sys, sc)
 	if err != nil {
 		return Sample{}, err
 	}

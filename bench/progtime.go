@@ -37,7 +37,7 @@ type ProgramTime struct {
 // returns its program's mean run time per frame.
 func (b *bencher) measureProgramTime(ctx context.Context, sys *sut, sc packetScenario) (ProgramTime, error) {
 	pt := ProgramTime{Scenario: sc.name, System: sys.name, Flows: sc.flows}
-	ts, err := b.trafficFor(ctx, sc) // fresh flows: new flows must be new again
+	ts, err := b.freshTraffic(ctx, sys, sc) // fresh flows: new flows must be new again
 	if err != nil {
 		return pt, err
 	}

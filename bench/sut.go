@@ -169,14 +169,12 @@ func (s *Scene) setupNftPackets() (*sut, error) {
 	if _, err := threadNAPI(s.Topo.GW, loadCPU, rtPrio, s.GatewayIfaces()...); err != nil {
 		return nil, errors.Join(err, undo())
 	}
-	// The kthread is named after the CPU and the map's id ("cpumap/1/map:42"), cut to
-	// the 15 bytes of a task's comm: with the threads that existed before, that tells
-	// ours from another CPUMAP user's.
+	// The kthread is named after the CPU and the map's id ("cpumap/1/map:42"): with
+	// the threads that existed before, that tells ours from another CPUMAP user's.
 	name := fmt.Sprintf("cpumap/%d/map:%d", sutCPU, r.MapID())
-	name = name[:min(len(name), 15)]
 	var tid int
 	for deadline := time.Now().Add(2 * time.Second); tid == 0 && time.Now().Before(deadline); {
-		after, _ := kthreads(name + "\n") // the whole comm
+		after, _ := kthreadsNamed(name)
 		for _, t := range after {
 			if !slices.Contains(before, t) {
 				tid = t
@@ -246,6 +244,25 @@ func (s *Scene) passOnGateway() (func() error, []int, error) {
 }
 
 // kthreads lists the pids whose name starts with prefix.
+// kthreadsNamed lists the threads named name: in full, as this kernel shows a
+// kthread's name, or cut to the 15 bytes of a task's comm, as older ones do.
+func kthreadsNamed(name string) ([]int, error) {
+	var out []int
+	for _, n := range []string{name, name[:min(len(name), 15)]} {
+		tids, err := kthreads(n + "\n") // the whole comm
+		if err != nil {
+			return nil, err
+		}
+		for _, t := range tids {
+			if !slices.Contains(out, t) {
+				out = append(out, t)
+			}
+		}
+	}
+	return out, nil
+}
+
+// kthreads lists the threads whose /proc comm (newline included) starts with prefix.
 func kthreads(prefix string) ([]int, error) {
 	ents, err := os.ReadDir("/proc")
 	if err != nil {
