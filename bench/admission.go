@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -16,7 +15,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/seed4c/moat/attest"
@@ -372,54 +370,58 @@ func (w writerApplier) Evicted() ([]uint32, error)     { return w.evicted() }
 
 var _ reconcile.Evicter = writerApplier{}
 
-// nftAdmitter drives the nftables baseline as an operator's script would, as fast as
-// nftables allows: admission adds the backend's element to the tenant's map of
-// backends; eviction deletes it and then the backend's conntrack entries (without
-// that, conntrack keeps every established flow on the evicted backend for as long as
-// the flow lasts).
+// nftAdmitter drives the nftables baseline as an operator's script would, one nft
+// transaction per decision, the fastest way nftables has to cut established flows:
+// the forward chain drops the frames to and from every (interface, address) in a set
+// of evicted backends, so an eviction adds the backend there and deletes it from the
+// tenant's map of backends (no new flow picks it) in one transaction, and an
+// admission undoes both. The backend's conntrack entries stay and time out: deleting
+// them (as conntrack -D does) dumps the whole table first, and without the drop set
+// conntrack keeps every established flow on the backend for as long as the flow lasts.
+// The set and its two rules exist only for this phase: the packet scenarios measure
+// the ruleset without them.
 func (b *bencher) nftAdmitter() (admitter, error) {
 	topo := b.scene.Topo
-	gw := topo.GW
 	ta := topo.Tenants[0]
 	be := ta.Backends[0]
 	mapName := nftBackendMap(ta.Name)
-	nft := func(args ...string) error {
-		return gw.Do(func() error {
-			// Forked from this thread, so nft runs in the gateway's namespace.
-			out, err := exec.Command("nft", args...).CombinedOutput()
-			if err != nil {
-				return fmt.Errorf("nft %s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
-			}
-			return nil
-		})
+	backend := fmt.Sprintf("%q . %s", be.GWIface, be.Addr)
+	script := func(lines ...string) error {
+		_, err := b.scene.nft(strings.Join(lines, "\n")+"\n", "-f", "-")
+		return err
 	}
-	present := true // the ruleset is loaded with every backend
+	if err := script(
+		fmt.Sprintf("add set ip %s evicted { type ifname . ipv4_addr; }", nftTable),
+		fmt.Sprintf("insert rule ip %s filter_fwd oifname . ip daddr @evicted drop", nftTable),
+		fmt.Sprintf("insert rule ip %s filter_fwd iifname . ip saddr @evicted drop", nftTable),
+	); err != nil {
+		return admitter{}, fmt.Errorf("nftables set of evicted backends: %w", err)
+	}
+	evicted := false // the ruleset is loaded with every backend admitted
 	return admitter{
 		admit: func() error {
-			present = true
-			return nft("add", "element", "ip", nftTable, mapName, fmt.Sprintf("{ 0 : %s }", be.Addr))
+			if !evicted {
+				return nil
+			}
+			evicted = false
+			return script(
+				fmt.Sprintf("delete element ip %s evicted { %s }", nftTable, backend),
+				fmt.Sprintf("add element ip %s %s { 0 : %s }", nftTable, mapName, be.Addr))
 		},
 		evict: func() error {
-			if present {
-				if err := nft("delete", "element", "ip", nftTable, mapName, "{ 0 }"); err != nil {
-					return err
-				}
-				present = false
+			if evicted {
+				return nil
 			}
-			f := &netlink.ConntrackFilter{}
-			if err := f.AddIP(netlink.ConntrackReplySrcIP, net.IP(be.Addr.AsSlice())); err != nil {
-				return err
-			}
-			_, err := gw.Netlink().ConntrackDeleteFilters(netlink.ConntrackTable, unix.AF_INET, f)
-			return err
+			evicted = true
+			return script(
+				fmt.Sprintf("add element ip %s evicted { %s }", nftTable, backend),
+				fmt.Sprintf("delete element ip %s %s { 0 }", nftTable, mapName))
 		},
-		// The conntrack delete walks the whole table, and every round's new flows
-		// would stay in it (unanswered SYNs for minutes): each round starts from an
-		// empty table instead, nftables' best case, or its eviction time would grow
-		// with the number of rounds a profile runs.
+		// Every round's new flows would stay in conntrack (unanswered SYNs, for
+		// minutes): each round starts from an empty table, nftables' best case.
 		newRound: b.scene.FlushConntrack,
-		close:    func() error { return nil },
-		how:      "nft add element / nft delete element and a conntrack delete of the backend's flows (netlink, as conntrack -D); every round from an empty conntrack table",
+		close:    func() error { return nil }, // the set goes with the ruleset
+		how:      "one nft transaction per decision: eviction adds the backend to a set of evicted backends that the forward chain drops and deletes it from the map of backends, admission undoes both; every round from an empty conntrack table",
 	}, nil
 }
 

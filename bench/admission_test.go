@@ -62,10 +62,10 @@ func TestPrivilegedAdmissionPhase(t *testing.T) {
 }
 
 // TestPrivilegedEvictionMeasuredFromTheBackend shows that the eviction measurement
-// watches the backend, not the system's word: nftables without the conntrack delete
-// (only the map element removed, as a script that forgets conntrack would do) keeps
-// forwarding the backend's established flows, and the harness reports it as not
-// evicted instead of timing anything.
+// watches the backend, not the system's word: nftables without its drop set of
+// evicted backends (only the map element removed, as a script that forgets conntrack
+// would do) keeps forwarding the backend's established flows, and the harness reports
+// it as not evicted instead of timing anything.
 func TestPrivilegedEvictionMeasuredFromTheBackend(t *testing.T) {
 	netns.RequireRoot(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -103,7 +103,7 @@ func TestPrivilegedEvictionMeasuredFromTheBackend(t *testing.T) {
 				break
 			}
 			if !errors.Is(err, errNoFrameAfterDecision) || try == 2 {
-				return fmt.Errorf("eviction with the conntrack delete: %w", err)
+				return fmt.Errorf("eviction with the drop set: %w", err)
 			}
 			if err := adm.admit(); err != nil {
 				return err
@@ -123,7 +123,7 @@ func TestPrivilegedEvictionMeasuredFromTheBackend(t *testing.T) {
 		}
 		_, err = b.timeEviction(ctx, sink, adm)
 		if err == nil || !strings.Contains(err.Error(), "still received frames") {
-			return fmt.Errorf("eviction without the conntrack delete: got %v, want the backend still receiving", err)
+			return fmt.Errorf("eviction without the drop set: got %v, want the backend still receiving", err)
 		}
 		return nil
 	})
