@@ -32,6 +32,9 @@ type Latency struct {
 
 // Sample is one measurement of one scenario on one system.
 type Sample struct {
+	// Rep is the repetition the measurement belongs to, from 1, in phases that
+	// repeat every system in turn (0: none, or a report made before it was kept).
+	Rep          int      `json:"rep,omitempty"`
 	Seconds      float64  `json:"seconds"`
 	OfferedPPS   float64  `json:"offered_pps,omitempty"`   // frames the generator sent
 	PPS          float64  `json:"pps,omitempty"`           // frames the system handled (forwarded, or dropped where it must drop)
@@ -417,15 +420,43 @@ func (rep *Report) CheckTargets() {
 	}
 }
 
-// runRatios returns m's primary figure over b's, run by run, when both have the same
-// number of runs (a failed measurement leaves no way to pair them: then nil).
+// runRatios returns m's primary figure over b's, repetition by repetition: runs are
+// paired by their repetition when both records name them (a repetition that one
+// system failed is left out), else by position when both have as many runs (nil when
+// they cannot be paired).
 func runRatios(m, b *Record) []float64 {
-	if m == nil || b == nil || len(m.Runs) != len(b.Runs) {
+	if m == nil || b == nil {
 		return nil
 	}
-	out := make([]float64, 0, len(m.Runs))
-	for i := range m.Runs {
-		mr, br := Record{Kind: m.Kind, Sample: m.Runs[i]}, Record{Kind: b.Kind, Sample: b.Runs[i]}
+	named := func(r *Record) bool {
+		for _, s := range r.Runs {
+			if s.Rep == 0 {
+				return false
+			}
+		}
+		return len(r.Runs) > 0
+	}
+	var pairs [][2]Sample
+	switch {
+	case named(m) && named(b):
+		for _, ms := range m.Runs {
+			for _, bs := range b.Runs {
+				if bs.Rep == ms.Rep {
+					pairs = append(pairs, [2]Sample{ms, bs})
+				}
+			}
+		}
+	case len(m.Runs) == len(b.Runs):
+		for i := range m.Runs {
+			pairs = append(pairs, [2]Sample{m.Runs[i], b.Runs[i]})
+		}
+	}
+	if len(pairs) == 0 {
+		return nil
+	}
+	out := make([]float64, 0, len(pairs))
+	for _, p := range pairs {
+		mr, br := Record{Kind: m.Kind, Sample: p[0]}, Record{Kind: b.Kind, Sample: p[1]}
 		if br.Primary() <= 0 {
 			return nil
 		}

@@ -250,6 +250,32 @@ func TestDropReasons(t *testing.T) {
 	}
 }
 
+// TestRunRatiosPairByRepetition: a repetition that one system failed is left out of
+// the per-repetition ratios, instead of shifting every later pair by one; runs that
+// name no repetition (reports made before they did) pair by position.
+func TestRunRatiosPairByRepetition(t *testing.T) {
+	m := &Record{Kind: KindPackets, Runs: []Sample{{Rep: 1, PPSPerCore: 10}, {Rep: 2, PPSPerCore: 20}, {Rep: 3, PPSPerCore: 30}}}
+	b := &Record{Kind: KindPackets, Runs: []Sample{{Rep: 1, PPSPerCore: 1}, {Rep: 3, PPSPerCore: 3}}}
+	if got, want := fmt.Sprint(runRatios(m, b)), "[10 10]"; got != want {
+		t.Errorf("paired by repetition: %s, want %s", got, want)
+	}
+	// Misaligned by position: rep 2 of moat against rep 3 of the baseline.
+	b.Runs = append(b.Runs, Sample{Rep: 4, PPSPerCore: 4})
+	m.Runs = m.Runs[1:]
+	if got, want := fmt.Sprint(runRatios(m, b)), "[10]"; got != want {
+		t.Errorf("paired by repetition with one each missing: %s, want %s", got, want)
+	}
+	old := &Record{Kind: KindPackets, Runs: []Sample{{PPSPerCore: 4}, {PPSPerCore: 9}}}
+	oldBase := &Record{Kind: KindPackets, Runs: []Sample{{PPSPerCore: 2}, {PPSPerCore: 3}}}
+	if got, want := fmt.Sprint(runRatios(old, oldBase)), "[2 3]"; got != want {
+		t.Errorf("paired by position: %s, want %s", got, want)
+	}
+	oldBase.Runs = oldBase.Runs[:1]
+	if got := runRatios(old, oldBase); got != nil {
+		t.Errorf("unpaired runs without repetitions gave %v, want nil", got)
+	}
+}
+
 // TestFrameLedger: a record's ledger is the sum of its runs', its rest what no
 // count places (negative when the namespaces' chatter was counted in), and the
 // Markdown gives each part as a share of the frames sent; a report without ledgers

@@ -368,6 +368,7 @@ func (b *bencher) packetPhase(ctx context.Context) error {
 					if s.Leaked > 0 {
 						b.fail(fmt.Errorf("%s %s: ISOLATION VIOLATED: %d frames crossed", system, sc.name, s.Leaked))
 					}
+					s.Rep = rep + 1
 					b.record(sc.name, system, KindPackets, sc.flows, s)
 				}
 				if sys.prog != nil { // an XDP system: time its program

@@ -99,13 +99,19 @@ func (g *Generator) SetReplyFlows(flows []Flow) error {
 }
 
 // Run sends frames from the generator's host until ctx ends or d has passed, in
-// syscalls of chunk frames; it returns the frames the program ran on. It locks the
-// calling goroutine's thread in the host's namespace for the whole run: pin that
-// thread before calling (the generator runs on the calling CPU).
+// syscalls of chunk frames; it returns the frames the program ran on, as the program
+// counted them (a syscall interrupted by a signal runs its chunk again from the
+// start, so chunks are not a count). It locks the calling goroutine's thread in the
+// host's namespace for the whole run: pin that thread before calling (the generator
+// runs on the calling CPU).
 func (g *Generator) Run(ctx context.Context, d time.Duration, chunk uint32, tick func(sent uint64)) (uint64, error) {
 	frame := make([]byte, frameLen)
 	var sent uint64
-	err := g.host.Do(func() error {
+	seq0, err := g.seq()
+	if err != nil {
+		return 0, err
+	}
+	err = g.host.Do(func() error {
 		end := time.Now().Add(d)
 		for ctx.Err() == nil && time.Now().Before(end) {
 			// Live frames mode reports no verdict: what arrived is counted downstream.
@@ -125,7 +131,25 @@ func (g *Generator) Run(ctx context.Context, d time.Duration, chunk uint32, tick
 		}
 		return nil
 	})
-	return sent, err
+	seq1, serr := g.seq()
+	if serr != nil {
+		return 0, errors.Join(err, serr)
+	}
+	return seq1 - seq0, err
+}
+
+// seq sums the generator's per-CPU frame sequence: every frame it has built since it
+// was configured.
+func (g *Generator) seq() (uint64, error) {
+	var per []uint64
+	if err := g.objs.GenSeq.Lookup(uint32(0), &per); err != nil {
+		return 0, fmt.Errorf("read generator sequence: %w", err)
+	}
+	var n uint64
+	for _, v := range per {
+		n += v
+	}
+	return n, nil
 }
 
 // Close unloads the generator.
