@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/google/nftables"
 	"golang.org/x/sys/unix"
 
 	"github.com/seed4c/moat/attest"
@@ -370,58 +371,89 @@ func (w writerApplier) Evicted() ([]uint32, error)     { return w.evicted() }
 
 var _ reconcile.Evicter = writerApplier{}
 
-// nftAdmitter drives the nftables baseline as an operator's script would, one nft
-// transaction per decision, the fastest way nftables has to cut established flows:
-// the forward chain drops the frames to and from every (interface, address) in a set
-// of evicted backends, so an eviction adds the backend there and deletes it from the
-// tenant's map of backends (no new flow picks it) in one transaction, and an
-// admission undoes both. The backend's conntrack entries stay and time out: deleting
-// them (as conntrack -D does) dumps the whole table first, and without the drop set
-// conntrack keeps every established flow on the backend for as long as the flow lasts.
-// The set and its two rules exist only for this phase: the packet scenarios measure
-// the ruleset without them.
+// nftAdmitter drives the nftables baseline as fast as nftables can be driven: one
+// netlink transaction per decision, from this process (google/nftables), as a
+// controller would; an operator's script that forks nft pays its start-up too. The
+// fastest way nftables has to cut established flows is a drop: during this phase the
+// forward chain drops the frames to and from every (interface, address) in a set of
+// evicted backends, so an eviction adds the backend there and deletes it from the
+// tenant's map of backends (no new flow picks it), and an admission undoes both. The
+// backend's conntrack entries stay and time out: deleting them (as conntrack -D does)
+// dumps the whole table first, and without the drop set conntrack keeps every
+// established flow on the backend for as long as the flow lasts. The set and its two
+// rules exist only for this phase: the packet scenarios measure the ruleset without
+// them.
 func (b *bencher) nftAdmitter() (admitter, error) {
 	topo := b.scene.Topo
 	ta := topo.Tenants[0]
 	be := ta.Backends[0]
-	mapName := nftBackendMap(ta.Name)
-	backend := fmt.Sprintf("%q . %s", be.GWIface, be.Addr)
-	script := func(lines ...string) error {
-		_, err := b.scene.nft(strings.Join(lines, "\n")+"\n", "-f", "-")
-		return err
-	}
-	if err := script(
+	if _, err := b.scene.nft(strings.Join([]string{
 		fmt.Sprintf("add set ip %s evicted { type ifname . ipv4_addr; }", nftTable),
 		fmt.Sprintf("insert rule ip %s filter_fwd oifname . ip daddr @evicted drop", nftTable),
 		fmt.Sprintf("insert rule ip %s filter_fwd iifname . ip saddr @evicted drop", nftTable),
-	); err != nil {
+	}, "\n")+"\n", "-f", "-"); err != nil {
 		return admitter{}, fmt.Errorf("nftables set of evicted backends: %w", err)
 	}
-	evicted := false // the ruleset is loaded with every backend admitted
+	var (
+		conn             *nftables.Conn
+		evictedSet, bmap *nftables.Set
+	)
+	err := topo.GW.Do(func() (err error) { // a lasting socket, opened in the gateway's namespace
+		if conn, err = nftables.New(nftables.AsLasting()); err != nil {
+			return err
+		}
+		table := &nftables.Table{Name: nftTable, Family: nftables.TableFamilyIPv4}
+		if evictedSet, err = conn.GetSetByName(table, "evicted"); err != nil {
+			return err
+		}
+		bmap, err = conn.GetSetByName(table, nftBackendMap(ta.Name))
+		return err
+	})
+	if err != nil {
+		if conn != nil {
+			conn.CloseLasting()
+		}
+		return admitter{}, fmt.Errorf("nftables over netlink: %w", err)
+	}
+	// The evicted set's key: the interface name in IFNAMSIZ bytes, then the address.
+	key := make([]byte, unix.IFNAMSIZ, unix.IFNAMSIZ+4)
+	copy(key, be.GWIface)
+	addr := be.Addr.As4()
+	key = append(key, addr[:]...)
+	slot := []byte{0, 0, 0, 0} // the backend's bucket in the jhash map: 0
+	evicted := false           // the ruleset is loaded with every backend admitted
 	return admitter{
 		admit: func() error {
 			if !evicted {
 				return nil
 			}
 			evicted = false
-			return script(
-				fmt.Sprintf("delete element ip %s evicted { %s }", nftTable, backend),
-				fmt.Sprintf("add element ip %s %s { 0 : %s }", nftTable, mapName, be.Addr))
+			if err := conn.SetDeleteElements(evictedSet, []nftables.SetElement{{Key: key}}); err != nil {
+				return err
+			}
+			if err := conn.SetAddElements(bmap, []nftables.SetElement{{Key: slot, Val: addr[:]}}); err != nil {
+				return err
+			}
+			return conn.Flush()
 		},
 		evict: func() error {
 			if evicted {
 				return nil
 			}
 			evicted = true
-			return script(
-				fmt.Sprintf("add element ip %s evicted { %s }", nftTable, backend),
-				fmt.Sprintf("delete element ip %s %s { 0 }", nftTable, mapName))
+			if err := conn.SetAddElements(evictedSet, []nftables.SetElement{{Key: key}}); err != nil {
+				return err
+			}
+			if err := conn.SetDeleteElements(bmap, []nftables.SetElement{{Key: slot}}); err != nil {
+				return err
+			}
+			return conn.Flush()
 		},
 		// Every round's new flows would stay in conntrack (unanswered SYNs, for
 		// minutes): each round starts from an empty table, nftables' best case.
 		newRound: b.scene.FlushConntrack,
-		close:    func() error { return nil }, // the set goes with the ruleset
-		how:      "one nft transaction per decision: eviction adds the backend to a set of evicted backends that the forward chain drops and deletes it from the map of backends, admission undoes both; every round from an empty conntrack table",
+		close:    conn.CloseLasting, // the set goes with the ruleset
+		how:      "one netlink transaction per decision from the harness (google/nftables): eviction adds the backend to a set of evicted backends that the forward chain drops and deletes it from the map of backends, admission undoes both; every round from an empty conntrack table",
 	}, nil
 }
 
