@@ -190,9 +190,10 @@ func (b *bencher) trafficFor(ctx context.Context, sc packetScenario) ([]traffic,
 		sink := b.sinks[be.Host]
 		// A system that handles a small share of the frames offered (nftables,
 		// about an eighth) needs longer to carry every flow once: prime again, twice
-		// as long each time, until the backend has seen enough of them.
+		// as long each time (up to maxReplyPrime), until the backend has seen enough
+		// of them.
 		var learnt []Flow
-		for d := b.profile.Prime; ; d *= 2 {
+		for d := b.profile.Prime; ; d = min(2*d, maxReplyPrime) {
 			if err := b.primeFor(ctx, []traffic{fwd}, sink, d); err != nil {
 				return nil, err
 			}
