@@ -227,11 +227,11 @@ func (b *bencher) trafficFor(ctx context.Context, sc packetScenario) ([]traffic,
 // churn floods the system under test with new flows for one measurement's duration,
 // unmeasured.
 func (b *bencher) churn(ctx context.Context) error {
-	t, err := b.clientTraffic(0, 0, packet.SYN)
+	ts, err := b.trafficFor(ctx, packetScenario{name: ScNewFlows})
 	if err != nil {
 		return err
 	}
-	_, err = b.runTraffic(ctx, []traffic{t}, b.profile.Duration)
+	_, err = b.runTraffic(ctx, ts, b.profile.Duration)
 	return err
 }
 

@@ -247,17 +247,17 @@ func (s *Scene) passOnGateway() (func() error, []int, error) {
 // kthreadsNamed lists the threads named name: in full, as this kernel shows a
 // kthread's name, or cut to the 15 bytes of a task's comm, as older ones do.
 func kthreadsNamed(name string) ([]int, error) {
+	names := []string{name}
+	if len(name) > 15 {
+		names = append(names, name[:15])
+	}
 	var out []int
-	for _, n := range []string{name, name[:min(len(name), 15)]} {
+	for _, n := range names {
 		tids, err := kthreads(n + "\n") // the whole comm
 		if err != nil {
 			return nil, err
 		}
-		for _, t := range tids {
-			if !slices.Contains(out, t) {
-				out = append(out, t)
-			}
-		}
+		out = append(out, tids...) // a comm is one of the names at most
 	}
 	return out, nil
 }

@@ -426,7 +426,7 @@ type CPURedirector struct {
 
 // AttachCPURedirector loads the redirector toward cpu (queue of qsize frames) and
 // attaches it to ifnames of host.
-func AttachCPURedirector(host *netns.Host, ifnames []string, cpu int, qsize uint32) (*CPURedirector, error) {
+func AttachCPURedirector(host *netns.Host, ifnames []string, cpu int, qsize uint32) (_ *CPURedirector, err error) {
 	spec, err := loadCpumap()
 	if err != nil {
 		return nil, fmt.Errorf("load CPUMAP redirector: %w", err)
@@ -438,32 +438,31 @@ func AttachCPURedirector(host *netns.Host, ifnames []string, cpu int, qsize uint
 	if err := spec.LoadAndAssign(&r.objs, nil); err != nil {
 		return nil, fmt.Errorf("load CPUMAP redirector: %w", err)
 	}
+	defer func() {
+		if err != nil {
+			r.Close()
+		}
+	}()
 	val := cpumapBpfCpumapVal{Qsize: qsize}
 	if err := r.objs.Cpus.Put(uint32(cpu), &val); err != nil {
-		r.objs.Close()
 		return nil, fmt.Errorf("CPUMAP entry for CPU %d: %w", cpu, err)
 	}
 	info, err := r.objs.Cpus.Info()
 	if err != nil {
-		r.objs.Close()
 		return nil, fmt.Errorf("CPUMAP's id: %w", err)
 	}
 	id, ok := info.ID()
 	if !ok {
-		r.objs.Close()
 		return nil, errors.New("CPUMAP's id: the kernel gave none")
 	}
 	r.mapID = id
 	if err := r.objs.CpusMapId.Set(uint32(id)); err != nil {
-		r.objs.Close()
 		return nil, fmt.Errorf("CPUMAP's id for its refusal counter: %w", err)
 	}
 	if r.refused, err = link.AttachTracing(link.TracingOptions{Program: r.objs.CountCpumapRefused}); err != nil {
-		r.objs.Close()
 		return nil, fmt.Errorf("attach the CPUMAP refusal counter: %w", err)
 	}
 	if err := r.attach(host, r.objs.XdpToCpu, ifnames); err != nil {
-		r.Close()
 		return nil, err
 	}
 	return r, nil
@@ -481,7 +480,11 @@ func (r *CPURedirector) Refused() (uint64, error) {
 
 // Close detaches and unloads the redirector; the CPUMAP's kthread goes with the map.
 func (r *CPURedirector) Close() error {
-	return errors.Join(r.close(), r.refused.Close(), r.objs.Close())
+	err := r.close()
+	if r.refused != nil {
+		err = errors.Join(err, r.refused.Close())
+	}
+	return errors.Join(err, r.objs.Close())
 }
 
 // netOrder16 swaps between a port's value and its network-order bytes read natively
