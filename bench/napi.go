@@ -2,13 +2,11 @@ package bench
 
 import (
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
@@ -48,31 +46,10 @@ func setThreaded(h *netns.Host, on bool, ifnames ...string) error {
 }
 
 // napiThreads returns the kernel threads that run the NAPI instances of ifname in h,
-// read from the netdev netlink family and checked against the threads' names.
-func napiThreads(h *netns.Host, ifname string) (pids []int, err error) {
-	// The dump sometimes fails with EINVAL while the namespace's devices change
-	// (a NAPI instance being created or deleted): try again.
-	// Past that, fall back to the threads' names: only this harness makes NAPI
-	// threaded on this machine, and every far end's eth0 is treated alike.
-	for try := 0; try < 5; try++ {
-		if pids, err = napiThreadsOnce(h, ifname); !errors.Is(err, unix.EINVAL) {
-			return pids, err
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	return napiThreadsByName(ifname)
-}
-
-// napiThreadsByName finds NAPI threads by name ("napi/<ifname>-<id>").
-func napiThreadsByName(ifname string) ([]int, error) {
-	pids, err := kthreads(napiThreadComment + ifname + "-")
-	if err == nil && len(pids) == 0 {
-		err = fmt.Errorf("no NAPI thread named %s%s-*", napiThreadComment, ifname)
-	}
-	return pids, err
-}
-
-func napiThreadsOnce(h *netns.Host, ifname string) ([]int, error) {
+// read from the netdev netlink family (a dump filtered to the device) and checked
+// against the threads' names. There is no lookup by name alone: every far end's device
+// is eth0, so a name cannot tell one namespace's thread from another's.
+func napiThreads(h *netns.Host, ifname string) ([]int, error) {
 	l, err := h.Link(ifname)
 	if err != nil {
 		return nil, err
@@ -80,45 +57,7 @@ func napiThreadsOnce(h *netns.Host, ifname string) ([]int, error) {
 	ifindex := uint32(l.Attrs().Index)
 	var pids []int
 	err = h.Do(func() error {
-		fam, err := netlink.GenlFamilyGet(netdevFamilyName)
-		if err != nil {
-			return fmt.Errorf("netdev netlink family: %w", err)
-		}
-		// The family's dump replies lack NLM_F_MULTI, which nl's Execute takes for the
-		// end of the answer: read until NLMSG_DONE here.
-		sock, err := nl.Subscribe(unix.NETLINK_GENERIC)
-		if err != nil {
-			return fmt.Errorf("netlink socket: %w", err)
-		}
-		defer sock.Close()
-		req := nl.NewNetlinkRequest(int(fam.ID), unix.NLM_F_DUMP)
-		req.AddData(&nl.Genlmsg{Command: netdevCmdNAPIGet, Version: 1})
-		if err := sock.Send(req); err != nil {
-			return fmt.Errorf("dump NAPI of %s: %w", ifname, err)
-		}
-		var msgs [][]byte
-	read:
-		for {
-			ms, _, err := sock.Receive()
-			if err != nil {
-				return fmt.Errorf("dump NAPI of %s: %w", ifname, err)
-			}
-			for _, m := range ms {
-				switch m.Header.Type {
-				case unix.NLMSG_DONE:
-					break read
-				case unix.NLMSG_ERROR:
-					if len(m.Data) >= 4 {
-						if errno := int32(binary.NativeEndian.Uint32(m.Data)); errno != 0 {
-							return fmt.Errorf("dump NAPI of %s: %w", ifname, unix.Errno(-errno))
-						}
-					}
-					break read
-				}
-				msgs = append(msgs, m.Data)
-			}
-		}
-		instances, err := parseNAPIDump(msgs)
+		instances, err := dumpNAPI(ifindex)
 		if err != nil {
 			return fmt.Errorf("dump NAPI of %s: %w", ifname, err)
 		}
@@ -141,6 +80,60 @@ func napiThreadsOnce(h *netns.Host, ifname string) ([]int, error) {
 		err = fmt.Errorf("%s in %s has no NAPI thread (threaded NAPI off, or no XDP program?)", ifname, h.Name)
 	}
 	return pids, err
+}
+
+// genlHeader is struct genlmsghdr whole. nl.Genlmsg declares only its command and
+// version, and serializes the 4-byte header from a 2-byte struct: the reserved field
+// is whatever follows in memory, and the kernel refuses a request whose reserved
+// field is not 0 with EINVAL ("genlmsghdr.reserved field is not 0"). That made the
+// dumps here fail now and then, which was taken for a race with devices changing.
+type genlHeader struct{ cmd, version uint8 }
+
+func (g genlHeader) Len() int          { return nl.SizeofGenlmsg }
+func (g genlHeader) Serialize() []byte { return []byte{g.cmd, g.version, 0, 0} }
+
+// dumpNAPI dumps the NAPI instances of the device ifindex of the calling thread's
+// namespace.
+func dumpNAPI(ifindex uint32) ([]napiInstance, error) {
+	fam, err := netlink.GenlFamilyGet(netdevFamilyName)
+	if err != nil {
+		return nil, fmt.Errorf("netdev netlink family: %w", err)
+	}
+	// The family's dump replies lack NLM_F_MULTI, which nl's Execute takes for the
+	// end of the answer: read until NLMSG_DONE here.
+	sock, err := nl.Subscribe(unix.NETLINK_GENERIC)
+	if err != nil {
+		return nil, fmt.Errorf("netlink socket: %w", err)
+	}
+	defer sock.Close()
+	req := nl.NewNetlinkRequest(int(fam.ID), unix.NLM_F_DUMP)
+	req.AddData(genlHeader{cmd: netdevCmdNAPIGet, version: 1})
+	// Only this device's instances: the kernel walks no other device.
+	req.AddData(nl.NewRtAttr(netdevANAPIIfidx, nl.Uint32Attr(ifindex)))
+	if err := sock.Send(req); err != nil {
+		return nil, err
+	}
+	var msgs [][]byte
+	for {
+		ms, _, err := sock.Receive()
+		if err != nil {
+			return nil, err
+		}
+		for _, m := range ms {
+			switch m.Header.Type {
+			case unix.NLMSG_DONE:
+				return parseNAPIDump(msgs)
+			case unix.NLMSG_ERROR:
+				if len(m.Data) >= 4 {
+					if errno := int32(binary.NativeEndian.Uint32(m.Data)); errno != 0 {
+						return nil, unix.Errno(-errno)
+					}
+				}
+				return parseNAPIDump(msgs)
+			}
+			msgs = append(msgs, m.Data)
+		}
+	}
 }
 
 // napiInstance is one NAPI instance of a netdev family dump: its device, its id, and
