@@ -3,7 +3,6 @@ package bench
 import (
 	"bytes"
 	"encoding/json"
-	"io"
 	"os"
 	"path/filepath"
 	"testing"
@@ -22,13 +21,13 @@ func TestCommittedReportsRender(t *testing.T) {
 		if err := json.Unmarshal(raw, &rep); err != nil {
 			t.Fatalf("%s/report.json: %v", dir, err)
 		}
-		files := map[string]func(io.Writer) error{
-			"report.md":   rep.WriteMarkdown,
-			"flows.svg":   rep.WriteFlowsSVG,
-			"latency.svg": rep.WriteLatencySVG,
-		}
-		if len(rep.CPUProfiles) > 0 {
-			files[ProfileSVG] = rep.WriteProfileSVG
+		files := rep.Plots()
+		files["report.md"] = rep.WriteMarkdown
+		for _, name := range PlotNames {
+			_, err := os.Stat(filepath.Join(dir, name))
+			if _, plotted := files[name]; plotted != (err == nil) {
+				t.Errorf("%s/%s: in the directory %v, a plot of the report %v (./bin/moat bench render bench/%s)", dir, name, err == nil, plotted, dir)
+			}
 		}
 		for name, render := range files {
 			var got bytes.Buffer
@@ -40,7 +39,7 @@ func TestCommittedReportsRender(t *testing.T) {
 				t.Fatal(err)
 			}
 			if !bytes.Equal(got.Bytes(), want) {
-				t.Errorf("%s/%s differs from what its report.json renders to", dir, name)
+				t.Errorf("%s/%s differs from what its report.json renders to (./bin/moat bench render bench/%s)", dir, name, dir)
 			}
 		}
 	}

@@ -223,7 +223,7 @@ func TestProfileSVG(t *testing.T) {
 	// Only a run with profiles gets the file.
 	for _, r := range []*Report{rep, {}} {
 		dir := t.TempDir()
-		if err := WriteFiles(r, dir); err != nil {
+		if _, err := WriteFiles(r, dir); err != nil {
 			t.Fatal(err)
 		}
 		_, err := os.Stat(dir + "/" + ProfileSVG)

@@ -8,6 +8,9 @@ import (
 	"io"
 	"math"
 	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -341,9 +344,14 @@ func TestSVG(t *testing.T) {
 	if n := strings.Count(lat, "<rect x="); n != 2*4+2 { // 2 systems x 4 percentiles + legend
 		t.Errorf("latency.svg has %d rects, want 10", n)
 	}
+	// A plot without data says so, with no bar, line or tick labels made of nothing.
 	empty := &Report{}
-	wellFormed(t, "empty flows.svg", empty.WriteFlowsSVG)
-	wellFormed(t, "empty latency.svg", empty.WriteLatencySVG)
+	for name, render := range map[string]func(io.Writer) error{"flows.svg": empty.WriteFlowsSVG, "latency.svg": empty.WriteLatencySVG} {
+		svg := wellFormed(t, "empty "+name, render)
+		if !strings.Contains(svg, ">no ") || strings.Contains(svg, "<polyline") || strings.Contains(svg, "<rect x=") || strings.Contains(svg, `text-anchor="end"`) {
+			t.Errorf("empty %s:\n%s", name, svg)
+		}
+	}
 }
 
 func TestNftCounters(t *testing.T) {
@@ -413,5 +421,84 @@ func TestTargetSummary(t *testing.T) {
 		"missed: out of reach here  c: 5.00× (want ≥ 10.0×; bound: xdp_drop 6.00×)\n"
 	if b.String() != want {
 		t.Errorf("summary:\n%s\nwant:\n%s", b.String(), want)
+	}
+}
+
+// admissionReport has the two decision scenarios alone, for moat and nftables.
+func admissionReport() *Report {
+	rep := &Report{Command: "moat bench --scenarios admission_latency,eviction_latency", Profile: "full"}
+	for _, r := range []struct {
+		sc, sys string
+		l       Latency
+	}{
+		{ScAdmission, SysMoat, Latency{P50: 5600, P90: 7000, P99: 7800, P999: 7800}},
+		{ScAdmission, SysNft, Latency{P50: 390, P90: 510, P99: 520, P999: 520}},
+		{ScEviction, SysMoat, Latency{P50: 230, P90: 300, P99: 340, P999: 340}},
+		{ScEviction, SysNft, Latency{P50: 235, P90: 290, P99: 390, P999: 390}},
+	} {
+		rec := Record{Scenario: r.sc, System: r.sys, Kind: KindLatency, Runs: []Sample{{Seconds: 1, Latency: &r.l}}}
+		rec.aggregate()
+		rep.Records = append(rep.Records, rec)
+	}
+	rep.ComputeRatios()
+	rep.SortRecords()
+	return rep
+}
+
+func TestAdmissionSVG(t *testing.T) {
+	svg := wellFormed(t, "admission.svg", admissionReport().WriteAdmissionSVG)
+	if n := strings.Count(svg, "<rect x="); n != 2*6+2 { // 2 systems x 2 scenarios x 3 percentiles + legend
+		t.Errorf("admission.svg has %d rects, want 14", n)
+	}
+	for _, want := range []string{"moat admission p50: 5.6 ms", "nftables eviction p99: 390 µs", ">100 µs<", ">1 ms<", ">10 ms<"} {
+		if !strings.Contains(svg, want) {
+			t.Errorf("admission.svg lacks %q", want)
+		}
+	}
+	if svg := wellFormed(t, "empty admission.svg", (&Report{}).WriteAdmissionSVG); !strings.Contains(svg, "no admission or eviction latency") || strings.Contains(svg, "<rect x=") {
+		t.Errorf("an empty admission.svg should say so and draw no bar:\n%s", svg)
+	}
+}
+
+// A run writes the plots it has data for, and removes the harness's other plots from a
+// directory written before.
+func TestWriteFilesOnlyPlotsWithData(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := WriteFiles(sampleReport(), dir); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, FlowsSVG)); err != nil {
+		t.Fatalf("the full report's flows.svg: %v", err)
+	}
+	files, err := WriteFiles(admissionReport(), dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"report.json", "report.md", AdmissionSVG}; !slices.Equal(files, want) {
+		t.Errorf("files %v, want %v", files, want)
+	}
+	for _, name := range PlotNames {
+		_, err := os.Stat(filepath.Join(dir, name))
+		if got, want := err == nil, name == AdmissionSVG; got != want {
+			t.Errorf("%s in the directory: %v, want %v", name, got, want)
+		}
+	}
+	// Render reads the report back and writes the same files but report.json.
+	before, err := os.ReadFile(filepath.Join(dir, "report.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(dir, "report.md")); err != nil {
+		t.Fatal(err)
+	}
+	files, err = Render(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"report.md", AdmissionSVG}; !slices.Equal(files, want) {
+		t.Errorf("Render wrote %v, want %v", files, want)
+	}
+	if after, err := os.ReadFile(filepath.Join(dir, "report.md")); err != nil || !bytes.Equal(after, before) {
+		t.Errorf("report.md rendered again differs (%v)", err)
 	}
 }

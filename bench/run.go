@@ -2,9 +2,11 @@ package bench
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -638,11 +640,33 @@ func DescribeMachine() Machine {
 	return m
 }
 
-// WriteFiles writes the report into dir: report.json, report.md and the SVG plots.
-func WriteFiles(rep *Report, dir string) error {
+// WriteFiles writes the report into dir: report.json, report.md and the SVG plots of
+// what the run measured (Report.Plots), and returns the names of the files written. A
+// plot of this harness that the run has nothing for is removed from dir, so that a
+// directory written again never shows an earlier run's plot beside this run's report.
+func WriteFiles(rep *Report, dir string) ([]string, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
+		return nil, err
 	}
+	return writeFiles(rep, dir, true)
+}
+
+// Render writes report.md and the plots of dir again from dir/report.json, as
+// WriteFiles would (after a change of their rendering: TestCommittedReportsRender
+// holds the committed runs to it), and returns the names of the files written.
+func Render(dir string) ([]string, error) {
+	raw, err := os.ReadFile(filepath.Join(dir, "report.json"))
+	if err != nil {
+		return nil, err
+	}
+	var rep Report
+	if err := json.Unmarshal(raw, &rep); err != nil {
+		return nil, fmt.Errorf("%s/report.json: %w", dir, err)
+	}
+	return writeFiles(&rep, dir, false)
+}
+
+func writeFiles(rep *Report, dir string, withJSON bool) ([]string, error) {
 	write := func(name string, f func(io.Writer) error) error {
 		fh, err := os.Create(filepath.Join(dir, name))
 		if err != nil {
@@ -654,20 +678,57 @@ func WriteFiles(rep *Report, dir string) error {
 		}
 		return fh.Close()
 	}
-	err := errors.Join(
-		write("report.json", rep.WriteJSON),
-		write("report.md", rep.WriteMarkdown),
-		write("flows.svg", rep.WriteFlowsSVG),
-		write("latency.svg", rep.WriteLatencySVG),
-	)
-	if len(rep.CPUProfiles) > 0 {
-		err = errors.Join(err, write(ProfileSVG, rep.WriteProfileSVG))
+	var files []string
+	var err error
+	if withJSON {
+		files, err = append(files, "report.json"), write("report.json", rep.WriteJSON)
 	}
-	return err
+	files, err = append(files, "report.md"), errors.Join(err, write("report.md", rep.WriteMarkdown))
+	plots := rep.Plots()
+	for _, name := range PlotNames {
+		if render, ok := plots[name]; ok {
+			err = errors.Join(err, write(name, render))
+			files = append(files, name)
+		} else if rerr := os.Remove(filepath.Join(dir, name)); rerr != nil && !errors.Is(rerr, fs.ErrNotExist) {
+			err = errors.Join(err, rerr)
+		}
+	}
+	return files, err
 }
 
-// ProfileSVG is the file WriteFiles draws the CPU profiles in, when the run has them.
-const ProfileSVG = "profile.svg"
+// The plots a report can have, in the order WriteFiles lists them.
+const (
+	FlowsSVG     = "flows.svg"     // established flows' rate against the number of flows
+	LatencySVG   = "latency.svg"   // TCP connection latency percentiles
+	AdmissionSVG = "admission.svg" // admission and eviction latency percentiles
+	ProfileSVG   = "profile.svg"   // where the system-under-test core goes
+)
+
+// PlotNames are the plots WriteFiles knows, in order.
+var PlotNames = []string{FlowsSVG, LatencySVG, AdmissionSVG, ProfileSVG}
+
+// Plots returns the renderers of the plots the report has data for, by file name.
+func (rep *Report) Plots() map[string]func(io.Writer) error {
+	plots := map[string]func(io.Writer) error{}
+	has := func(plotted func(r *Record) bool) bool {
+		return slices.ContainsFunc(rep.Records, func(r Record) bool { return plotted(&r) })
+	}
+	if has(func(r *Record) bool { return r.Scenario == ScEstablishedSweep && r.Flows > 0 }) {
+		plots[FlowsSVG] = rep.WriteFlowsSVG
+	}
+	if has(func(r *Record) bool { return r.Scenario == ScTCPConnections && r.Latency != nil }) {
+		plots[LatencySVG] = rep.WriteLatencySVG
+	}
+	if has(func(r *Record) bool {
+		return (r.Scenario == ScAdmission || r.Scenario == ScEviction) && r.Latency != nil
+	}) {
+		plots[AdmissionSVG] = rep.WriteAdmissionSVG
+	}
+	if len(rep.CPUProfiles) > 0 {
+		plots[ProfileSVG] = rep.WriteProfileSVG
+	}
+	return plots
+}
 
 func hostNames(hs []*netns.Host) []string {
 	var out []string

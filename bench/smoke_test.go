@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -177,10 +178,15 @@ func TestPrivilegedSmoke(t *testing.T) {
 		}
 	}
 	dir := t.TempDir()
-	if err := WriteFiles(rep, dir); err != nil {
+	files, err := WriteFiles(rep, dir)
+	if err != nil {
 		t.Fatal(err)
 	}
-	for _, f := range []string{"report.json", "report.md", "flows.svg", "latency.svg"} {
+	wantFiles := []string{"report.json", "report.md", FlowsSVG, LatencySVG, AdmissionSVG}
+	if !slices.Equal(files, wantFiles) {
+		t.Errorf("files written %v, want %v", files, wantFiles)
+	}
+	for _, f := range wantFiles {
 		if st, err := os.Stat(filepath.Join(dir, f)); err != nil || st.Size() == 0 {
 			t.Errorf("%s not written: %v", f, err)
 		}

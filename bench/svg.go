@@ -59,6 +59,12 @@ func (p *svgPlot) yTicks(ymax float64, unit func(float64) string) {
 	}
 }
 
+// note writes a line of text in the middle of the plot area: what it lacks.
+func (p *svgPlot) note(text string) {
+	fmt.Fprintf(&p.b, `<text x="%.1f" y="%.1f" text-anchor="middle" fill="#555">%s</text>`+"\n",
+		p.left+p.pw()/2, p.top+p.ph()/2, html.EscapeString(text))
+}
+
 func (p *svgPlot) legend(i int, label, color string) {
 	x, y := p.w-p.right+15, p.top+20*float64(i)+10
 	fmt.Fprintf(&p.b, `<rect x="%.1f" y="%.1f" width="14" height="10" fill="%s"/>`+"\n", x, y-9, color)
@@ -104,11 +110,12 @@ func (rep *Report) WriteFlowsSVG(w io.Writer) error {
 		ymax = math.Max(ymax, r.PPSPerCore)
 	}
 	p.axes("flows (log scale)", "Mpps per busy core of the system under test")
-	ymax = niceMax(ymax)
-	p.yTicks(ymax, mpps)
 	if len(xs) == 0 {
+		p.note("no flow sweep in this run")
 		return p.end(w)
 	}
+	ymax = niceMax(ymax)
+	p.yTicks(ymax, mpps)
 	sort.Float64s(xs)
 	lx0, lx1 := math.Log10(xs[0]), math.Log10(xs[len(xs)-1])
 	if lx1 == lx0 {
@@ -165,12 +172,13 @@ func (rep *Report) WriteLatencySVG(w io.Writer) error {
 		ymax = math.Max(ymax, r.Latency.P999)
 	}
 	p.axes("percentile", "microseconds")
+	if len(rows) == 0 {
+		p.note("no TCP connection latency in this run")
+		return p.end(w)
+	}
 	ymax = niceMax(ymax)
 	p.yTicks(ymax, func(v float64) string { return fmt.Sprintf("%.0f", v) })
 	names := []string{"p50", "p90", "p99", "p99.9"}
-	if len(rows) == 0 {
-		return p.end(w)
-	}
 	group := p.pw() / float64(len(names))
 	bw := group * 0.8 / float64(len(rows))
 	for gi, name := range names {
@@ -187,6 +195,90 @@ func (rep *Report) WriteLatencySVG(w io.Writer) error {
 		p.legend(i, r.sys, colorOf(r.sys))
 	}
 	return p.end(w)
+}
+
+// WriteAdmissionSVG plots the admission and eviction latency percentiles per system as
+// grouped bars on a log scale: the systems' latencies differ by orders of magnitude
+// (a table rebuilt against a map element replaced, a process forked against a netlink
+// message).
+func (rep *Report) WriteAdmissionSVG(w io.Writer) error {
+	p := newPlot("Admission and eviction: decision to effect at the backend, percentiles")
+	type group struct {
+		sc, label string // scenario, percentile
+		pick      func(Latency) float64
+	}
+	scenarios := []string{ScAdmission, ScEviction}
+	var groups []group
+	for _, sc := range scenarios {
+		groups = append(groups,
+			group{sc, "p50", func(l Latency) float64 { return l.P50 }},
+			group{sc, "p90", func(l Latency) float64 { return l.P90 }},
+			group{sc, "p99", func(l Latency) float64 { return l.P99 }})
+	}
+	var systems []string
+	lo, hi := math.Inf(1), 0.0
+	for _, sys := range AllSystems {
+		found := false
+		for _, g := range groups {
+			if r := rep.Find(g.sc, sys, 0); r != nil && r.Latency != nil && g.pick(*r.Latency) > 0 {
+				v := g.pick(*r.Latency)
+				lo, hi, found = math.Min(lo, v), math.Max(hi, v), true
+			}
+		}
+		if found {
+			systems = append(systems, sys)
+		}
+	}
+	p.axes("", "latency (log scale)")
+	if len(systems) == 0 {
+		p.note("no admission or eviction latency in this run")
+		return p.end(w)
+	}
+	d0, d1 := math.Floor(math.Log10(lo)), math.Ceil(math.Log10(hi)) // decades of µs
+	if d1 == d0 {
+		d1 = d0 + 1
+	}
+	py := func(v float64) float64 { return p.h - p.bot - (math.Log10(v)-d0)/(d1-d0)*p.ph() }
+	for d := d0; d <= d1; d++ {
+		y := py(math.Pow(10, d))
+		fmt.Fprintf(&p.b, `<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="#ddd"/>`+"\n", p.left, y, p.left+p.pw(), y)
+		fmt.Fprintf(&p.b, `<text x="%.1f" y="%.1f" text-anchor="end">%s</text>`+"\n", p.left-6, y+4, microseconds(math.Pow(10, d)))
+	}
+	gw := p.pw() / float64(len(groups))
+	bw := gw * 0.8 / float64(len(systems))
+	for si, sc := range scenarios { // each scenario's name under its three groups
+		fmt.Fprintf(&p.b, `<text x="%.1f" y="%.1f" text-anchor="middle">%s</text>`+"\n",
+			p.left+p.pw()*(float64(si)+0.5)/float64(len(scenarios)), p.h-p.bot+34, strings.TrimSuffix(sc, "_latency"))
+	}
+	for gi, g := range groups {
+		gx := p.left + gw*float64(gi) + gw*0.1
+		fmt.Fprintf(&p.b, `<text x="%.1f" y="%.1f" text-anchor="middle">%s</text>`+"\n", gx+gw*0.4, p.h-p.bot+16, g.label)
+		for si, sys := range systems {
+			r := rep.Find(g.sc, sys, 0)
+			if r == nil || r.Latency == nil || g.pick(*r.Latency) <= 0 {
+				continue
+			}
+			v := g.pick(*r.Latency)
+			y := py(v)
+			fmt.Fprintf(&p.b, `<rect x="%.1f" y="%.1f" width="%.1f" height="%.1f" fill="%s"><title>%s %s %s: %s</title></rect>`+"\n",
+				gx+bw*float64(si), y, bw*0.9, p.h-p.bot-y, colorOf(sys), sys, strings.TrimSuffix(g.sc, "_latency"), g.label, microseconds(v))
+		}
+	}
+	for i, sys := range systems {
+		p.legend(i, sys, colorOf(sys))
+	}
+	return p.end(w)
+}
+
+// microseconds formats a latency given in µs.
+func microseconds(v float64) string {
+	switch {
+	case v >= 1e6:
+		return fmt.Sprintf("%.3g s", v/1e6)
+	case v >= 1e3:
+		return fmt.Sprintf("%.3g ms", v/1e3)
+	}
+	return fmt.Sprintf("%.3g µs", v)
 }
 
 // partColor colours the parts of a frame's path in the profile plot.

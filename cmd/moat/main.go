@@ -233,14 +233,10 @@ needs root and two CPUs; it installs HAProxy from Debian when missing.`,
 			rep, err := bench.Run(cmd.Context(), o)
 			if rep != nil {
 				rep.SortRecords()
-				if werr := bench.WriteFiles(rep, out); werr != nil {
+				if files, werr := bench.WriteFiles(rep, out); werr != nil {
 					err = errors.Join(err, werr)
 				} else {
-					files := "report.md, report.json, flows.svg, latency.svg"
-					if len(rep.CPUProfiles) > 0 {
-						files += ", " + bench.ProfileSVG
-					}
-					fmt.Fprintf(cmd.OutOrStdout(), "moat bench: report in %s (%s)\n", out, files)
+					fmt.Fprintf(cmd.OutOrStdout(), "moat bench: report in %s (%s)\n", out, strings.Join(files, ", "))
 					err = errors.Join(err, rep.WriteTargetSummary(cmd.OutOrStdout()))
 				}
 			}
@@ -252,6 +248,24 @@ needs root and two CPUs; it installs HAProxy from Debian when missing.`,
 	f.StringVar(&out, "out", "bench/results/latest", "directory for the report")
 	f.StringSliceVar(&systems, "systems", nil, "systems to measure (default all): "+strings.Join(bench.AllSystems, ", "))
 	f.StringSliceVar(&scenarios, "scenarios", nil, "scenarios to measure (default all): "+strings.Join(bench.AllScenarios, ", "))
+	cmd.AddCommand(&cobra.Command{
+		Use:   "render DIR...",
+		Short: "Write report.md and the plots of bench output directories again from their report.json",
+		Long: `render rewrites report.md and the SVG plots of each directory from its report.json, as
+the run that measured it would write them with this version of moat, and removes plots the
+report has no data for. Nothing is measured.`,
+		Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, dirs []string) error {
+			for _, dir := range dirs {
+				files, err := bench.Render(dir)
+				if err != nil {
+					return fmt.Errorf("render %s: %w", dir, err)
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "%s: %s\n", dir, strings.Join(files, ", "))
+			}
+			return nil
+		},
+	})
 	f.BoolVar(&cpuProfile, "perf", false, "sample the system-under-test core with perf during a separate burst of each packet scenario (first repetition) and report where its time went, by part of the path (needs perf: apt-get install linux-perf)")
 	return cmd
 }
