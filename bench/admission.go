@@ -104,10 +104,10 @@ func (b *bencher) admissionPhase(ctx context.Context) (err error) {
 	// without it they shared one, and a commit's fsync held it for milliseconds.
 	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(runtime.GOMAXPROCS(0) + 1))
 	// The decisions are the system under test's work: they run on its core (the sender
-	// pins its own thread to the load core). Left to the scheduler, a thread of moat's
-	// reconciler could land on the load core, and the sender, though at nice -20, gave
-	// it the core for a time slice: its longest pauses were p50 1–2 ms in moat's
-	// rounds against 0.13 ms in nftables'.
+	// pins its own thread to the load core). Left to the scheduler, moat's reconciler
+	// also ran on the load core, beside the sender (at nice -20), whose longest pauses
+	// were then p50 1.0–2.1 ms in moat's rounds against 0.13 ms in nftables'; pinned,
+	// 0.12–0.16 ms in both.
 	restore, err := pinProcess(sutCPU)
 	if err != nil {
 		return err

@@ -217,6 +217,15 @@ func (rep *Report) WriteMarkdown(w io.Writer) error {
 			fmtRate(r.ConnsPerSec), fmtRate(r.TPS), gb, lat, fmtRate(lo), fmtRate(hi), len(r.Runs))
 	}
 	p("")
+	if rep.Find(ScTCPConnections, SysMoat, 0) != nil || rep.Find(ScTCPRR, SysMoat, 0) != nil {
+		clients := "the profile's"
+		if pr, ok := Profiles[rep.Profile]; ok {
+			clients = fmt.Sprint(pr.Conns)
+		}
+		p("Latencies are per exchange. For %s, a connection's connect, one-byte exchange and close, timed by each of %s clients that connect one after another on the load core: they saturate that core, so the latency is mostly their own queueing (about the clients ÷ the connection rate), nearly the same for every system. For %s, one connection's one-byte round trip, one at a time: the latency the system adds (latency.svg plots it).",
+			ScTCPConnections, clients, ScTCPRR)
+		p("")
+	}
 	rep.writeLedgerMarkdown(p)
 	rep.writeDropMarkdown(p)
 	rep.writeControlMarkdown(p)

@@ -340,9 +340,20 @@ func TestSVG(t *testing.T) {
 	if n := strings.Count(flows, "<polyline"); n != 2 {
 		t.Errorf("flows.svg has %d lines, want 2 (moat, nftables)", n)
 	}
+	if _, ok := rep.Plots()[LatencySVG]; ok {
+		t.Errorf("a report without request/response latency has a %s", LatencySVG)
+	}
+	for _, sys := range []string{SysMoat, SysHAProxy} {
+		rr := Record{Scenario: ScTCPRR, System: sys, Kind: KindTCP, Runs: []Sample{{TPS: 5000, Latency: &Latency{P50: 190, P90: 250, P99: 400, P999: 900}}}}
+		rr.aggregate()
+		rep.Records = append(rep.Records, rr)
+	}
 	lat := wellFormed(t, "latency.svg", rep.WriteLatencySVG)
 	if n := strings.Count(lat, "<rect x="); n != 2*4+2 { // 2 systems x 4 percentiles + legend
 		t.Errorf("latency.svg has %d rects, want 10", n)
+	}
+	if !strings.Contains(lat, "haproxy p99: 400 µs") {
+		t.Errorf("latency.svg lacks haproxy's request/response p99:\n%s", lat)
 	}
 	// A plot without data says so, with no bar, line or tick labels made of nothing.
 	empty := &Report{}

@@ -699,7 +699,7 @@ func writeFiles(rep *Report, dir string, withJSON bool) ([]string, error) {
 // The plots a report can have, in the order WriteFiles lists them.
 const (
 	FlowsSVG     = "flows.svg"     // established flows' rate against the number of flows
-	LatencySVG   = "latency.svg"   // TCP connection latency percentiles
+	LatencySVG   = "latency.svg"   // TCP request/response latency percentiles
 	AdmissionSVG = "admission.svg" // admission and eviction latency percentiles
 	ProfileSVG   = "profile.svg"   // where the system-under-test core goes
 )
@@ -716,7 +716,7 @@ func (rep *Report) Plots() map[string]func(io.Writer) error {
 	if has(func(r *Record) bool { return r.Scenario == ScEstablishedSweep && r.Flows > 0 }) {
 		plots[FlowsSVG] = rep.WriteFlowsSVG
 	}
-	if has(func(r *Record) bool { return r.Scenario == ScTCPConnections && r.Latency != nil }) {
+	if has(func(r *Record) bool { return r.Scenario == ScTCPRR && r.Latency != nil }) {
 		plots[LatencySVG] = rep.WriteLatencySVG
 	}
 	if has(func(r *Record) bool {
