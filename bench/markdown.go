@@ -1,8 +1,10 @@
 package bench
 
 import (
+	"cmp"
 	"fmt"
 	"io"
+	"maps"
 	"slices"
 	"sort"
 	"strings"
@@ -122,6 +124,14 @@ func (rep *Report) WriteMarkdown(w io.Writer) error {
 			parts = append(parts, fmt.Sprintf("%s %.0f s", ph.Name, ph.Seconds))
 		}
 		p("Time by phase: %s.", strings.Join(parts, ", "))
+	}
+	if m.CPUID != "" || m.Caches != "" || len(m.Mitigations) > 0 {
+		var mit []string
+		for _, k := range slices.Sorted(maps.Keys(m.Mitigations)) {
+			mit = append(mit, k+": "+m.Mitigations[k])
+		}
+		p("")
+		p("CPU: %s; caches %s; mitigations: %s.", cmp.Or(m.CPUID, "–"), cmp.Or(m.Caches, "–"), cmp.Or(strings.Join(mit, "; "), "none"))
 	}
 	p("")
 	bases := rep.baselines()

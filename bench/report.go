@@ -154,13 +154,19 @@ func (r *Record) Absolute() float64 {
 
 // Machine describes where the run happened.
 type Machine struct {
-	Kernel    string `json:"kernel"`
-	CPU       string `json:"cpu"`
-	Cores     int    `json:"cores"`
-	MemoryGiB int    `json:"memory_gib"`
-	Go        string `json:"go"`
-	Commit    string `json:"commit,omitempty"`
-	Load      string `json:"loadavg_at_start"`
+	Kernel string `json:"kernel"`
+	CPU    string `json:"cpu"`
+	// CPUID, Caches and Mitigations tell hosts apart whose CPU has the same name (a
+	// VM's "AMD EPYC" may be any generation): the rates and the ratios move with them.
+	// Reports made before they were kept lack them.
+	CPUID       string            `json:"cpuid,omitempty"`       // family, model, stepping and clock, from /proc/cpuinfo
+	Caches      string            `json:"caches,omitempty"`      // data and unified caches of CPU 0, from sysfs
+	Mitigations map[string]string `json:"mitigations,omitempty"` // the kernel's, for each vulnerability it mitigates
+	Cores       int               `json:"cores"`
+	MemoryGiB   int               `json:"memory_gib"`
+	Go          string            `json:"go"`
+	Commit      string            `json:"commit,omitempty"`
+	Load        string            `json:"loadavg_at_start"`
 }
 
 // Target is one of the issue's goals, checked against the run.

@@ -513,3 +513,48 @@ func TestWriteFilesOnlyPlotsWithData(t *testing.T) {
 		t.Errorf("report.md rendered again differs (%v)", err)
 	}
 }
+
+// The machine's description tells hosts apart that share a CPU name.
+func TestDescribeCPU(t *testing.T) {
+	cpuinfo := "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 23\nmodel\t\t: 1\nmodel name\t: AMD EPYC\nstepping\t: 2\ncpu MHz\t\t: 1996.249\nflags\t\t: fpu sse hypervisor avx2\n\n" +
+		"processor\t: 1\ncpu family\t: 25\nmodel\t\t: 17\nmodel name\t: other\nstepping\t: 1\ncpu MHz\t\t: 3000\nflags\t\t: fpu\n"
+	name, id := describeCPU(cpuinfo)
+	if name != "AMD EPYC" || id != "family 23 model 1 stepping 2, 1996 MHz, virtual machine" {
+		t.Fatalf("describeCPU = %q, %q", name, id)
+	}
+	dir := t.TempDir()
+	for i, c := range []struct{ level, typ, size, shared string }{
+		{"1", "Data", "32K", "0"}, {"1", "Instruction", "64K", "0"}, {"2", "Unified", "512K", "0"}, {"3", "Unified", "8192K", "0-1"},
+	} {
+		d := filepath.Join(dir, fmt.Sprintf("index%d", i))
+		for f, v := range map[string]string{"level": c.level, "type": c.typ, "size": c.size, "shared_cpu_list": c.shared} {
+			if err := os.MkdirAll(d, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(d, f), []byte(v+"\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if got, want := describeCaches(dir), "L1d 32K, L2 512K, L3 8192K (shared by 0-1)"; got != want {
+		t.Errorf("describeCaches = %q, want %q", got, want)
+	}
+	vuln := t.TempDir()
+	for f, v := range map[string]string{"retbleed": "Mitigation: untrained return thunk; SMT disabled", "meltdown": "Not affected"} {
+		if err := os.WriteFile(filepath.Join(vuln, f), []byte(v+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := readMitigations(vuln); len(got) != 1 || got["retbleed"] != "Mitigation: untrained return thunk; SMT disabled" {
+		t.Errorf("readMitigations = %v", got)
+	}
+	rep := sampleReport()
+	rep.Machine.CPUID, rep.Machine.Caches, rep.Machine.Mitigations = "family 23", "L2 512K", map[string]string{"retbleed": "thunk", "spectre_v2": "retpolines"}
+	var md strings.Builder
+	if err := rep.WriteMarkdown(&md); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(md.String(), "\nCPU: family 23; caches L2 512K; mitigations: retbleed: thunk; spectre_v2: retpolines.\n") {
+		t.Errorf("report.md lacks the CPU line:\n%s", md.String()[:400])
+	}
+}

@@ -14,6 +14,7 @@ import (
 	"runtime"
 	"runtime/debug"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -607,13 +608,10 @@ func DescribeMachine() Machine {
 		m.Kernel = unix.ByteSliceToString(u.Sysname[:]) + " " + unix.ByteSliceToString(u.Release[:]) + " " + unix.ByteSliceToString(u.Machine[:])
 	}
 	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
-		for _, l := range strings.Split(string(b), "\n") {
-			if k, v, ok := strings.Cut(l, ":"); ok && strings.TrimSpace(k) == "model name" {
-				m.CPU = strings.TrimSpace(v)
-				break
-			}
-		}
+		m.CPU, m.CPUID = describeCPU(string(b))
 	}
+	m.Caches = describeCaches("/sys/devices/system/cpu/cpu0/cache")
+	m.Mitigations = readMitigations("/sys/devices/system/cpu/vulnerabilities")
 	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
 		var kb int
 		if _, err := fmt.Sscanf(string(b), "MemTotal: %d kB", &kb); err == nil {
@@ -638,6 +636,88 @@ func DescribeMachine() Machine {
 		}
 	}
 	return m
+}
+
+// describeCPU returns the first processor's model name and its identity ("family 23
+// model 1 stepping 2, 1996 MHz, virtual machine") from /proc/cpuinfo's text.
+func describeCPU(cpuinfo string) (name, id string) {
+	field := map[string]string{}
+	flags := ""
+	for _, l := range strings.Split(cpuinfo, "\n") {
+		k, v, ok := strings.Cut(l, ":")
+		if !ok {
+			if len(field) > 0 && strings.TrimSpace(l) == "" {
+				break // the first processor only
+			}
+			continue
+		}
+		k, v = strings.TrimSpace(k), strings.TrimSpace(v)
+		if k == "flags" {
+			flags = " " + v + " "
+		} else if _, seen := field[k]; !seen {
+			field[k] = v
+		}
+	}
+	var parts []string
+	for _, k := range []string{"cpu family", "model", "stepping"} {
+		if v, ok := field[k]; ok {
+			parts = append(parts, strings.TrimPrefix(k, "cpu ")+" "+v)
+		}
+	}
+	id = strings.Join(parts, " ")
+	if mhz, err := strconv.ParseFloat(field["cpu MHz"], 64); err == nil {
+		id += fmt.Sprintf(", %.0f MHz", mhz)
+	}
+	if strings.Contains(flags, " hypervisor ") {
+		id += ", virtual machine"
+	}
+	return field["model name"], strings.TrimPrefix(id, ", ")
+}
+
+// describeCaches lists the data and unified caches of one CPU from its sysfs cache
+// directory: "L1d 32K, L2 512K, L3 8192K (shared by 0-1)".
+func describeCaches(dir string) string {
+	idx, _ := filepath.Glob(filepath.Join(dir, "index*"))
+	read := func(d, f string) string {
+		b, _ := os.ReadFile(filepath.Join(d, f))
+		return strings.TrimSpace(string(b))
+	}
+	var out []string
+	for _, d := range idx {
+		typ, level, size := read(d, "type"), read(d, "level"), read(d, "size")
+		if typ == "Instruction" || level == "" || size == "" {
+			continue
+		}
+		c := "L" + level
+		if typ == "Data" {
+			c += "d"
+		}
+		c += " " + size
+		if shared := read(d, "shared_cpu_list"); strings.ContainsAny(shared, ",-") {
+			c += " (shared by " + shared + ")"
+		}
+		out = append(out, c)
+	}
+	return strings.Join(out, ", ")
+}
+
+// readMitigations returns what the kernel reports for each CPU vulnerability it
+// mitigates (those "Not affected" left out). Some mitigations tax every call and
+// return (retbleed's return thunks, for one), which moat's program pays on each
+// helper call where a frame through the stack pays them on every function.
+func readMitigations(dir string) map[string]string {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil
+	}
+	out := map[string]string{}
+	for _, e := range ents {
+		b, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		if v := strings.TrimSpace(string(b)); err == nil && v != "" && v != "Not affected" {
+			out[e.Name()] = v
+		}
+	}
+	return out
 }
 
 // WriteFiles writes the report into dir: report.json, report.md and the SVG plots of
