@@ -474,6 +474,18 @@ func TestAdmissionSVG(t *testing.T) {
 // A run writes the plots it has data for, and removes the harness's other plots from a
 // directory written before.
 func TestWriteFilesOnlyPlotsWithData(t *testing.T) {
+	// A directory that holds no report keeps files of the plots' names.
+	other := t.TempDir()
+	if err := os.WriteFile(filepath.Join(other, FlowsSVG), []byte("mine"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := WriteFiles(admissionReport(), other); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(filepath.Join(other, FlowsSVG)); err != nil || string(b) != "mine" {
+		t.Errorf("a flows.svg in a directory without a report was removed or changed (%q, %v)", b, err)
+	}
+
 	dir := t.TempDir()
 	if _, err := WriteFiles(sampleReport(), dir); err != nil {
 		t.Fatal(err)

@@ -721,14 +721,16 @@ func readMitigations(dir string) map[string]string {
 }
 
 // WriteFiles writes the report into dir: report.json, report.md and the SVG plots of
-// what the run measured (Report.Plots), and returns the names of the files written. A
-// plot of this harness that the run has nothing for is removed from dir, so that a
-// directory written again never shows an earlier run's plot beside this run's report.
+// what the run measured (Report.Plots), and returns the names of the files written.
+// When dir held a report already, a plot of this harness that the run has nothing for
+// is removed from it, so that a directory written again never shows an earlier run's
+// plot beside this run's report (a directory without a report keeps its files).
 func WriteFiles(rep *Report, dir string) ([]string, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
-	return writeFiles(rep, dir, true)
+	_, err := os.Stat(filepath.Join(dir, "report.json"))
+	return writeFiles(rep, dir, true, err == nil)
 }
 
 // Render writes report.md and the plots of dir again from dir/report.json, as
@@ -743,10 +745,10 @@ func Render(dir string) ([]string, error) {
 	if err := json.Unmarshal(raw, &rep); err != nil {
 		return nil, fmt.Errorf("%s/report.json: %w", dir, err)
 	}
-	return writeFiles(&rep, dir, false)
+	return writeFiles(&rep, dir, false, true)
 }
 
-func writeFiles(rep *Report, dir string, withJSON bool) ([]string, error) {
+func writeFiles(rep *Report, dir string, withJSON, removeStale bool) ([]string, error) {
 	write := func(name string, f func(io.Writer) error) error {
 		fh, err := os.Create(filepath.Join(dir, name))
 		if err != nil {
@@ -769,6 +771,8 @@ func writeFiles(rep *Report, dir string, withJSON bool) ([]string, error) {
 		if render, ok := plots[name]; ok {
 			err = errors.Join(err, write(name, render))
 			files = append(files, name)
+		} else if !removeStale {
+			continue
 		} else if rerr := os.Remove(filepath.Join(dir, name)); rerr != nil && !errors.Is(rerr, fs.ErrNotExist) {
 			err = errors.Join(err, rerr)
 		}
