@@ -68,10 +68,10 @@ type admitter struct {
 	close    func() error
 	// how says how the decision is carried out, for the report.
 	how string
-	// toMaps, when set, returns for each admission the time from the decision to the
+	// toMaps, when set, returns the time from the last admission's decision to the
 	// system's maps written, by its own account (the part of the latency that is the
-	// system's work, not the traffic's).
-	toMaps func() []time.Duration
+	// system's work, not the traffic's), and whether there was one since the last call.
+	toMaps func() (time.Duration, bool)
 }
 
 // admissionSteps is the number of progress steps of admissionPhase.
@@ -107,7 +107,7 @@ func (b *bencher) admissionPhase(ctx context.Context) (err error) {
 	// pins its own thread to the load core). Left to the scheduler, moat's reconciler
 	// also ran on the load core, beside the sender (at nice -20), whose longest pauses
 	// were then p50 1.0–2.1 ms in moat's rounds against 0.13 ms in nftables'; pinned,
-	// 0.12–0.16 ms in both.
+	// 0.11–0.16 ms in both (four runs on one host, bench/README.md).
 	restore, err := pinProcess(sutCPU)
 	if err != nil {
 		return err
@@ -176,7 +176,7 @@ func (b *bencher) admissionRounds(ctx context.Context, system string) error {
 		}
 	}()
 	sink := b.sinks[b.scene.Topo.Tenants[0].Backends[0].Host]
-	var admits, evicts []time.Duration
+	var admits, evicts, toMaps []time.Duration
 	start := time.Now()
 	redone, stepped := 0, -1
 	atomic.StoreUint64(&b.pacedRefused, 0)
@@ -195,6 +195,9 @@ func (b *bencher) admissionRounds(ctx context.Context, system string) error {
 			}
 		}
 		time.Sleep(10 * time.Millisecond)
+		if adm.toMaps != nil {
+			adm.toMaps() // forget a write of before this round
+		}
 		d, err := b.timeAdmission(ctx, sink, adm)
 		if err != nil {
 			if ctx.Err() != nil {
@@ -204,6 +207,11 @@ func (b *bencher) admissionRounds(ctx context.Context, system string) error {
 			continue
 		}
 		admits = append(admits, d)
+		if adm.toMaps != nil {
+			if tm, ok := adm.toMaps(); ok {
+				toMaps = append(toMaps, tm)
+			}
+		}
 		if d, err = b.timeEviction(ctx, sink, adm); err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
@@ -211,6 +219,9 @@ func (b *bencher) admissionRounds(ctx context.Context, system string) error {
 			if errors.Is(err, errNoFrameAfterDecision) && redone < b.profile.AdmissionRounds {
 				redone++
 				admits = admits[:len(admits)-1]
+				if len(toMaps) > len(admits) { // this round's, if it had one
+					toMaps = toMaps[:len(admits)]
+				}
 				round-- // the whole round again
 				continue
 			}
@@ -242,8 +253,8 @@ func (b *bencher) admissionRounds(ctx context.Context, system string) error {
 				note += fmt.Sprintf("; the sender's longest pause in a measurement: p50 %v, p90 %v, max %v",
 					at(0.5), at(0.9), at(1))
 			}
-			if m.scenario == ScAdmission && adm.toMaps != nil {
-				if ds := slices.Sorted(slices.Values(adm.toMaps())); len(ds) > 0 {
+			if m.scenario == ScAdmission {
+				if ds := slices.Sorted(slices.Values(toMaps)); len(ds) > 0 {
 					at := func(q float64) time.Duration { return ds[int(q*float64(len(ds)-1))].Round(time.Microsecond) }
 					note += fmt.Sprintf("; from the decision to the maps written (the system's own part, timed in its map writer): p50 %v, p90 %v",
 						at(0.5), at(0.9))
@@ -314,11 +325,11 @@ func (b *bencher) moatAdmitter(ctx context.Context) (_ admitter, err error) {
 	// measuredAdmitted: whether the fast path last written admits the measured backend
 	// (0 unknown, 1 no, 2 yes).
 	var measuredAdmitted atomic.Int32
-	// The time of the last admitting result, and from each one to the maps written.
+	// The time of the last admitting result, and from it to the maps written.
 	var (
 		toMapsMu sync.Mutex
 		admitAt  time.Time
-		toMaps   []time.Duration
+		toMaps   time.Duration // 0: no write since the last read
 	)
 	apply := func(c *tenant.Compiled) error {
 		if err := gw.Do(func() error { return dp.Writer().Apply(c) }); err != nil {
@@ -333,7 +344,7 @@ func (b *bencher) moatAdmitter(ctx context.Context) (_ admitter, err error) {
 		if admitted == 2 && measuredAdmitted.Load() != 2 {
 			toMapsMu.Lock()
 			if !admitAt.IsZero() {
-				toMaps = append(toMaps, time.Since(admitAt))
+				toMaps = max(time.Since(admitAt), 1)
 			}
 			toMapsMu.Unlock()
 		}
@@ -392,10 +403,12 @@ func (b *bencher) moatAdmitter(ctx context.Context) (_ admitter, err error) {
 			// Back to the scene's static configuration for whatever runs next.
 			return errors.Join(err, gw.Do(func() error { return dp.Writer().Apply(b.scene.compiled) }), closeStore())
 		},
-		toMaps: func() []time.Duration {
+		toMaps: func() (time.Duration, bool) {
 			toMapsMu.Lock()
 			defer toMapsMu.Unlock()
-			return slices.Clone(toMaps)
+			d := toMaps
+			toMaps = 0
+			return d, d > 0
 		},
 		how: "an attestation result handed to the reconciler as the gateway daemon does (a failed one evicts in the fast path as it arrives; then compile, map writes, and the commit to a bbolt store on disk)",
 	}, nil

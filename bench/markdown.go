@@ -125,13 +125,19 @@ func (rep *Report) WriteMarkdown(w io.Writer) error {
 		}
 		p("Time by phase: %s.", strings.Join(parts, ", "))
 	}
-	if m.CPUID != "" || m.Caches != "" || len(m.Mitigations) > 0 {
-		var mit []string
-		for _, k := range slices.Sorted(maps.Keys(m.Mitigations)) {
-			mit = append(mit, k+": "+m.Mitigations[k])
-		}
+	if m.CPUID != "" || m.Caches != "" || m.Mitigations != nil {
 		p("")
-		p("CPU: %s; caches %s; mitigations: %s.", cmp.Or(m.CPUID, "–"), cmp.Or(m.Caches, "–"), cmp.Or(strings.Join(mit, "; "), "none"))
+		p("CPU: %s; caches %s. The kernel's mitigations:", cmp.Or(m.CPUID, "unknown"), cmp.Or(m.Caches, "unknown"))
+		p("")
+		switch {
+		case m.Mitigations == nil:
+			p("- unknown (no /sys/devices/system/cpu/vulnerabilities)")
+		case len(m.Mitigations) == 0:
+			p("- none: not affected by any vulnerability the kernel knows")
+		}
+		for _, k := range slices.Sorted(maps.Keys(m.Mitigations)) {
+			p("- %s: %s", k, m.Mitigations[k])
+		}
 	}
 	p("")
 	bases := rep.baselines()
@@ -228,9 +234,9 @@ func (rep *Report) WriteMarkdown(w io.Writer) error {
 	}
 	p("")
 	if rep.Find(ScTCPConnections, SysMoat, 0) != nil || rep.Find(ScTCPRR, SysMoat, 0) != nil {
-		clients := "the profile's"
-		if pr, ok := Profiles[rep.Profile]; ok {
-			clients = fmt.Sprint(pr.Conns)
+		clients := "the profile's" // a report made before TCPClients was kept
+		if rep.TCPClients > 0 {
+			clients = fmt.Sprint(rep.TCPClients)
 		}
 		p("Latencies are per exchange. For %s, a connection's connect, one-byte exchange and close, timed by each of %s clients that connect one after another on the load core: they saturate that core, so the latency is mostly their own queueing (about the clients ÷ the connection rate), nearly the same for every system. For %s, one connection's one-byte round trip, one at a time: the latency the system adds (latency.svg plots it).",
 			ScTCPConnections, clients, ScTCPRR)

@@ -106,11 +106,7 @@ func dumpNAPI(ifindex uint32) ([]napiInstance, error) {
 		return nil, fmt.Errorf("netlink socket: %w", err)
 	}
 	defer sock.Close()
-	req := nl.NewNetlinkRequest(int(fam.ID), unix.NLM_F_DUMP)
-	req.AddData(genlHeader{cmd: netdevCmdNAPIGet, version: 1})
-	// Only this device's instances: the kernel walks no other device.
-	req.AddData(nl.NewRtAttr(netdevANAPIIfidx, nl.Uint32Attr(ifindex)))
-	if err := sock.Send(req); err != nil {
+	if err := sock.Send(napiDumpRequest(fam.ID, ifindex)); err != nil {
 		return nil, err
 	}
 	var msgs [][]byte
@@ -120,10 +116,15 @@ func dumpNAPI(ifindex uint32) ([]napiInstance, error) {
 			return nil, err
 		}
 		for _, m := range ms {
+			if m.Header.Flags&unix.NLM_F_DUMP_INTR != 0 {
+				// The device's instances changed during the dump: what it holds may
+				// be neither the old set nor the new.
+				return nil, fmt.Errorf("NAPI dump interrupted by a change: %w", unix.EAGAIN)
+			}
 			switch m.Header.Type {
-			case unix.NLMSG_DONE:
-				return parseNAPIDump(msgs)
-			case unix.NLMSG_ERROR:
+			case unix.NLMSG_DONE, unix.NLMSG_ERROR:
+				// Both carry an errno first: a dump's failure (ENODEV for a device
+				// gone) ends it with NLMSG_DONE, not NLMSG_ERROR.
 				if len(m.Data) >= 4 {
 					if errno := int32(binary.NativeEndian.Uint32(m.Data)); errno != 0 {
 						return nil, unix.Errno(-errno)
@@ -134,6 +135,15 @@ func dumpNAPI(ifindex uint32) ([]napiInstance, error) {
 			msgs = append(msgs, m.Data)
 		}
 	}
+}
+
+// napiDumpRequest is the request for a dump of the NAPI instances of ifindex alone:
+// the kernel then walks no other device.
+func napiDumpRequest(family uint16, ifindex uint32) *nl.NetlinkRequest {
+	req := nl.NewNetlinkRequest(int(family), unix.NLM_F_DUMP)
+	req.AddData(genlHeader{cmd: netdevCmdNAPIGet, version: 1})
+	req.AddData(nl.NewRtAttr(netdevANAPIIfidx, nl.Uint32Attr(ifindex)))
+	return req
 }
 
 // napiInstance is one NAPI instance of a netdev family dump: its device, its id, and

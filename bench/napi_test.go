@@ -3,13 +3,13 @@ package bench
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"os"
 	"slices"
 	"strings"
 	"testing"
 
-	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
 
 	"github.com/seed4c/moat/internal/netns"
@@ -66,16 +66,29 @@ func newTestHost(t *testing.T, prefix string) *netns.Host {
 // The request carries struct genlmsghdr whole, its reserved field 0 (the kernel
 // refuses anything else), then the device filter.
 func TestNAPIDumpRequestHeader(t *testing.T) {
-	req := nl.NewNetlinkRequest(0x20, unix.NLM_F_DUMP)
-	req.AddData(genlHeader{cmd: netdevCmdNAPIGet, version: 1})
-	req.AddData(nl.NewRtAttr(netdevANAPIIfidx, nl.Uint32Attr(7)))
-	b := req.Serialize()
-	want := []byte{netdevCmdNAPIGet, 1, 0, 0, 8, 0, netdevANAPIIfidx, 0}
+	b := napiDumpRequest(0x20, 7).Serialize()
+	want := []byte{netdevCmdNAPIGet, 1, 0, 0}
+	want = binary.NativeEndian.AppendUint16(want, 8) // the attribute: length, type, ifindex
+	want = binary.NativeEndian.AppendUint16(want, netdevANAPIIfidx)
 	want = binary.NativeEndian.AppendUint32(want, 7)
 	if got := b[unix.NLMSG_HDRLEN:]; !bytes.Equal(got, want) {
 		t.Fatalf("request after the netlink header: % x, want % x", got, want)
 	}
 	if l := binary.NativeEndian.Uint32(b); int(l) != len(b) {
 		t.Fatalf("netlink header says %d bytes, request has %d", l, len(b))
+	}
+}
+
+// A dump's own failure ends it with NLMSG_DONE carrying the errno: a device that is
+// not there is ENODEV, not a device without NAPI threads.
+func TestPrivilegedNAPIDumpOfMissingDevice(t *testing.T) {
+	netns.RequireRoot(t)
+	h := newTestHost(t, "npm")
+	err := h.Do(func() error {
+		_, err := dumpNAPI(1 << 30)
+		return err
+	})
+	if !errors.Is(err, unix.ENODEV) {
+		t.Fatalf("dump of a missing device: %v, want ENODEV", err)
 	}
 }

@@ -159,9 +159,9 @@ type Machine struct {
 	// CPUID, Caches and Mitigations tell hosts apart whose CPU has the same name (a
 	// VM's "AMD EPYC" may be any generation): the rates and the ratios move with them.
 	// Reports made before they were kept lack them.
-	CPUID       string            `json:"cpuid,omitempty"`       // family, model, stepping and clock, from /proc/cpuinfo
-	Caches      string            `json:"caches,omitempty"`      // data and unified caches of CPU 0, from sysfs
-	Mitigations map[string]string `json:"mitigations,omitempty"` // the kernel's, for each vulnerability it mitigates
+	CPUID       string            `json:"cpuid,omitempty"`  // family, model, stepping and clock, from /proc/cpuinfo
+	Caches      string            `json:"caches,omitempty"` // data and unified caches of CPU 0, from sysfs
+	Mitigations map[string]string `json:"mitigations"`      // the kernel's, for each vulnerability it mitigates (null: unknown)
 	Cores       int               `json:"cores"`
 	MemoryGiB   int               `json:"memory_gib"`
 	Go          string            `json:"go"`
@@ -231,12 +231,15 @@ func (r *Report) WriteTargetSummary(w io.Writer) error {
 
 // Report is a whole run.
 type Report struct {
-	Command   string    `json:"command"`
-	Profile   string    `json:"profile"`
-	Started   time.Time `json:"started"`
-	Seconds   float64   `json:"seconds"`
-	Machine   Machine   `json:"machine"`
-	Isolation []string  `json:"isolation"`
+	Command string `json:"command"`
+	Profile string `json:"profile"`
+	// TCPClients is the number of clients the connection scenario ran (the profile's
+	// Conns then; reports made before it was kept lack it).
+	TCPClients int       `json:"tcp_clients,omitempty"`
+	Started    time.Time `json:"started"`
+	Seconds    float64   `json:"seconds"`
+	Machine    Machine   `json:"machine"`
+	Isolation  []string  `json:"isolation"`
 	// Namespaces lists the network namespaces the run built (and removed).
 	Namespaces []string `json:"namespaces"`
 	Records    []Record `json:"records"`

@@ -4,13 +4,17 @@ import (
 	"bytes"
 	"encoding/json"
 	"encoding/xml"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"math"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -466,6 +470,28 @@ func TestAdmissionSVG(t *testing.T) {
 			t.Errorf("admission.svg lacks %q", want)
 		}
 	}
+	// The scale is logarithmic, from the decade below the smallest value (230 µs: 100)
+	// to the one at or above the largest (7.8 ms: 10 ms): 5.6 ms stands
+	// log10(56)/log10(100) of the plot's height, 320 px, from its bottom at y = 360.
+	bar := regexp.MustCompile(`<rect x="[0-9.]+" y="([0-9.]+)" width="[0-9.]+" height="([0-9.]+)" fill="[^"]+"><title>moat admission p50: 5.6 ms</title>`).FindStringSubmatch(svg)
+	if bar == nil {
+		t.Fatalf("no bar for moat's admission p50:\n%s", svg)
+	}
+	wantH := 320 * math.Log10(56) / 2
+	if h, _ := strconv.ParseFloat(bar[2], 64); math.Abs(h-wantH) > 0.1 {
+		t.Errorf("moat's admission p50 bar is %v px high, want %.1f", h, wantH)
+	}
+	if y, _ := strconv.ParseFloat(bar[1], 64); math.Abs(y-(360-wantH)) > 0.1 {
+		t.Errorf("moat's admission p50 bar starts at y = %v, want %.1f", y, 360-wantH)
+	}
+	// A value of exactly a power of ten still gets a bar.
+	exact := admissionReport()
+	for i := range exact.Records {
+		exact.Records[i].Latency = &Latency{P50: 100, P90: 100, P99: 100}
+	}
+	if heights := regexp.MustCompile(`height="0\.0"`).FindAllString(wellFormed(t, "exact admission.svg", exact.WriteAdmissionSVG), -1); len(heights) > 0 {
+		t.Errorf("%d bars of no height when every value is 100 µs", len(heights))
+	}
 	if svg := wellFormed(t, "empty admission.svg", (&Report{}).WriteAdmissionSVG); !strings.Contains(svg, "no admission or eviction latency") || strings.Contains(svg, "<rect x=") {
 		t.Errorf("an empty admission.svg should say so and draw no bar:\n%s", svg)
 	}
@@ -514,6 +540,9 @@ func TestWriteFilesOnlyPlotsWithData(t *testing.T) {
 	if err := os.Remove(filepath.Join(dir, "report.md")); err != nil {
 		t.Fatal(err)
 	}
+	if err := os.WriteFile(filepath.Join(dir, LatencySVG), []byte("stale"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	files, err = Render(dir)
 	if err != nil {
 		t.Fatal(err)
@@ -523,6 +552,9 @@ func TestWriteFilesOnlyPlotsWithData(t *testing.T) {
 	}
 	if after, err := os.ReadFile(filepath.Join(dir, "report.md")); err != nil || !bytes.Equal(after, before) {
 		t.Errorf("report.md rendered again differs (%v)", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, LatencySVG)); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("Render left a stale %s beside a report without its data (%v)", LatencySVG, err)
 	}
 }
 
@@ -566,7 +598,29 @@ func TestDescribeCPU(t *testing.T) {
 	if err := rep.WriteMarkdown(&md); err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(md.String(), "\nCPU: family 23; caches L2 512K; mitigations: retbleed: thunk; spectre_v2: retpolines.\n") {
-		t.Errorf("report.md lacks the CPU line:\n%s", md.String()[:400])
+	if !strings.Contains(md.String(), "\nCPU: family 23; caches L2 512K. The kernel's mitigations:\n\n- retbleed: thunk\n- spectre_v2: retpolines\n") {
+		t.Errorf("report.md lacks the CPU lines:\n%s", md.String()[:400])
+	}
+	// None known and none at all read differently, in report.json too.
+	for _, c := range []struct {
+		mit  map[string]string
+		want string
+	}{{nil, "- unknown"}, {map[string]string{}, "- none"}} {
+		rep.Machine.Mitigations = c.mit
+		var js bytes.Buffer
+		if err := rep.WriteJSON(&js); err != nil {
+			t.Fatal(err)
+		}
+		var back Report
+		if err := json.Unmarshal(js.Bytes(), &back); err != nil {
+			t.Fatal(err)
+		}
+		md.Reset()
+		if err := back.WriteMarkdown(&md); err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(md.String(), "mitigations:\n\n"+c.want) {
+			t.Errorf("mitigations %v after report.json: report.md lacks %q", c.mit, c.want)
+		}
 	}
 }

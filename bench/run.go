@@ -207,7 +207,8 @@ func Run(ctx context.Context, o Options) (rep *Report, err error) {
 		}
 	}
 	b := &bencher{profile: o.Profile, opts: o, gens: map[*netns.Host]*Generator{}, sinks: map[*netns.Host]*Sink{}}
-	b.rep = &Report{Command: o.Command, Profile: o.Profile.Name, Started: time.Now().UTC(), Machine: DescribeMachine(), Isolation: isolationNotes()}
+	b.rep = &Report{Command: o.Command, Profile: o.Profile.Name, TCPClients: o.Profile.Conns, Started: time.Now().UTC(),
+		Machine: DescribeMachine(), Isolation: isolationNotes()}
 	rep = b.rep
 	if b.tmp, err = os.MkdirTemp("", "moat-bench-"); err != nil {
 		return rep, err
@@ -544,12 +545,12 @@ func (b *bencher) tcpPhase(ctx context.Context) error {
 }
 
 // pinProcess binds every thread of this process to cpu (threads made later inherit
-// it) and returns the function that lets them run anywhere again.
+// it) and returns the function that gives them back the process's affinity of before.
 func pinProcess(cpu int) (func(), error) {
 	var one, all unix.CPUSet
 	one.Set(cpu)
-	for c := 0; c < runtime.NumCPU(); c++ {
-		all.Set(c)
+	if err := unix.SchedGetaffinity(os.Getpid(), &all); err != nil {
+		return nil, fmt.Errorf("affinity of the process: %w", err)
 	}
 	apply := func(set *unix.CPUSet) error {
 		ents, err := os.ReadDir("/proc/self/task")

@@ -237,8 +237,10 @@ func (rep *Report) WriteAdmissionSVG(w io.Writer) error {
 		p.note("no admission or eviction latency in this run")
 		return p.end(w)
 	}
-	d0, d1 := math.Floor(math.Log10(lo)), math.Ceil(math.Log10(hi)) // decades of µs
-	if d1 == d0 {
+	// Decades of µs, the lowest strictly below every value so that no bar is empty
+	// (a value of exactly 10^k would sit on an axis starting at 10^k).
+	d0, d1 := math.Ceil(math.Log10(lo))-1, math.Ceil(math.Log10(hi))
+	if d1 <= d0 {
 		d1 = d0 + 1
 	}
 	py := func(v float64) float64 { return p.h - p.bot - (math.Log10(v)-d0)/(d1-d0)*p.ph() }

@@ -256,14 +256,16 @@ the run that measured it would write them with this version of moat, and removes
 report has no data for. Nothing is measured.`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, dirs []string) error {
+			var errs []error
 			for _, dir := range dirs {
 				files, err := bench.Render(dir)
 				if err != nil {
-					return fmt.Errorf("render %s: %w", dir, err)
+					errs = append(errs, fmt.Errorf("render %s: %w", dir, err))
+					continue
 				}
 				fmt.Fprintf(cmd.OutOrStdout(), "%s: %s\n", dir, strings.Join(files, ", "))
 			}
-			return nil
+			return errors.Join(errs...)
 		},
 	})
 	f.BoolVar(&cpuProfile, "perf", false, "sample the system-under-test core with perf during a separate burst of each packet scenario (first repetition) and report where its time went, by part of the path (needs perf: apt-get install linux-perf)")
