@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
 	"golang.org/x/sys/unix"
 )
 
@@ -55,6 +57,18 @@ type CPUProfile struct {
 	Parts []ProfilePart `json:"parts"`
 	// Top lists the symbols with the most samples, for what the parts hide.
 	Top []ProfilePart `json:"top"`
+	// Lines are the source lines of moat's program with the most samples, through
+	// the program's JIT line table (moat's profiles only).
+	Lines []ProgramLine `json:"program_lines,omitempty"`
+}
+
+// ProgramLine is one source line of an XDP program in a profile: Share is of the
+// system's samples, as a part's is.
+type ProgramLine struct {
+	Source     string  `json:"source"` // file (under bpf/) and line number
+	Text       string  `json:"text"`
+	Share      float64 `json:"share"`
+	NsPerFrame float64 `json:"ns_per_frame,omitempty"`
 }
 
 // ProfilePart is one part of a profile (or one symbol, in Top).
@@ -292,7 +306,148 @@ func (b *bencher) measureCPUProfile(ctx context.Context, sys *sut, sc packetScen
 		return CPUProfile{}, err
 	}
 	p.Scenario, p.System, p.Flows = sc.name, sys.name, sc.flows
+	if sys.name == SysMoat && sys.prog != nil {
+		table, err := newProgramLines(sys.prog)
+		if err != nil {
+			return CPUProfile{}, fmt.Errorf("source lines of %s's program: %w", sys.name, err)
+		}
+		script, err := exec.CommandContext(ctx, "perf", "script", "-i", data, "-F", "tid,ip").Output()
+		if err != nil {
+			return CPUProfile{}, fmt.Errorf("perf script: %w", err)
+		}
+		if p.Lines, err = table.profile(string(script), tids, p.Samples); err != nil {
+			return CPUProfile{}, err
+		}
+	}
 	return p, nil
+}
+
+// programLines maps the addresses of a loaded program's JIT image to its source lines.
+type programLines struct {
+	funcs [][2]uint64 // [start, end) of each function's image
+	addrs []uint64    // the JIT address of each line, ascending
+	lines []*btf.Line
+}
+
+// newProgramLines reads prog's line table: the kernel keeps the BTF line of each
+// instruction that starts a source line, and the JIT address it became.
+func newProgramLines(prog *ebpf.Program) (*programLines, error) {
+	info, err := prog.Info()
+	if err != nil {
+		return nil, err
+	}
+	lines, err := info.LineInfos()
+	if err != nil {
+		return nil, fmt.Errorf("line infos: %w", err)
+	}
+	addrs, ok := info.JitedLineInfos()
+	if !ok || len(addrs) != len(lines) {
+		return nil, fmt.Errorf("%d JIT addresses for %d lines", len(addrs), len(lines))
+	}
+	ksyms, ok := info.JitedKsymAddrs()
+	lens, lok := info.JitedFuncLens()
+	if !ok || !lok || len(ksyms) != len(lens) {
+		return nil, fmt.Errorf("JIT images: %d addresses, %d lengths", len(ksyms), len(lens))
+	}
+	pl := &programLines{}
+	for i, k := range ksyms {
+		pl.funcs = append(pl.funcs, [2]uint64{uint64(k), uint64(k) + uint64(lens[i])})
+	}
+	order := make([]int, len(addrs))
+	for i := range order {
+		order[i] = i
+	}
+	sort.SliceStable(order, func(a, b int) bool { return addrs[order[a]] < addrs[order[b]] })
+	for _, i := range order {
+		pl.addrs = append(pl.addrs, addrs[i])
+		pl.lines = append(pl.lines, lines[i].Line)
+	}
+	return pl, nil
+}
+
+// lineAt returns the source line whose code holds ip, or nil when ip is outside the
+// program.
+func (pl *programLines) lineAt(ip uint64) *btf.Line {
+	if !slices.ContainsFunc(pl.funcs, func(f [2]uint64) bool { return ip >= f[0] && ip < f[1] }) {
+		return nil
+	}
+	i := sort.Search(len(pl.addrs), func(i int) bool { return pl.addrs[i] > ip }) - 1
+	if i < 0 {
+		return nil
+	}
+	return pl.lines[i]
+}
+
+// programLinesTop is how many source lines a profile lists.
+const programLinesTop = 12
+
+// profile reads `perf script -F tid,ip` output and returns the source lines with the
+// most samples of the threads tids, each with its share of total samples.
+func (pl *programLines) profile(script string, tids []int, total int) ([]ProgramLine, error) {
+	if total <= 0 {
+		return nil, fmt.Errorf("%d samples", total)
+	}
+	want := map[int]bool{}
+	for _, t := range tids {
+		want[t] = true
+	}
+	counts := map[*btf.Line]int{}
+	sc := bufio.NewScanner(strings.NewReader(script))
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) < 2 {
+			continue
+		}
+		tid, err := strconv.Atoi(f[0])
+		if err != nil || !want[tid] {
+			continue
+		}
+		ip, err := strconv.ParseUint(f[1], 16, 64)
+		if err != nil {
+			return nil, fmt.Errorf("perf script line %q: %w", sc.Text(), err)
+		}
+		if l := pl.lineAt(ip); l != nil {
+			counts[l]++
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, err
+	}
+	// Lines of the same source line (an inlined helper's, from several call sites)
+	// add up.
+	bySource := map[string]*ProgramLine{}
+	for l, n := range counts {
+		src := fmt.Sprintf("%s:%d", bpfRelative(l.FileName()), l.LineNumber())
+		line, ok := bySource[src]
+		if !ok {
+			text := strings.Join(strings.Fields(l.Line()), " ")
+			if l.LineNumber() == 0 || text == "" {
+				text = "(no source line: code the compiler gave none)"
+			}
+			line = &ProgramLine{Source: src, Text: text}
+			bySource[src] = line
+		}
+		line.Share += float64(n) / float64(total)
+	}
+	var out []ProgramLine
+	for _, l := range bySource {
+		out = append(out, *l)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Share != out[j].Share {
+			return out[i].Share > out[j].Share
+		}
+		return out[i].Source < out[j].Source
+	})
+	return out[:min(len(out), programLinesTop)], nil
+}
+
+// bpfRelative shortens a source path that BTF holds as compiled to its part from bpf/.
+func bpfRelative(path string) string {
+	if i := strings.LastIndex(path, "bpf/"); i >= 0 {
+		return path[i:]
+	}
+	return filepath.Base(path)
 }
 
 // endedBySignal says whether a perf record exited as it does when stopped: on SIGINT
@@ -379,6 +534,9 @@ func (rep *Report) computeProfileTimes() {
 		}
 		for j := range pf.Top {
 			pf.Top[j].NsPerFrame = pf.Top[j].Share * frame
+		}
+		for j := range pf.Lines {
+			pf.Lines[j].NsPerFrame = pf.Lines[j].Share * frame
 		}
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -202,6 +203,28 @@ func TestPrivilegedCPUProfile(t *testing.T) {
 	if _, ok := parts[SysNft][PartProgram]; ok {
 		t.Errorf("nftables' profile has an XDP program part: %v", parts[SysNft])
 	}
+	// moat's program samples, by source line: at most its program part, from bpf/.
+	for _, pf := range rep.CPUProfiles {
+		if pf.System != SysMoat {
+			if len(pf.Lines) > 0 {
+				t.Errorf("%s's profile has program lines: %+v", pf.System, pf.Lines)
+			}
+			continue
+		}
+		if len(pf.Lines) == 0 {
+			t.Errorf("moat's profile has no program line")
+		}
+		sum := 0.0
+		for _, l := range pf.Lines {
+			sum += l.Share
+			if l.Share <= 0 || l.NsPerFrame <= 0 || !strings.HasPrefix(l.Source, "bpf/") || l.Text == "" {
+				t.Errorf("program line %+v", l)
+			}
+		}
+		if prog := parts[SysMoat][PartProgram].Share; sum > prog+1e-9 {
+			t.Errorf("program lines share %.3f, more than the program's %.3f", sum, prog)
+		}
+	}
 }
 
 func TestProfileSVG(t *testing.T) {
@@ -254,5 +277,54 @@ func TestPerfEnableGivesUpWhenPerfExits(t *testing.T) {
 	}
 	if d := time.Since(t0); d > 5*time.Second {
 		t.Errorf("perfEnable took %v to notice the exit", d)
+	}
+}
+
+// The samples of a loaded program map to its source lines through the kernel's JIT
+// line table; samples of other threads, or outside the program, count for no line.
+func TestPrivilegedProgramLines(t *testing.T) {
+	netns.RequireRoot(t)
+	s := unattachedSink(t)
+	table, err := newProgramLines(s.objs.XdpSink)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(table.addrs) < 2 || len(table.funcs) == 0 {
+		t.Fatalf("line table of %d lines, %d functions", len(table.addrs), len(table.funcs))
+	}
+	first, last := table.lines[0], table.lines[len(table.lines)-1]
+	if !strings.HasSuffix(first.FileName(), "sink.c") || first.LineNumber() == 0 {
+		t.Fatalf("first line %s:%d %q, want one of sink.c", first.FileName(), first.LineNumber(), first.Line())
+	}
+	end := table.funcs[len(table.funcs)-1][1]
+	script := strings.Join([]string{
+		fmt.Sprintf("  7 %x", table.addrs[0]),      // the first line, thread 7
+		fmt.Sprintf("  7 %x", table.addrs[0]+1),    // still the first line (unless it is one byte long)
+		fmt.Sprintf("  7 %x", end-1),               // the last line
+		fmt.Sprintf("  8 %x", table.addrs[0]),      // another thread
+		fmt.Sprintf("  7 %x", end+16),              // outside the program
+		fmt.Sprintf("  7 %x", table.funcs[0][0]-1), // before it
+		"  7", // no address
+	}, "\n")
+	lines, err := table.profile(script, []int{7}, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	total := 0.0
+	for _, l := range lines {
+		total += l.Share
+		if !strings.HasPrefix(l.Source, "bpf/") && !strings.Contains(l.Source, "sink.c:") {
+			t.Errorf("source %q", l.Source)
+		}
+	}
+	if math.Abs(total-0.3) > 1e-9 {
+		t.Errorf("lines share %.2f of the samples, want 0.30 (3 of 10): %+v", total, lines)
+	}
+	want := fmt.Sprintf("%s:%d", bpfRelative(last.FileName()), last.LineNumber())
+	if !slices.ContainsFunc(lines, func(l ProgramLine) bool { return l.Source == want }) {
+		t.Errorf("no sample on the last line %s: %+v", want, lines)
+	}
+	if _, err := table.profile(script, []int{7}, 0); err == nil {
+		t.Error("a profile of no sample gave lines")
 	}
 }

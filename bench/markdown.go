@@ -435,6 +435,20 @@ func writeProfiles(p func(string, ...any), pfs []CPUProfile) {
 		p("| %s | %s | %s | %s |", pf.Scenario, flows, pf.System, strings.Join(syms, ", "))
 	}
 	p("")
+	if !slices.ContainsFunc(pfs, func(pf CPUProfile) bool { return len(pf.Lines) > 0 }) {
+		return
+	}
+	p("moat's program by source line: the samples inside its JIT image, each mapped to the source line its instructions came from through the program's line table (an inlined function's line counts for every call site, and code the compiler merged from several places is counted under one of them); ns per frame and share of the system's samples, the lines with the most samples first:")
+	p("")
+	p("| scenario | flows | source line | ns per frame | share | code |")
+	p("|---|---|---|---|---|---|")
+	for _, pf := range pfs {
+		for _, l := range pf.Lines {
+			p("| %s | %s | %s | %s | %.1f%% | `%s` |", pf.Scenario, flowsCell(pf.Flows), l.Source, nsOrDash(l.NsPerFrame), 100*l.Share,
+				strings.ReplaceAll(l.Text, "|", "\\|"))
+		}
+	}
+	p("")
 }
 
 // nsOrDash formats a time per frame in ns, or a dash when there is none (no rate
