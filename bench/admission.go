@@ -248,17 +248,15 @@ func (b *bencher) admissionRounds(ctx context.Context, system string) error {
 			if redone > 0 {
 				note += fmt.Sprintf("; %d rounds measured again: not one frame reached the backend after the eviction decision", redone)
 			}
+			// q-quantile of sorted durations, to the microsecond.
+			at := func(ds []time.Duration, q float64) time.Duration { return quantile(ds, q).Round(time.Microsecond) }
 			if ps := slices.Sorted(slices.Values(b.pacedPauses)); len(ps) > 0 {
-				at := func(q float64) time.Duration { return ps[int(q*float64(len(ps)-1))].Round(time.Microsecond) }
 				note += fmt.Sprintf("; the sender's longest pause in a measurement: p50 %v, p90 %v, max %v",
-					at(0.5), at(0.9), at(1))
+					at(ps, 0.5), at(ps, 0.9), at(ps, 1))
 			}
-			if m.scenario == ScAdmission {
-				if ds := slices.Sorted(slices.Values(toMaps)); len(ds) > 0 {
-					at := func(q float64) time.Duration { return ds[int(q*float64(len(ds)-1))].Round(time.Microsecond) }
-					note += fmt.Sprintf("; from the decision to the maps written (the system's own part, timed in its map writer): p50 %v, p90 %v",
-						at(0.5), at(0.9))
-				}
+			if ds := slices.Sorted(slices.Values(toMaps)); m.scenario == ScAdmission && len(ds) > 0 {
+				note += fmt.Sprintf("; from the decision to the maps written (the system's own part, timed in its map writer): p50 %v, p90 %v",
+					at(ds, 0.5), at(ds, 0.9))
 			}
 			if refused := atomic.LoadUint64(&b.pacedRefused); refused > 0 {
 				note += fmt.Sprintf("; %d frames refused by the client's full device queue (ENOBUFS), lost as on a wire", refused)

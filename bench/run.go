@@ -795,19 +795,15 @@ var PlotNames = []string{FlowsSVG, LatencySVG, AdmissionSVG, ProfileSVG}
 // Plots returns the renderers of the plots the report has data for, by file name.
 func (rep *Report) Plots() map[string]func(io.Writer) error {
 	plots := map[string]func(io.Writer) error{}
-	has := func(plotted func(r *Record) bool) bool {
-		return slices.ContainsFunc(rep.Records, func(r Record) bool { return plotted(&r) })
-	}
-	if has(func(r *Record) bool { return r.Scenario == ScEstablishedSweep && r.Flows > 0 }) {
-		plots[FlowsSVG] = rep.WriteFlowsSVG
-	}
-	if has(func(r *Record) bool { return r.Scenario == ScTCPRR && r.Latency != nil }) {
-		plots[LatencySVG] = rep.WriteLatencySVG
-	}
-	if has(func(r *Record) bool {
-		return (r.Scenario == ScAdmission || r.Scenario == ScEviction) && r.Latency != nil
-	}) {
-		plots[AdmissionSVG] = rep.WriteAdmissionSVG
+	for i := range rep.Records {
+		switch r := &rep.Records[i]; {
+		case r.Scenario == ScEstablishedSweep && r.Flows > 0:
+			plots[FlowsSVG] = rep.WriteFlowsSVG
+		case r.Scenario == ScTCPRR && r.Latency != nil:
+			plots[LatencySVG] = rep.WriteLatencySVG
+		case (r.Scenario == ScAdmission || r.Scenario == ScEviction) && r.Latency != nil:
+			plots[AdmissionSVG] = rep.WriteAdmissionSVG
+		}
 	}
 	if len(rep.CPUProfiles) > 0 {
 		plots[ProfileSVG] = rep.WriteProfileSVG

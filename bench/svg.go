@@ -218,13 +218,19 @@ func (rep *Report) WriteAdmissionSVG(w io.Writer) error {
 			group{sc, "p90", func(l Latency) float64 { return l.P90 }},
 			group{sc, "p99", func(l Latency) float64 { return l.P99 }})
 	}
+	// value is a group's latency for sys, 0 when the run has none.
+	value := func(g group, sys string) float64 {
+		if r := rep.Find(g.sc, sys, 0); r != nil && r.Latency != nil {
+			return g.pick(*r.Latency)
+		}
+		return 0
+	}
 	var systems []string
 	lo, hi := math.Inf(1), 0.0
 	for _, sys := range AllSystems {
 		found := false
 		for _, g := range groups {
-			if r := rep.Find(g.sc, sys, 0); r != nil && r.Latency != nil && g.pick(*r.Latency) > 0 {
-				v := g.pick(*r.Latency)
+			if v := value(g, sys); v > 0 {
 				lo, hi, found = math.Min(lo, v), math.Max(hi, v), true
 			}
 		}
@@ -259,11 +265,10 @@ func (rep *Report) WriteAdmissionSVG(w io.Writer) error {
 		gx := p.left + gw*float64(gi) + gw*0.1
 		fmt.Fprintf(&p.b, `<text x="%.1f" y="%.1f" text-anchor="middle">%s</text>`+"\n", gx+gw*0.4, p.h-p.bot+16, g.label)
 		for si, sys := range systems {
-			r := rep.Find(g.sc, sys, 0)
-			if r == nil || r.Latency == nil || g.pick(*r.Latency) <= 0 {
+			v := value(g, sys)
+			if v <= 0 {
 				continue
 			}
-			v := g.pick(*r.Latency)
 			y := py(v)
 			fmt.Fprintf(&p.b, `<rect x="%.1f" y="%.1f" width="%.1f" height="%.1f" fill="%s"><title>%s %s %s: %s</title></rect>`+"\n",
 				gx+bw*float64(si), y, bw*0.9, p.h-p.bot-y, colorOf(sys), sys, strings.TrimSuffix(g.sc, "_latency"), g.label, microseconds(v))

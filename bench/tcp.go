@@ -8,7 +8,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"sort"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -89,12 +89,15 @@ func latencies(d []time.Duration) *Latency {
 	if len(d) == 0 {
 		return nil
 	}
-	sort.Slice(d, func(i, j int) bool { return d[i] < d[j] })
-	at := func(q float64) float64 {
-		i := int(q * float64(len(d)-1))
-		return float64(d[i].Nanoseconds()) / 1e3
-	}
+	slices.Sort(d)
+	at := func(q float64) float64 { return float64(quantile(d, q).Nanoseconds()) / 1e3 }
 	return &Latency{P50: at(0.50), P90: at(0.90), P99: at(0.99), P999: at(0.999)}
+}
+
+// quantile returns the q-quantile (0 <= q <= 1) of sorted, non-empty durations: the
+// value at rank floor(q·(n-1)), no interpolation.
+func quantile(sorted []time.Duration, q float64) time.Duration {
+	return sorted[int(q*float64(len(sorted)-1))]
 }
 
 // tcpTarget is where a system's clients connect: the VIP, or for plain forwarding
