@@ -764,7 +764,8 @@ var errNoFrameAfterDecision = errors.New("not one frame reached the backend afte
 
 // minRedoBudget is the least number of rounds a run may measure again: a profile of
 // few rounds (the smoke profile's two) gave up after two redos, and an eviction that
-// takes effect between two of the backend's frames (about 75 µs apart) is common.
+// takes effect between two of the backend's frames (about 75 µs apart) is common, for
+// moat's and for nftables' over netlink alike.
 const minRedoBudget = 10
 
 // paced sends flows' frames from tenant a's client through a raw socket, pacedFrames

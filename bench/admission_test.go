@@ -102,7 +102,7 @@ func TestPrivilegedEvictionMeasuredFromTheBackend(t *testing.T) {
 			if err == nil {
 				break
 			}
-			if !errors.Is(err, errNoFrameAfterDecision) || try == 2 {
+			if !errors.Is(err, errNoFrameAfterDecision) || try == minRedoBudget {
 				return fmt.Errorf("eviction with the drop set: %w", err)
 			}
 			if err := adm.admit(); err != nil {
