@@ -21,8 +21,8 @@ func TestCommittedReportsRender(t *testing.T) {
 			dirs = append(dirs, d)
 		}
 	}
-	if err != nil || len(dirs) < 5 {
-		t.Fatalf("committed reports in %v (%v): want full, quick, admission, quick-family23 and full-family23 at least", dirs, err)
+	if err != nil || len(dirs) < 6 {
+		t.Fatalf("committed reports in %v (%v): want full, quick, admission, quick-family23, full-family23 and forwarding-family23 at least", dirs, err)
 	}
 	for _, dir := range dirs {
 		raw, err := os.ReadFile(filepath.Join(dir, "report.json"))
