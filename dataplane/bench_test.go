@@ -102,3 +102,27 @@ func BenchmarkReadCounters(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkReadMapState: what the writer reads from the maps before its first Apply (a
+// restarted daemon's first pass), every array slot among it: 65536 for the backends
+// alone. BenchmarkReadStatus: what `moat status` reads.
+//
+//	go test -run '^$' -bench 'ReadArray|ReadMapState|ReadStatus' ./dataplane/
+func BenchmarkReadMapState(b *testing.B) {
+	_, dp, _ := smallEnv(b, DefaultConfig())
+	w := dp.Writer()
+	for b.Loop() {
+		if _, err := w.readMapState(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkReadStatus(b *testing.B) {
+	_, dp, _ := smallEnv(b, DefaultConfig())
+	for b.Loop() {
+		if _, err := ReadStatus(dp.Options()); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -118,29 +118,16 @@ func ReadStatus(opts Options) (*Status, error) {
 		})
 	}
 	sort.Slice(st.Services, func(i, j int) bool { return st.Services[i].ID < st.Services[j].ID })
-	var (
-		id uint32
-		b  gatewayBackend
-	)
-	it := m.Backends.Iterate()
-	for it.Next(&id, &b) {
-		if b != (gatewayBackend{}) {
-			st.Backends = append(st.Backends, BackendStatus{
-				ID: id, TenantID: b.TenantId, ServiceID: b.ServiceId,
-				Addr: netip.AddrPortFrom(rawAddr(b.Addr), portRaw(b.Port)), State: lb.State(b.State),
-			})
-		}
+	backends := map[uint32]gatewayBackend{}
+	errs = append(errs, readArray(m.Backends, backends))
+	for id, b := range backends {
+		st.Backends = append(st.Backends, BackendStatus{
+			ID: id, TenantID: b.TenantId, ServiceID: b.ServiceId,
+			Addr: netip.AddrPortFrom(rawAddr(b.Addr), portRaw(b.Port)), State: lb.State(b.State),
+		})
 	}
-	errs = append(errs, it.Err())
-	var (
-		ck gatewayCtKey
-		cv gatewayCtEntry
-	)
-	cit := m.Conntrack.Iterate()
-	for cit.Next(&ck, &cv) {
-		st.Flows++
-	}
-	errs = append(errs, cit.Err())
+	sort.Slice(st.Backends, func(i, j int) bool { return st.Backends[i].ID < st.Backends[j].ID })
+	errs = append(errs, readBatches(m.Conntrack, func(keys []gatewayCtKey, _ []gatewayCtEntry) { st.Flows += len(keys) }))
 	st.Counters, err = readCounters(m)
 	errs = append(errs, err)
 	return st, errors.Join(errs...)
