@@ -208,9 +208,8 @@ func sumPerCPU[V any](m *ebpf.Map, f func(id uint32, v []V)) error {
 	if err != nil {
 		return err
 	}
-	const batch = 4096
-	keys := make([]uint32, batch)
-	vals := make([]V, batch*ncpu)
+	keys := make([]uint32, mapBatch)
+	vals := make([]V, mapBatch*ncpu)
 	var cursor ebpf.MapBatchCursor
 	for {
 		n, err := m.BatchLookup(&cursor, keys, vals, nil)
@@ -276,11 +275,10 @@ func FlushPinnedConntrack(opts Options) (int, error) {
 // of elements per system call, and returns how many it deleted. The benchmark clears
 // its own flow tables with it, as moat's conntrack is flushed.
 func ClearMap[K, V any](m *ebpf.Map) (int, error) {
-	const batch = 4096
 	var (
 		cursor ebpf.MapBatchCursor
-		keys   = make([]K, batch)
-		values = make([]V, batch)
+		keys   = make([]K, mapBatch)
+		values = make([]V, mapBatch)
 		total  int
 	)
 	for {
