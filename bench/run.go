@@ -769,13 +769,15 @@ func writeFiles(rep *Report, dir string, withJSON, removeStale bool) ([]string, 
 	files, err = append(files, "report.md"), errors.Join(err, write("report.md", rep.WriteMarkdown))
 	plots := rep.Plots()
 	for _, name := range PlotNames {
-		if render, ok := plots[name]; ok {
+		render, ok := plots[name]
+		switch {
+		case ok:
 			err = errors.Join(err, write(name, render))
 			files = append(files, name)
-		} else if !removeStale {
-			continue
-		} else if rerr := os.Remove(filepath.Join(dir, name)); rerr != nil && !errors.Is(rerr, fs.ErrNotExist) {
-			err = errors.Join(err, rerr)
+		case removeStale:
+			if rerr := os.Remove(filepath.Join(dir, name)); rerr != nil && !errors.Is(rerr, fs.ErrNotExist) {
+				err = errors.Join(err, rerr)
+			}
 		}
 	}
 	return files, err
